@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: typed errors become one line on stderr and a non-zero exit."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("BASECAL_DEBUG")
     try:
-        cli.main(args=argv, prog_name="basecal", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="basecal", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("basecal: interrupted; finished work is saved, run the same command again to resume", err=True)
         return 130
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         click.echo("basecal: error: out of memory; lower --batch-size or --limit", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,47 @@
+# Everything installs into .venv/ at the repository root; re-running is cheap (stamp files).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+STAMP   := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt requirements-assets.txt | sha1sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup setup-api setup-browser setup-data run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e ".[all,dev]"
+	$(PIP) --no-deps -r requirements-assets.txt
+	touch $@
+
+# llama.cpp's OpenAI-compatible server for the `api` tests: a source build (~11 min on 2 cores)
+# the first time; pip's wheel cache makes later installs on the same machine take seconds.
+setup-api: setup
+	$(BIN)/python -c "import llama_cpp.server" 2>/dev/null || $(PIP) "llama-cpp-python[server]==0.3.36"
+
+# Debian's chromium for the headless-browser report test.
+setup-browser:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# BIG-bench task files (truthfulqa-mc, mathqa): downloaded once into the user cache.
+setup-data: setup
+	$(BIN)/python scripts/fetch_bigbench.py
+
+# The main job on the embedded default (real packaged models and data).
+run: setup
+	$(BIN)/basecal run
+
+test: setup setup-api setup-browser setup-data
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
