@@ -92,6 +92,12 @@ def _load_questions(cfg: RunConfig, split: str | None) -> list:
     return load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed)
 
 
+def _default_split(dataset: str) -> str:
+    from .data import default_split
+
+    return default_split(dataset)
+
+
 def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str, role: str) -> ScoreSet:
     fewshot: Any = ()
     if cfg.fewshot:
@@ -205,14 +211,13 @@ def _aggregate(per_unit: list[dict[str, dict[str, float]]]) -> dict[str, dict[st
 def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, report: bool = True) -> Path:
     """Run the whole job and write the run folder ``out_dir`` (atomically: built aside, then renamed)."""
     from .backends import load_backend
-    from .data import default_split
 
     cfg.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
     is_mmlu = cfg.dataset == "mmlu"
-    test_split = cfg.split or default_split(cfg.dataset)
+    test_split = cfg.split or _default_split(cfg.dataset)
     calib_split = cfg.calib_split or ("validation" if is_mmlu else None)
     splits = [test_split] + ([calib_split] if calib_split and calib_split != test_split else [])
     questions = {s: _load_questions(cfg, s) for s in splits}

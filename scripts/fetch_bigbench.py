@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""One-time set-up of the BIG-bench data sets (truthfulqa-mc, mathqa); a no-op when already done.
+
+Downloads the bigbench 1.0.0 sdist (358 MB) from PyPI, checks its SHA-256, extracts the two task files
+basecal reads into ``$BASECAL_DATA_DIR/bigbench`` (default ``~/.cache/basecal/bigbench``) and deletes
+the archive. Same as ``basecal datasets --setup-bigbench``.
+
+Usage: python scripts/fetch_bigbench.py [--sdist PATH/TO/bigbench-1.0.0.tar.gz]  (set BASECAL_DATA_DIR to change the destination)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+try:
+    from basecal.data import bigbench
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from basecal.data import bigbench
+
+from basecal.errors import BasecalError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sdist", type=Path, help="an already downloaded bigbench-1.0.0.tar.gz")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        where = bigbench.fetch(sdist=args.sdist)
+    except BasecalError as e:
+        print(f"fetch_bigbench: error: {e}", file=sys.stderr)
+        return 2
+    logging.info("BIG-bench task files ready in %s", where)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

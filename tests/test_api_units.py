@@ -1,0 +1,147 @@
+"""Unit tests of the API backend's pieces that need no server: letter mapping, floor, retry helpers."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from basecal.backends import load_backend
+from basecal.backends.api_http import RetryPolicy, Secret, parse_retry_after, post_json, public_url, scrub
+from basecal.backends.api_logprobs import R_RESOLUTION, letter_logprobs
+from basecal.backends.base import LetterRequest
+from basecal.backends.openai import OpenAIBackend
+from basecal.errors import BackendError, InputError
+
+LN2 = math.log(2.0)
+
+
+def test_letters_present_are_exact_and_variants_combine():
+    top = [("A", math.log(0.5)), (" A", math.log(0.1)), ("B", math.log(0.3)), ("C", math.log(0.05)),
+           (" D", math.log(0.04)), ("x", math.log(0.01))]
+    s = letter_logprobs(top, ("A", "B", "C", "D"))
+    # A = 0.5 + 0.1 (disjoint first tokens add up)
+    np.testing.assert_allclose(s.logprobs, np.log([0.6, 0.3, 0.05, 0.04]), rtol=0, atol=1e-15)
+    assert s.floored == (False,) * 4 and math.isnan(s.floor) and s.n_floored == 0
+
+
+def test_floor_residual_bound():
+    # returned mass 0.9 -> R = 0.1; p_min = 0.2; bound = min(0.2, 0.1) = 0.1; floor = log(0.1) - log 2
+    top = [("A", math.log(0.7)), ("B", math.log(0.2))]
+    s = letter_logprobs(top, ("A", "B", "C", "D"))
+    np.testing.assert_allclose(s.logprobs, [math.log(0.7), math.log(0.2), math.log(0.05), math.log(0.05)],
+                               rtol=0, atol=1e-15)
+    assert s.floored == (False, False, True, True) and s.n_floored == 2
+
+
+def test_floor_pmin_bound_and_below_every_returned_value():
+    # R = 1 - (0.5 + 0.01) = 0.49 > p_min = 0.01 -> floor = log(0.01) - log 2
+    s = letter_logprobs([("B", math.log(0.5)), ("zz", math.log(0.01))], ("A", "B"))
+    assert s.logprobs[0] == pytest.approx(math.log(0.005), abs=1e-15)
+    assert s.logprobs[0] < math.log(0.01)
+
+
+def test_floor_resolution_when_topk_covers_all_mass():
+    # the returned probabilities sum to 1 (up to rounding): R is clipped to the 1e-6 resolution
+    top = [("A", math.log(0.75)), ("B", math.log(0.25) + 1e-9)]
+    s = letter_logprobs(top, ("A", "B", "C"), floor_margin=1.0)
+    assert s.logprobs[2] == pytest.approx(math.log(R_RESOLUTION) - 1.0, abs=1e-12)
+
+
+def test_no_letter_returned_gives_uniform_floor_and_case_sensitivity():
+    s = letter_logprobs([("true", math.log(0.6)), ("yes", math.log(0.3))], ("True", "False"))
+    assert s.floored == (True, True)
+    assert s.logprobs[0] == s.logprobs[1] == pytest.approx(math.log(0.1) - LN2, abs=1e-15)
+
+
+def test_invalid_logprobs_raise():
+    with pytest.raises(BackendError, match="invalid log-probabilities"):
+        letter_logprobs([("A", 0.5)], ("A", "B"))
+    with pytest.raises(BackendError, match="no top log-probabilities"):
+        letter_logprobs([], ("A", "B"))
+
+
+def test_retry_after_parsing():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    # HTTP date 10 s after "now"
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+
+
+def test_secret_never_shown_and_scrubbed():
+    key = "sk-test-abcdefghijklmnop1234"
+    s = Secret(key)
+    assert key not in repr(s) and key not in str(s) and s.get() == key
+    assert "sk-" not in scrub(f"Incorrect API key provided: {key[:6]}****1234 and {key}", s)
+    assert public_url("https://user:pw@example.com:8443/v1?api_key=x#f") == "https://example.com:8443/v1"
+
+
+def test_key_not_in_fingerprint_repr_or_meta(monkeypatch):
+    key = "sk-secret-value-0123456789"
+    monkeypatch.setenv("BASECAL_TEST_KEY", key)
+    b = load_backend("openai:gpt-x", api_base="http://u:p@127.0.0.1:9/v1", api_key_env="BASECAL_TEST_KEY")
+    assert isinstance(b, OpenAIBackend)
+    for text in (b.fingerprint, repr(b), str(b.meta), str(vars(b))):
+        assert key not in text and "u:p" not in text
+    assert b.fingerprint.startswith("openai:gpt-x@127.0.0.1:9/v1;mode=chat;top_logprobs=20;seed=0")
+
+
+def test_bad_settings_raise_input_errors(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(InputError, match="top_logprobs"):
+        OpenAIBackend("m", api_base="http://127.0.0.1:9/v1", top_logprobs=21)
+    with pytest.raises(InputError, match="mode"):
+        OpenAIBackend("m", api_base="http://127.0.0.1:9/v1", mode="raw")
+    with pytest.raises(InputError, match="http"):
+        OpenAIBackend("m", api_base="127.0.0.1:9/v1")
+    with pytest.raises(BackendError, match="OPENAI_API_KEY"):
+        OpenAIBackend("gpt-4o", api_base="https://api.openai.com/v1")
+    with pytest.raises(BackendError, match="cloze"):
+        OpenAIBackend("m", api_base="http://127.0.0.1:9/v1").score_cloze([])
+
+
+def test_connection_refused_is_one_clear_line(monkeypatch):
+    """Nothing listens on the port: bounded retries, then one line naming the URL and what to do."""
+    monkeypatch.setenv("BASECAL_TEST_KEY", "sk-never-shown-123456")
+    port = _closed_port()
+    b = OpenAIBackend("m", api_base=f"http://127.0.0.1:{port}/v1", api_key_env="BASECAL_TEST_KEY",
+                      max_retries=2, backoff_base=0.01, timeout=2)
+    req = LetterRequest("", "Question: 1+1?\nA: 2\nB: 3\nAnswer:", ("A", "B"), chat=True)
+    with pytest.raises(BackendError) as info:
+        b.score_letters([req])
+    msg = str(info.value)
+    assert "\n" not in msg and "sk-never" not in msg
+    assert f"POST http://127.0.0.1:{port}/v1/chat/completions failed after 3 attempts" in msg
+    assert "connection failed" in msg and b.stats.n_retries == 2 and b.stats.n_requests == 0
+
+
+def test_retry_after_longer_than_max_wait_fails_at_once():
+    class Resp:
+        status_code = 429
+        text = "slow down"
+        headers = {"retry-after": "3600"}
+
+    class Client:
+        calls = 0
+
+        def post(self, *a, **k):
+            Client.calls += 1
+            return Resp()
+
+    with pytest.raises(BackendError, match="asks to wait 3600 s"):
+        post_json(Client(), "http://127.0.0.1:1/v1/x", {}, headers={}, policy=RetryPolicy(max_wait=60),
+                  secret=Secret(None), rng=random.Random(0), stop=threading.Event())
+    assert Client.calls == 1
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,122 @@
+"""`basecal run` end to end with deterministic fake backends (the real-model run is in test_real_models)."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from basecal import pipeline
+from basecal.backends.base import ClozeResult
+from basecal.cli import main
+from basecal.data.base import Question
+
+
+class FakeBackend:
+    """Deterministic option scores from a hash of the request; ``scale`` makes a sharper 'chat' model."""
+
+    def __init__(self, name: str, scale: float):
+        self.fingerprint = f"fake-{name}"
+        self.scale = scale
+        self.calls = 0
+
+    def _vec(self, text: str, k: int, answer: int) -> np.ndarray:
+        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        v = np.random.default_rng(seed).normal(size=k)
+        v[answer] += 1.0  # better than chance
+        return self.scale * v
+
+    def score_letters(self, requests):
+        self.calls += len(requests)
+        return [self._vec(r.prompt, len(r.letters), int(r.prompt.split("#")[1][0])) for r in requests]
+
+    def score_cloze(self, requests):
+        self.calls += len(requests)
+        out = []
+        for r in requests:
+            v = self._vec(r.context, len(r.continuations), int(r.context.split("#")[1][0]))
+            out.append(ClozeResult(tuple(v.tolist()), (1,) * len(v), tuple(len(c) for c in r.continuations)))
+        return out
+
+
+def _questions(n: int, k: int = 4, subject: str | None = None, labelled: bool = True):
+    rng = np.random.default_rng(0 if subject is None else len(subject))
+    qs = []
+    for i in range(n):
+        y = int(rng.integers(k))
+        # the answer index rides in the question text so the fake backends can be better than chance
+        qs.append(Question(id=f"{subject or 'q'}-{i}", question=f"question {i} #{y}",
+                           choices=tuple(f"option {j}" for j in range(k)), label=y if labelled else -1,
+                           subject=subject))
+    return qs
+
+
+@pytest.fixture()
+def fake_models(monkeypatch, tmp_path):
+    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    backends = {"fake-base": FakeBackend("base", 1.0), "fake-chat": FakeBackend("chat", 3.0)}
+    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: backends[spec])
+    return backends
+
+
+@pytest.mark.parametrize("scoring", ["letter", "cloze"])
+def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
+    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(200))
+    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring=scoring,
+                             templates=[1, 2] if scoring == "letter" else [1], progress=False)
+    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["has_labels"]
+    assert set(doc["methods"]) == {"chat", "base", "daca", "naive", "ts"}
+    n_units = 5 * len(cfg.templates)
+    assert len(doc["methods"]["daca"]["ece"]["values"]) == n_units
+    # chat = 3 x base on every question: DACA must find temperature 3 on every split
+    temps = [f["temperature"] for f in doc["fits"]["daca"]]
+    np.testing.assert_allclose(temps, 3.0, rtol=1e-8)
+    assert doc["diagnostics"]["agreement_rate"] == 1.0
+    for f in ("config.json", "calibrator.json", "predictions/daca.parquet", "scores/chat_t1.parquet"
+              if len(cfg.templates) > 1 else "scores/chat.parquet"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "calibrator.json").read_text())["temperature"] == pytest.approx(3.0, rel=1e-8)
+    # a second run is served from the cache: no backend call at all
+    calls = {k: b.calls for k, b in fake_models.items()}
+    pipeline.run(cfg, tmp_path / "run2", report=False)
+    assert {k: b.calls for k, b in fake_models.items()} == calls
+
+
+def test_run_per_subject(tmp_path, monkeypatch, fake_models):
+    def load(cfg, split):
+        n = 12 if split == "validation" else 30
+        return [q for s in ("algebra", "virology") for q in _questions(n, subject=s)]
+
+    monkeypatch.setattr(pipeline, "_load_questions", load)
+    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", progress=False)
+    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [f["group"] for f in doc["fits"]["daca"]] == ["algebra", "virology"]
+    assert "per-subject" in doc["protocol"]
+    assert doc["n_eval"] == 60
+
+
+def test_run_without_labels(tmp_path, monkeypatch, fake_models):
+    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(100, labelled=False))
+    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False)
+    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert not doc["has_labels"] and "ts" not in doc["methods"]
+    assert "ece" not in doc["methods"]["daca"] and "mean_confidence" in doc["methods"]["daca"]
+    # calibration lowers the over-confident chat model's confidence
+    assert doc["methods"]["daca"]["mean_confidence"]["mean"] < doc["methods"]["chat"]["mean_confidence"]["mean"]
+
+
+def test_existing_run_folder_is_kept(tmp_path, monkeypatch, fake_models, capsys):
+    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(50))
+    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    rc = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", "toy", "--no-report",
+               "--no-progress", "-o", str(tmp_path / "run")])
+    assert rc != 0 and "already exists" in capsys.readouterr().err
+    assert (tmp_path / "run" / "keep.txt").read_text() == "x"

@@ -1,0 +1,232 @@
+"""score_questions: assembly, cloze modes, cache, resume after Ctrl-C and after kill -9."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from basecal.backends.base import ClozeResult
+from basecal.data.base import Question
+from basecal.errors import InputError
+from basecal.scoring import score_questions
+
+
+class FakeBackend:
+    """Deterministic scores that also depend on the batch a request is scored in.
+
+    The batch term (1e-9 x total prompt length of the batch) makes any change in batch composition
+    visible, so "same scores after resume" also proves the batch plan survives interruption.
+    """
+
+    fingerprint = "fake-1"
+
+    def __init__(self, sleep: float = 0.0, interrupt_after: int | None = None):
+        self.sleep = sleep
+        self.interrupt_after = interrupt_after
+        self.calls = 0
+        self.scored: list[str] = []
+        self.prefixes: list[str] = []
+
+    def _maybe_stop(self):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        time.sleep(self.sleep)
+
+    def score_letters(self, requests):
+        self._maybe_stop()
+        term = sum(len(r.prompt) for r in requests) * 1e-9
+        out = []
+        for r in requests:
+            self.scored.append(r.prompt)
+            self.prefixes.append(r.prefix)
+            h = np.frombuffer(hashlib.sha256((r.prefix + r.prompt).encode()).digest(), dtype=np.uint8)
+            out.append(h[: len(r.letters)] / 32.0 + term)
+        return out
+
+    def score_cloze(self, requests):
+        self._maybe_stop()
+        out = []
+        for r in requests:
+            self.scored.append(r.context)
+            lp = tuple(-float(len(c)) - 0.5 for c in r.continuations)
+            out.append(ClozeResult(lp, tuple(2 for _ in r.continuations), tuple(len(c) for c in r.continuations)))
+        return out
+
+
+def make_questions(n: int = 20) -> list[Question]:
+    return [
+        Question(f"q{i}", f"Question number {i} " + "x" * (i % 7), tuple(f"opt{j}" for j in range(2 + i % 3)),
+                 label=i % 2, subject="s" + str(i % 2))
+        for i in range(n)
+    ]
+
+
+def test_scoreset_shape_labels_meta_and_ragged_padding(tmp_path):
+    qs = make_questions(6)
+    s = score_questions(FakeBackend(), qs, cache_dir=tmp_path, meta={"dataset": "toy", "split": "test"})
+    assert list(s.ids) == [q.id for q in qs]
+    assert s.logits.shape == (6, 4)
+    assert list(s.n_options) == [2, 3, 4, 2, 3, 4]
+    assert np.isneginf(s.logits[0, 2:]).all() and np.isfinite(s.logits[2]).all()
+    assert list(s.labels) == [0, 1, 0, 1, 0, 1]
+    assert list(s.columns["subject"]) == ["s0", "s1"] * 3
+    assert s.meta["fingerprint"] == "fake-1" and s.meta["scoring"] == "letter" and s.meta["template"] == 1
+    assert s.meta["dataset"] == "toy" and s.meta["chat"] is False and s.meta["fewshot"] == 0
+
+
+def test_cloze_modes_divide_the_same_sums(tmp_path):
+    qs = make_questions(4)
+    be = FakeBackend()
+    raw = score_questions(be, qs, scoring="cloze", cache_dir=tmp_path)
+    per_char = score_questions(be, qs, scoring="cloze-norm", cache_dir=tmp_path)
+    per_tok = score_questions(be, qs, scoring="cloze-token", cache_dir=tmp_path)
+    assert be.calls == 1  # the three modes share one cached computation
+    # continuation " opt0" has 5 characters and (fake) 2 tokens: sum = -5.5
+    assert raw.logits[0, 0] == -5.5
+    assert per_char.logits[0, 0] == -5.5 / 5
+    assert per_tok.logits[0, 0] == -5.5 / 2
+    assert per_char.meta["template"] is None
+
+
+def test_cache_hit_scores_nothing(tmp_path):
+    qs = make_questions(10)
+    first = score_questions(FakeBackend(), qs, batch_size=3, cache_dir=tmp_path)
+    be = FakeBackend()
+    again = score_questions(be, qs, batch_size=3, cache_dir=tmp_path)
+    assert be.calls == 0
+    np.testing.assert_array_equal(first.logits, again.logits)
+    # another template is another cache entry
+    be2 = FakeBackend()
+    score_questions(be2, qs, batch_size=3, cache_dir=tmp_path, template=2)
+    assert len(be2.scored) == 10
+
+
+def test_resume_after_ctrl_c_is_exact_and_rescores_nothing(tmp_path):
+    qs = make_questions(23)
+    reference = score_questions(FakeBackend(), qs, batch_size=4, cache=False)
+    be = FakeBackend(interrupt_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        score_questions(be, qs, batch_size=4, cache_dir=tmp_path)
+    done = set(be.scored)
+    assert len(done) == 12
+    be2 = FakeBackend()
+    resumed = score_questions(be2, qs, batch_size=4, cache_dir=tmp_path)
+    assert not done & set(be2.scored)
+    assert len(be2.scored) == 23 - 12
+    np.testing.assert_array_equal(resumed.logits, reference.logits)
+
+
+def test_torn_last_line_is_ignored_and_cut(tmp_path):
+    qs = make_questions(5)
+    score_questions(FakeBackend(), qs, batch_size=2, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*[0-9a-f].jsonl")
+    lines = path.read_bytes().split(b"\n")
+    # drop the last two results and leave half of one line, as a kill -9 mid-write would
+    path.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:17])
+    be = FakeBackend()
+    s = score_questions(be, qs, batch_size=2, cache_dir=tmp_path)
+    assert len(be.scored) == 2
+    assert np.isfinite(s.logits[:, :2]).all()
+    parsed = [json.loads(x) for x in path.read_bytes().splitlines()]
+    assert len(parsed) == 5
+
+
+class IterBackend(FakeBackend):
+    """Yields results one by one and fails on the fourth, like an API backend whose server dies."""
+
+    def score_letters_iter(self, requests):
+        for i, r in enumerate(requests):
+            if i == 3:
+                raise RuntimeError("server died")
+            self.scored.append(r.prompt)
+            yield i, np.arange(len(r.letters), dtype=float)
+
+
+def test_iter_backend_keeps_finished_items(tmp_path):
+    qs = make_questions(6)
+    with pytest.raises(RuntimeError):
+        score_questions(IterBackend(), qs, batch_size=6, cache_dir=tmp_path)
+    be = FakeBackend()
+    score_questions(be, qs, batch_size=6, cache_dir=tmp_path)
+    assert len(be.scored) == 3
+
+
+def test_errors(tmp_path):
+    qs = make_questions(3)
+    with pytest.raises(InputError, match="scoring 'bogus'"):
+        score_questions(FakeBackend(), qs, scoring="bogus", cache=False)
+    with pytest.raises(InputError, match="no questions"):
+        score_questions(FakeBackend(), [], cache=False)
+    with pytest.raises(InputError, match="chat template applies to letter scoring only"):
+        score_questions(FakeBackend(), qs, scoring="cloze", chat=True, cache=False)
+    with pytest.raises(InputError, match="batch size"):
+        score_questions(FakeBackend(), qs, batch_size=0, cache=False)
+
+
+_CHILD = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from test_scoring import FakeBackend, make_questions
+from basecal.scoring import score_questions
+s = score_questions(FakeBackend(sleep={sleep}), make_questions(40), batch_size=2, cache_dir={cache!r}, progress=False)
+np.save({out!r}, s.logits)
+"""
+
+
+def _child(tmp_path: Path, sleep: float, out: str) -> subprocess.Popen:
+    code = _CHILD.format(tests=str(Path(__file__).parent), sleep=sleep, cache=str(tmp_path / "c"),
+                         out=str(tmp_path / out))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def test_kill_minus_9_then_restart_gives_identical_scores(tmp_path):
+    proc = _child(tmp_path, 0.15, "a.npy")
+    deadline = time.time() + 60
+    n_lines = 0
+    while time.time() < deadline and proc.poll() is None:
+        files = list((tmp_path / "c").glob("*[0-9a-f].jsonl"))
+        n_lines = files[0].read_bytes().count(b"\n") if files else 0
+        if n_lines >= 6:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the child finished before it could be killed; raise its sleep"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (cache_file,) = (tmp_path / "c").glob("*[0-9a-f].jsonl")
+    saved = len([x for x in cache_file.read_bytes().split(b"\n") if x.strip()])
+    assert 6 <= saved < 40
+    restart = _child(tmp_path, 0.0, "b.npy")
+    assert restart.wait(timeout=120) == 0
+    lines = [json.loads(x) for x in cache_file.read_bytes().splitlines()]
+    # every question appears exactly once: nothing already saved was scored again
+    assert len(lines) == 40 and len({x["h"] for x in lines}) == 40
+    reference = score_questions(FakeBackend(), make_questions(40), batch_size=2, cache=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), reference.logits)
+
+
+def test_fewshot_per_subject_mapping(tmp_path):
+    qs = make_questions(4)
+    shots = {"s0": [Question("e0", "Zero?", ("a", "b"), label=0)], "s1": [Question("e1", "One?", ("a", "b"), label=1)]}
+    be = FakeBackend()
+    s = score_questions(be, qs, fewshot=shots, cache_dir=tmp_path)
+    assert s.meta["fewshot"] == 1
+    be2 = FakeBackend()
+    score_questions(be2, qs, cache_dir=tmp_path)
+    assert len(be2.scored) == 4  # zero-shot is another cache entry
+    from basecal.prompts import letter_requests
+
+    expected = [letter_requests([q], fewshot=shots[q.subject])[0].prefix for q in qs]
+    assert sorted(be.prefixes) == sorted(expected)
+    assert "Question: Zero?" in expected[0] and "Question: One?" in expected[1]
