@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from basecal.data import load_dataset
+from basecal.data import default_split, fewshot_examples, load_dataset
 from basecal.errors import DatasetError
 
 ROWS = [
@@ -92,6 +92,15 @@ def test_missing_answers_and_minus_one_are_unknown(tmp_path):
     assert [q.label for q in load_dataset(p)] == [1, -1, -1, 0]
 
 
+def test_default_split_of_user_files(tmp_path):
+    p = _write(tmp_path, "jsonl", ROWS)
+    assert default_split(str(p)) == "all"
+    assert fewshot_examples(p, k=0) == []
+    with pytest.raises(DatasetError, match="is a user file: few-shot examples come from built-in sets only"):
+        fewshot_examples(str(p), k=2)
+    assert load_dataset(p, split=default_split(p), answer_col="index") == load_dataset(p, answer_col="index")
+
+
 def test_arc_style_struct_choices_and_hf_dataset_dict(tmp_path):
     rows = [{"question": "q", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answer": "C"}]
     root = tmp_path / "dd"
@@ -100,6 +109,7 @@ def test_arc_style_struct_choices_and_hf_dataset_dict(tmp_path):
         (tmp_path / split).mkdir()
         _write(tmp_path / split, "hf", rows).rename(root / split)
     (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    assert default_split(root) == "test"
     qs = load_dataset(root, split="test")
     assert qs[0].choices == ("a", "b", "c") and qs[0].label == 2
     with pytest.raises(DatasetError, match="holds splits train, test; choose one"):
@@ -199,7 +209,7 @@ def test_unreadable_files(tmp_path):
     p.write_text("question,choices\n")
     with pytest.raises(DatasetError, match="holds no rows"):
         load_dataset(p)
-    with pytest.raises(DatasetError, match="split= applies to built-in names"):
+    with pytest.raises(DatasetError, match=r"d.jsonl is a single split \('all'\); drop split='test'"):
         load_dataset(_write(tmp_path, "jsonl", ROWS), split="test")
 
 

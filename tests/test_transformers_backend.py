@@ -74,13 +74,13 @@ def _check(be: TransformersBackend, chat_modes=(False,)):
         reqs = letter_requests(QS, fewshot=SHOTS, chat=chat, template=2)
         cached = be.score_letters(reqs)
         plain = be.score_letters(reqs, use_prefix_cache=False)
-        for r, a, b in zip(reqs, cached, plain):
+        for r, a, b in zip(reqs, cached, plain, strict=True):
             ref = _ref_letters(be, r)
             assert a.shape == (len(r.letters),) and np.isfinite(a).all()
             np.testing.assert_allclose(a, ref, atol=ATOL, rtol=0)
             np.testing.assert_allclose(b, ref, atol=ATOL, rtol=0)
     creqs = cloze_requests(QS, fewshot=SHOTS)
-    for r, res in zip(creqs, be.score_cloze(creqs)):
+    for r, res in zip(creqs, be.score_cloze(creqs), strict=True):
         assert res.n_chars == tuple(len(c) for c in r.continuations)
         assert all(n >= 1 for n in res.n_tokens)
         np.testing.assert_allclose(res.logprob, _ref_cloze(be, r), atol=ATOL, rtol=0)
@@ -98,7 +98,7 @@ def test_tiny_prefix_cache_is_used_and_batch_size_does_not_matter():
     a = be.score_letters(reqs)
     assert be._prefix_cache is not None and len(be._prefix_cache[0]) >= 20
     b = _tiny_backend(batch_size=8).score_letters(reqs)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=ATOL, rtol=0)
 
 

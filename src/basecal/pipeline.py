@@ -88,14 +88,28 @@ class RunConfig:
 # --------------------------------------------------------------------------- scoring
 def _load_questions(cfg: RunConfig, split: str | None) -> list:
     from .data import load_dataset
+    from .data._io import subsample
 
-    return load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed)
+    if cfg.dataset != "mmlu" or not cfg.limit:
+        return load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed)
+    # MMLU: --limit applies per subject, so every subject keeps enough questions to fit and evaluate
+    questions = load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, seed=cfg.seed)
+    by_subject: dict[str, list] = {}
+    for q in questions:
+        by_subject.setdefault(q.subject or "", []).append(q)
+    return [q for s in sorted(by_subject) for q in subsample(by_subject[s], cfg.limit, cfg.seed)]
 
 
-def _default_split(dataset: str) -> str:
+def _default_split(dataset: str) -> str | None:
     from .data import default_split
+    from .errors import DatasetError
 
-    return default_split(dataset)
+    try:
+        return default_split(dataset)
+    except DatasetError:
+        if Path(dataset).expanduser().exists():  # a user file: its only split
+            return None
+        raise
 
 
 def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str, role: str) -> ScoreSet:

@@ -53,7 +53,7 @@ def format_question(q: Question) -> str:
     _check_question(q)
     letters = option_letters(len(q.choices))
     lines = [f"Question: {q.question.strip()}"]
-    lines += [f"{letter}: {str(c).strip()}" for letter, c in zip(letters, q.choices)]
+    lines += [f"{letter}: {str(c).strip()}" for letter, c in zip(letters, q.choices, strict=True)]
     lines.append("Answer:")
     return "\n".join(lines)
 

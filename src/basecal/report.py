@@ -285,9 +285,11 @@ def _diagnostics(d: Mapping[str, Any], fits: Mapping[str, Any], has_labels: bool
     for m, recs in fits.items():
         if not recs:
             continue
-        cols = [c for c in ("template", "group", "temperature", "n_agree", "n", "n_iter", "converged")
-                if any(c in r for r in recs)]
-        rows = [[_fmt(r.get(c), 1, 4) for c in cols] for r in recs]
+        cols = [c for c in ("template", "group", "temperature", "n_agree", "agreement_rate", "n", "n_iter",
+                            "converged") if any(c in r for r in recs)]
+        counts = ("n_agree", "n", "n_iter")  # may arrive as floats (199.0): shown as integers
+        rows = [[_fmt(int(r[c]) if c in counts and isinstance(r.get(c), float) and float(r[c]).is_integer()
+                      else r.get(c), 1, 4) for c in cols] for r in recs]
         used = [r.get("n_agree", r.get("n")) for r in recs]
         used = [u for u in used if isinstance(u, (int, float))]
         summary = f"fits of {m}: {len(recs)}" + (f", questions used {int(min(used))}–{int(max(used))}" if used else "")

@@ -113,7 +113,7 @@ def score_questions(
         raise InputError("the chat template applies to letter scoring only; use --chat-template off with cloze")
     shots = _shots_for(questions, fewshot)
     requests: list[Any] = []
-    for q, ex in zip(questions, shots):
+    for q, ex in zip(questions, shots, strict=True):
         if kind == "letter":
             requests += letter_requests([q], template=template, chat=chat, fewshot=ex)
         else:
@@ -224,7 +224,7 @@ def _finish(scoring: str, raw: Any) -> list[float | None]:
     if scoring == "cloze":
         return list(lp)
     den = nc if scoring == "cloze-norm" else nt
-    return [v / max(d, 1) for v, d in zip(lp, den)]
+    return [v / max(d, 1) for v, d in zip(lp, den, strict=True)]
 
 
 def _req_json(r: Any) -> str:

@@ -30,7 +30,7 @@ class SyntheticData:
 
 
 def make_synthetic(
-    n: int = 5000, k: int = 4, *, scale: float = 2.0, base_noise: float = 1.5,
+    n: int = 5000, k: int = 4, *, scale: float = 2.0, base_noise: float = 0.5,
     chat_temperature: float = 3.0, n_mc: int = 256, seed: int | np.random.Generator = 0,
 ) -> SyntheticData:
     """Generate a calibrated base model and an over-confident chat model.
@@ -39,7 +39,9 @@ def make_synthetic(
     ``z`` exactly (so ``z`` is its calibrated logit) but reports ``chat_temperature · z``. The base
     model sees ``z + ε``, ``ε ~ N(0, base_noise² I)``, and reports its exact Bayes posterior
     ``P(y | z + ε) = E[softmax(z) | z + ε]`` (Monte Carlo over the Gaussian posterior of ``z``), which
-    is calibrated by construction and less accurate than the chat model.
+    is calibrated by construction and a little less accurate than the chat model. DACA's premise is
+    that post-training changes confidence far more than knowledge; with a much noisier base model
+    (``base_noise`` ≫ 1) the base model's flatter answers pull the fit towards under-confidence.
     """
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, scale, size=(n, k))

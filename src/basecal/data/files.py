@@ -19,6 +19,9 @@ Columns (defaults in brackets):
   ``answer_format``. Indices are 0-based: a 1-based column is only caught when some value equals the
   number of options;
 * id [row number, 0-based]; subject [``subject`` if present].
+
+A plain file (or a single-``Dataset`` folder) is one split, named ``"all"``; :func:`file_default_split`
+gives the split a caller should use when none is asked for.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from ._io import read_arrow_folder
 from .base import Question
 
 FORMATS = ("letter", "index", "text")
+#: the name of the only split of a plain file or a single-``Dataset`` folder
+SINGLE_SPLIT = "all"
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -70,17 +75,26 @@ def _read_folder(path: Path, split: str | None) -> list[dict[str, Any]]:
         if split not in splits:
             raise DatasetError(f"{path} holds splits {', '.join(splits)}; choose one with split= (--split)")
         return read_arrow_folder(path / split)
-    if split is not None:
+    if split not in (None, SINGLE_SPLIT):
         raise DatasetError(f"{path} holds a single split; drop split={split!r}")
     return read_arrow_folder(path)
+
+
+def file_default_split(path: Path) -> str:
+    """``"test"`` (or the only split) of a ``DatasetDict`` folder, else :data:`SINGLE_SPLIT`."""
+    dd = path / "dataset_dict.json"
+    if path.is_dir() and dd.is_file():
+        splits = json.loads(dd.read_text())["splits"]
+        return "test" if "test" in splits or len(splits) != 1 else splits[0]
+    return SINGLE_SPLIT
 
 
 def read_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
     """Rows of a user file as dicts (see the module docstring for the formats)."""
     if path.is_dir():
         return _read_folder(path, split)
-    if split is not None:
-        raise DatasetError(f"split= applies to built-in names and save_to_disk folders, not to {path.name}")
+    if split not in (None, SINGLE_SPLIT):
+        raise DatasetError(f"{path.name} is a single split ({SINGLE_SPLIT!r}); drop split={split!r}")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         return _read_json(path)

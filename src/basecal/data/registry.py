@@ -129,9 +129,14 @@ def list_datasets() -> list[DatasetInfo]:
     return out
 
 
-def default_split(name: str) -> str:
-    """The split :func:`load_dataset` uses when none is given (the evaluation split of the source)."""
-    return _spec(name).info.default_split
+def default_split(name: str | Path) -> str:
+    """The evaluation split: the built-in's default, or for a user file ``"all"`` (its only split) or a
+    ``DatasetDict`` folder's ``test`` split."""
+    if (isinstance(name, Path) or _canonical(name) is None) and Path(name).expanduser().exists():
+        from .files import file_default_split
+
+        return file_default_split(Path(name).expanduser())
+    return _spec(str(name)).info.default_split
 
 
 def _resolve_split(spec: _Spec, split: str | None) -> str:
@@ -214,7 +219,7 @@ def load_dataset(
     return subsample(questions, limit, seed)
 
 
-def fewshot_examples(name: str, subject: str | None = None, k: int = 5) -> list[Question]:
+def fewshot_examples(name: str | Path, subject: str | None = None, k: int = 5) -> list[Question]:
     """Labelled examples for few-shot prompts, disjoint from the default evaluation split.
 
     MMLU: the first ``k`` (at most 5) questions of the subject's ``dev`` split; ``subject`` is required.
@@ -224,9 +229,11 @@ def fewshot_examples(name: str, subject: str | None = None, k: int = 5) -> list[
     """
     if k < 0:
         raise DatasetError(f"k must be >= 0, got {k}")
-    spec = _spec(name)
     if k == 0:
         return []
+    if _canonical(str(name)) is None and Path(name).expanduser().exists():
+        raise DatasetError(f"{name} is a user file: few-shot examples come from built-in sets only; use zero-shot (k=0)")
+    spec = _spec(str(name))
     pool_split = spec.info.fewshot_split
     if pool_split is None:
         raise DatasetError(f"{spec.info.name} packages no split to draw few-shot examples from; use zero-shot (k=0)")
