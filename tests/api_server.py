@@ -1,6 +1,7 @@
 """Test helpers: a real llama.cpp OpenAI-compatible server and a fault-injecting proxy, on 127.0.0.1.
 
-``LlamaServer`` runs ``python -m llama_cpp.server`` (package ``llama-cpp-python[server]``) on the
+``LlamaServer`` runs ``scripts/llama_server.py`` (``python -m llama_cpp.server`` from the package
+``llama-cpp-python[server]``, with CPU settings that work on every machine) on the
 packaged SmolLM2-135M-Instruct GGUF. Its settings matter for the tests:
 ``logits_all`` (default True in the server) is what makes ``logprobs`` / ``top_logprobs`` work,
 ``--seed 0`` and ``temperature=0`` requests make it deterministic, ``--n_threads 2`` matches CI.
@@ -28,6 +29,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 MODEL_ALIAS = "smollm2"
+#: llama_cpp.server with the CPU settings that work on every machine (see its docstring)
+LAUNCHER = Path(__file__).resolve().parents[1] / "scripts" / "llama_server.py"
 
 
 def smollm2_gguf() -> str:
@@ -60,12 +63,12 @@ class LlamaServer:
 
     def start(self, timeout: float = 120.0) -> LlamaServer:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", self.model, "--model_alias", MODEL_ALIAS,
+            sys.executable, str(LAUNCHER), "--model", self.model, "--model_alias", MODEL_ALIAS,
             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads), "--seed", "0",
             "--logits_all", "True",
         ]
-        env = {**os.environ, "NO_PROXY": "127.0.0.1"}
+        env = {**os.environ, "NO_PROXY": "127.0.0.1", "OMP_WAIT_POLICY": "PASSIVE"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

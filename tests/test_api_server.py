@@ -85,8 +85,9 @@ def test_letter_distribution_close_to_transformers(clean):
 
 
 def test_deterministic_under_concurrency(server, clean):
-    again = np.array(_backend(server.url, concurrency=4).score_letters(REQUESTS))
-    np.testing.assert_array_equal(again, clean[0])
+    # a different arrival order changes which prompt prefix the server can reuse from the last one
+    again = np.array(_backend(server.url, concurrency=4).score_letters(REQUESTS[::-1][:12]))
+    np.testing.assert_array_equal(again, clean[0][::-1][:12])
 
 
 def test_iter_yields_every_index_once(server, clean):

@@ -160,6 +160,14 @@ def test_no_agreement_is_a_fit_error() -> None:
     assert naive.n_agree_ == 0 and naive.at_bound_ is None
 
 
+def test_tied_chat_logits_leave_temperature_undetermined() -> None:
+    f = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    g = np.array([[2.0, 2.0, 2.0], [0.0, 1.0, 0.0]])  # row 0 agrees (tie -> index 0) but is flat
+    with pytest.raises(FitError, match="tied scores"):
+        DACA().fit(f[:1], g[:1])
+    assert DACA().fit(f, g).n_agree_ == 2  # one informative row is enough
+
+
 # ---------------------------------------------------------------------------------------- vector / matrix
 @pytest.mark.parametrize("scaling", ["vector", "matrix"])
 @pytest.mark.parametrize("target", ["soft", "onehot"])

@@ -230,3 +230,35 @@ def test_fewshot_per_subject_mapping(tmp_path):
     expected = [letter_requests([q], fewshot=shots[q.subject])[0].prefix for q in qs]
     assert sorted(be.prefixes) == sorted(expected)
     assert "Question: Zero?" in expected[0] and "Question: One?" in expected[1]
+
+
+def test_cli_score_end_to_end_with_fake_backend(tmp_path, monkeypatch, capsys):
+    import basecal.backends
+    import basecal.data
+    from basecal.cli import main
+    from basecal.scores import load_scores
+
+    seen = {}
+
+    def fake_load_backend(spec, *, api_base=None, **kw):
+        seen.update(spec=spec, api_base=api_base, **kw)
+        return FakeBackend()
+
+    monkeypatch.setattr(basecal.backends, "load_backend", fake_load_backend)
+    monkeypatch.setattr(basecal.data, "load_dataset", lambda name, **kw: make_questions(kw["limit"] or 20))
+    out = tmp_path / "s.parquet"
+    args = ["score", "-m", "openai:gpt", "-d", "toy", "--limit", "5", "--template", "all", "--api-base",
+            "http://x", "--cache-dir", str(tmp_path / "c"), "-o", str(out)]
+    assert main(args) == 0
+    assert seen == {"spec": "openai:gpt", "api_base": "http://x"}
+    files = sorted(p.name for p in tmp_path.glob("s_t*.parquet"))
+    assert files == [f"s_t{t}.parquet" for t in range(1, 6)]
+    s3 = load_scores(tmp_path / "s_t3.parquet")
+    assert len(s3) == 5 and s3.meta["template"] == 3 and s3.meta["dataset"] == "toy"
+    direct = score_questions(FakeBackend(), make_questions(5), template=3, cache=False)
+    np.testing.assert_array_equal(s3.logits, direct.logits)
+    capsys.readouterr()
+    assert main(["score", "-m", "m", "-d", "toy", "--scoring", "cloze", "--chat-template", "on", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["basecal: error: --chat-template on applies to --scoring letter only"]
+    assert main(["score", "-m", "m", "-d", "toy", "--template", "9", "-o", str(out)]) == 2

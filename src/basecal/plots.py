@@ -232,7 +232,7 @@ def plot_confidence_histogram(data: HistogramData, *, ax=None, title: str | None
         ax.axvline(data.mean[name], color=col, linestyle=":", linewidth=1)
     ax.set_xlim(data.edges[0] - width[0] / 2, 1.0)
     _style(ax, "confidence (max probability)", "fraction of questions", title)
-    ax.legend(fontsize=_FS - 2, frameon=False, loc="upper left")
+    _legend_below(ax)
     return ax
 
 

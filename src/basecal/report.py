@@ -299,12 +299,12 @@ def _diagnostics(d: Mapping[str, Any], fits: Mapping[str, Any], has_labels: bool
 
 # ---------------------------------------------------------------------------------------------- renderers
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1150px;margin:2em auto;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1250px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;border-bottom:2px solid #1f77b4;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}.wide{overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
-td:first-child{white-space:normal}th{background:#f0f4f8}
+td:first-child{white-space:normal;min-width:9em}th{background:#f0f4f8}
 td:first-child,th:first-child{text-align:left}td strong{color:#0b5394}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}.note{background:#fff6db;border-left:4px solid #e0a800;padding:.6em 1em}
@@ -324,7 +324,7 @@ def _html(blocks: list[Any], plot_dir: Path) -> str:
                 cells = [f"<strong>{e(c)}</strong>" if (r, i) in b.bold else e(c) for i, c in enumerate(row)]
                 t.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
             t.append("</tbody></table>")
-            body = "".join(t)
+            body = '<div class="wide">' + "".join(t) + "</div>"  # wide tables scroll instead of overflowing
             parts.append(f"<details><summary>{e(b.collapsed)}</summary>{body}</details>" if b.collapsed else body)
         elif isinstance(b, _Image):
             data = base64.b64encode((plot_dir / f"{b.stem}.png").read_bytes()).decode("ascii")

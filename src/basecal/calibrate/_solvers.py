@@ -20,6 +20,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .._math import log_softmax
+from ..errors import FitError
 from ._maps import apply_affine, identity_params, unpack
 
 
@@ -77,6 +78,11 @@ def fit_temperature(
     # maximum keeps exp(beta * gc) <= 1 (no overflow, sum >= 1) and the differences well conditioned.
     gct = gt - gt.max(axis=0)
     gst = np.where(missing, 0.0, gct)
+    if not np.any(gst):
+        raise FitError(
+            "every question that counts has tied scores on all its options, so no temperature fits better "
+            "than another; check the score files (identical logits usually mean a scoring bug)"
+        )
     gst2 = gst * gst
     pt = np.exp(logpt)
     w_ep = _wsum(omega, (pt * gst).sum(axis=0))
