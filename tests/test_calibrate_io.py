@@ -138,6 +138,7 @@ def test_not_fitted() -> None:
         (np.zeros((3, 1)), "at least 2"),
         (np.array([[0.0, np.nan], [0, 1]]), "NaN/\\+inf value\\(s\\) \\(first in row 0\\)"),
         (np.array([[0.0, 1.0], [np.inf, 1]]), "first in row 1"),
+        (np.array([[0.0, 1.0], [1, -1e300]]), "first in row 1"),
         (np.array([[0.0, 1.0], [-np.inf, -np.inf]]), "all missing"),
         (np.array([["a", "b"]]), "real numbers"),
         ([[1.0, 2.0], [1.0]], "2-D numeric array"),

@@ -328,7 +328,7 @@ def _read_jsonl(path: Path) -> ScoreSet:
             if key in _RESERVED:
                 continue
             extra.setdefault(key, [None] * (len(ids) - 1)).append(v)
-        for key, col in extra.items():
+        for col in extra.values():
             if len(col) < len(ids):
                 col.append(None)
     for r, lab in enumerate(labels):

@@ -11,6 +11,8 @@ import numpy as np
 
 from ..errors import InputError, MismatchError
 
+_BIG = 1e100
+
 
 def check_logits(x: object, name: str = "logits") -> np.ndarray:
     """Return ``x`` as a float64 (n, k) array, or raise :class:`InputError`.
@@ -36,12 +38,13 @@ def check_logits(x: object, name: str = "logits") -> np.ndarray:
     if k < 2:
         raise InputError(f"{name} has {k} option(s) per question; calibration needs at least 2")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    bad = np.isnan(arr) | (arr == np.inf)
+    # |x| > 1e100 would overflow differences of logits to inf and then NaN inside the solvers.
+    bad = np.isnan(arr) | (arr > _BIG) | ((arr < -_BIG) & (arr != -np.inf))
     if bad.any():
         row = int(np.argmax(bad.any(axis=1)))
         raise InputError(
             f"{name} holds {int(bad.sum())} NaN/+inf value(s) (first in row {row}); "
-            "only finite values and -inf (missing option) are allowed"
+            "only finite values (|x| <= 1e100) and -inf (missing option) are allowed"
         )
     empty = np.all(arr == -np.inf, axis=1)
     if empty.any():
