@@ -120,3 +120,25 @@ def test_existing_run_folder_is_kept(tmp_path, monkeypatch, fake_models, capsys)
                "--no-progress", "-o", str(tmp_path / "run")])
     assert rc != 0 and "already exists" in capsys.readouterr().err
     assert (tmp_path / "run" / "keep.txt").read_text() == "x"
+
+
+def test_run_on_user_file_with_column_mapping(tmp_path, fake_models, capsys):
+    rows = []
+    for q in _questions(60):
+        rows.append({"qid": q.id, "text": q.question, "a": q.choices[0], "b": q.choices[1], "c": q.choices[2],
+                     "d": q.choices[3], "gold": "ABCD"[q.label]})
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    rc = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", str(data), "--scoring", "letter",
+               "--question-col", "text", "--option-cols", "a,b,c,d", "--answer-col", "gold", "--id-col", "qid",
+               "--no-report", "--no-progress", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["n_questions"] == 60 and doc["has_labels"]
+    assert "DACA" in captured.out
+    bad = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", str(data), "--question-col",
+                "nope", "--no-report", "--no-progress", "-o", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert bad != 0 and "nope" in err and err.count("\n") == 1 and not (tmp_path / "r2").exists()

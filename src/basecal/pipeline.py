@@ -72,6 +72,7 @@ class RunConfig:
     api_base: str | None = None
     device: str | None = None
     progress: bool = True
+    columns: dict[str, Any] = field(default_factory=dict)  # column mapping for user data files
 
     def validate(self) -> None:
         if not 0.0 < self.calib_frac < 1.0:
@@ -91,7 +92,8 @@ def _load_questions(cfg: RunConfig, split: str | None) -> list:
     from .data._io import subsample
 
     if cfg.dataset != "mmlu" or not cfg.limit:
-        return load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed)
+        return load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed,
+                            **cfg.columns)
     # MMLU: --limit applies per subject, so every subject keeps enough questions to fit and evaluate
     questions = load_dataset(cfg.dataset, split=split, subjects=cfg.subjects, seed=cfg.seed)
     by_subject: dict[str, list] = {}
@@ -418,7 +420,7 @@ def summary_table(metrics_doc: dict) -> str:
         cells = []
         for key, _, scale in cols:
             e = methods[m].get(key)
-            cells.append(f"{'n/a':>18}" if e is None else f"{e['mean'] * scale:>10.3f} ± {e['std'] * scale:<5.3f}")
+            cells.append(f"{'n/a':>18}" if e is None else f"{e['mean'] * scale:.3f} ± {e['std'] * scale:.3f}".rjust(18))
         lines.append(f"{METHOD_LABELS[m]:<40}" + "".join(cells))
     return "\n".join(lines)
 

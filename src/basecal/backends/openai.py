@@ -46,7 +46,9 @@ class APIStats:
 
     ``n_requests``: requests scored; ``n_floored_letters``: letters that got the floor;
     ``n_requests_with_floor``: requests with at least one floored letter; ``n_letters``: letters
-    scored in total; ``n_retries``: HTTP attempts that were retried.
+    scored in total; ``n_retries``: HTTP attempts that were retried; ``n_no_token``: answers with no
+    first token at all (the model ended at once, e.g. llama.cpp's server then returns no
+    log-probabilities): every letter of those is floored (a uniform row).
     """
 
     n_requests: int = 0
@@ -54,6 +56,7 @@ class APIStats:
     n_floored_letters: int = 0
     n_requests_with_floor: int = 0
     n_retries: int = 0
+    n_no_token: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -273,6 +276,7 @@ class OpenAIBackend:
             self.stats.n_letters += len(req.letters)
             self.stats.n_floored_letters += scores.n_floored
             self.stats.n_requests_with_floor += scores.n_floored > 0
+            self.stats.n_no_token += top is None
         return scores
 
     def _endpoint(self, name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import pipeline as P
+from ._options import column_options, pop_columns
 
 
 def _templates(value: str) -> list[int]:
@@ -35,8 +36,10 @@ def _templates(value: str) -> list[int]:
 @click.option("--subjects", default=None, help="MMLU subjects, comma-separated.")
 @click.option("--template", "template", default="1", show_default=True,
               help="Prompt template 1..5, a list '1,3', or 'all' (mean ± std over templates).")
-@click.option("--scoring", default=P.DEFAULT_SCORING, show_default=True,
-              help="letter (paper), cloze (sum log-prob) or cloze-norm (per-character normalised).")
+@click.option("--scoring", type=click.Choice(["letter", "cloze", "cloze-norm", "cloze-token"]),
+              default=P.DEFAULT_SCORING, show_default=True,
+              help="letter (paper's next-token letter logits), cloze (summed log-prob of the option text), "
+                   "cloze-norm / cloze-token (per character / per token).")
 @click.option("--chat-template", type=click.Choice(["off", "on"]), default="off", show_default=True,
               help="Wrap prompts in the chat model's chat template (off reproduces the paper).")
 @click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True)
@@ -56,9 +59,10 @@ def _templates(value: str) -> list[int]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--no-report", is_flag=True, help="Skip the HTML/Markdown report.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@column_options
 def run(base, chat, dataset, split, calib_split, subjects, template, scoring, chat_template, fewshot, limit,
         n_splits, calib_frac, scaling, bins, seed, batch_size, device, api_base, output, overwrite, no_report,
-        no_progress) -> None:
+        no_progress, **columns) -> None:
     """Score both models (cached, resumable), fit DACA, naive alignment and the labelled oracle,
     evaluate on held-out questions and write a run folder with a report.
 
@@ -70,9 +74,9 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
         templates=_templates(template), scoring=scoring, chat_template=chat_template == "on",
         fewshot=fewshot, limit=limit or None, n_splits=n_splits, calib_frac=calib_frac, scaling=scaling,
         n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base, device=device,
-        progress=not no_progress,
+        progress=not no_progress, columns=pop_columns(columns),
     )
-    out = output or Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = P.run(cfg, out, overwrite=overwrite, report=not no_report)
     doc = P.load_metrics(run_dir)
     d = doc["diagnostics"]
