@@ -86,10 +86,11 @@ def test_letter_distribution_close_to_transformers(clean, local):
     tv, agree = _compare(scores, ref)
     print(f"api vs transformers: mean TV {tv.mean():.4f}, max TV {tv.max():.4f}, argmax agreement {agree:.3f}; "
           f"floored letters {b.stats.n_floored_letters}/{b.stats.n_letters}")
-    # llama.cpp quantises activations to 8 bits for its Q4_1 matmuls and transformers runs the same
-    # de-quantised weights in fp32, so the distributions are close but not equal. Measured: see report.
-    assert tv.mean() < 0.05 and tv.max() < 0.15
-    assert agree >= 0.9
+    # llama.cpp quantises activations to 8 bits for its Q4_1 matmuls while transformers runs the same
+    # de-quantised weights in fp32, so the distributions are close, not equal. Measured on these 24
+    # questions: mean total variation 0.023, max 0.044, argmax agreement 24/24. Bounds at about twice that.
+    assert tv.mean() < 0.05 and tv.max() < 0.1
+    assert agree >= 23 / 24
 
 
 def test_deterministic_under_concurrency(server, clean):
@@ -159,7 +160,13 @@ def test_completions_mode_sends_raw_prompt(server, local):
     assert b.stats.n_floored_letters == 0 and b.stats.n_no_token == 0
     tv, agree = _compare(got, np.array(local.score_letters(raw)))
     print(f"completions vs transformers: mean TV {tv.mean():.4f}, max TV {tv.max():.4f}, argmax agreement {agree:.3f}")
-    assert tv.mean() < 0.05 and agree >= 5 / 6
+    # measured: mean TV 0.021, max 0.026, argmax 6/6 (same reason for the gap as the chat test)
+    assert tv.mean() < 0.05 and tv.max() < 0.1 and agree >= 5 / 6
+
+    # without the examples SmolLM2 ends its answer at once here: no token, so a uniform floored row
+    b = _backend(server.url, mode="completions")
+    (row,) = b.score_letters(letter_requests(QUESTIONS[:1], template=1, chat=False))
+    assert b.stats.n_no_token == 1 and b.stats.n_floored_letters == 4 and np.ptp(row) == 0.0
 
 
 def test_server_killed_mid_run_then_resumed(clean, tmp_path):

@@ -82,6 +82,10 @@ class RunConfig:
         bad = [t for t in self.templates if t not in (1, 2, 3, 4, 5)]
         if bad:
             raise InputError(f"--template must be 1..5 or 'all', got {bad[0]}")
+        api = [m for m in (self.base, self.chat) if m.startswith("openai:")]
+        if api and self.scoring != "letter":
+            raise InputError(f"{api[0]} is an API model: APIs return next-token log-probabilities only, so use "
+                             "--scoring letter")
         if self.limit is not None and self.limit < 2:
             raise InputError(f"--limit must be at least 2, got {self.limit}")
 
@@ -245,7 +249,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     for role, spec in (("base", cfg.base), ("chat", cfg.chat)):
         log.info("loading %s model %s", role, spec)
         kwargs: dict[str, Any] = {}
-        if cfg.device:
+        if cfg.device and not spec.startswith("openai:"):
             kwargs["device"] = cfg.device
         backend = load_backend(spec, api_base=cfg.api_base, **kwargs)
         for t in cfg.templates:

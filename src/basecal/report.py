@@ -139,6 +139,39 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
     return data
 
 
+def _check_doc(doc: Mapping[str, Any], config: Any, path: Path) -> None:
+    """Refuse a metrics.json whose known keys have the wrong JSON type, before anything is written."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: {what}; re-create the run with `basecal run`")
+
+    def is_num(v: Any) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    for key in ("methods", "fits", "diagnostics", "method_labels", "config"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise bad(f"{key!r} must be a JSON object, got {type(doc[key]).__name__}")
+    for m, entry in (doc.get("methods") or {}).items():
+        if not isinstance(entry, dict):
+            raise bad(f"methods[{m!r}] must be an object of metrics, got {type(entry).__name__}")
+        for name, v in entry.items():
+            stats = [v.get("mean"), v.get("std")] if isinstance(v, dict) else [v]
+            if not all(is_num(x) for x in stats):
+                raise bad(f"methods[{m!r}][{name!r}] must be a number or {{\"mean\", \"std\"}} numbers")
+    for m, recs in (doc.get("fits") or {}).items():
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise bad(f"fits[{m!r}] must be a list of objects")
+    diag = doc.get("diagnostics") or {}
+    for sub in ("agree", "disagree"):
+        if diag.get(sub) is not None and not isinstance(diag[sub], dict):
+            raise bad(f"diagnostics[{sub!r}] must be a JSON object")
+    if not isinstance(config, dict):
+        raise bad(f"the configuration must be a JSON object, got {type(config).__name__}")
+    n_bins = config.get("n_bins")
+    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1):
+        raise bad(f"config n_bins must be a positive integer, got {n_bins!r}")
+
+
 def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{method: (probs (n, k), labels (n,))}`` from ``predictions/*.parquet`` (log-probabilities)."""
     from ._math import softmax
@@ -249,6 +282,9 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
     if "temperatures" in img:
         out.append(img["temperatures"])
 
+    if doc.get("api_stats"):
+        out += _api_section(doc["api_stats"])
+
     out.append(("h2", "Fitted calibrator (calibrator.json)"))
     if cal:
         # the temperature is shown at top level already; vector/matrix parameters are shown as lists
@@ -262,6 +298,30 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
     out.append(("h2", "Configuration"))
     out.append(_kv_table(config or {}, collapsed="resolved configuration (config.json)"))
     return out
+
+
+def _api_section(stats: Mapping[str, Any]) -> list[Any]:
+    """How an API model's top-k log-probabilities were turned into option scores."""
+    keys = [("n_requests", "requests"), ("n_letters", "option letters"),
+            ("n_floored_letters", "letters floored"), ("n_requests_with_floor", "requests with a floor"),
+            ("n_no_token", "no first token"), ("n_retries", "retries")]
+    rows = []
+    for role, st in stats.items():
+        if not isinstance(st, Mapping):
+            continue
+        n_letters = st.get("n_letters") or 0
+        share = f" ({100 * st.get('n_floored_letters', 0) / n_letters:.1f}%)" if n_letters else ""
+        rows.append([str(role)] + [_fmt(st.get(k), 1, 0) + (share if k == "n_floored_letters" else "")
+                                   for k, _ in keys])
+    return [
+        ("h2", "API scoring: top-k log-probabilities"),
+        ("p", "API models return only the top-k log-probabilities of the generated token. An option letter "
+              "absent from the top-k gets a floor below the smallest returned log-probability: "
+              "log(min(p_min, max(1 - Σp, 1e-6))) - log 2, i.e. at most half of the probability mass the top-k "
+              "leaves for it. The counts cover the requests sent in this run (answers served from the score "
+              "cache are not recounted)."),
+        _Table(["model"] + [label for _, label in keys], rows),
+    ]
 
 
 def _diagnostics(d: Mapping[str, Any], fits: Mapping[str, Any], has_labels: bool) -> list[Any]:
@@ -387,6 +447,7 @@ def write_report(run_dir: str | os.PathLike) -> dict[str, Path]:
         raise InputError(f"{run_dir}: not a folder; pass the output folder of `basecal run`")
     doc = _read_json(run_dir / "metrics.json", required=True)
     config = _read_json(run_dir / "config.json", required=False) or doc.get("config") or {}
+    _check_doc(doc, config, run_dir / "metrics.json")
     cal = _read_json(run_dir / "calibrator.json", required=False)
     preds = _predictions(run_dir)
     labels_ok = bool(doc.get("has_labels")) and bool(preds) and all((y >= 0).all() for _, y in preds.values())

@@ -92,6 +92,12 @@ class ScoreSet:
         labels = [None] * n if labels is None else list(labels)
         if len(labels) != n:
             raise ScoreFileError(f"{source}: {n} ids but {len(labels)} labels")
+        for r, i in enumerate(ids):
+            # str(None) or str([1]) would silently become an id like 'None' that never matches the other model
+            if isinstance(i, bool) or not isinstance(i, (str, int, np.integer, np.str_)):
+                raise ScoreFileError(
+                    f"{source}: row {r}: id {i!r} is not a string or integer; give every question a unique id"
+                )
         ids_arr = np.array([str(i) for i in ids], dtype=object)
         n_opt = np.empty(n, dtype=np.int64)
         for r, row in enumerate(logits):
@@ -107,6 +113,9 @@ class ScoreSet:
                 if v is None:
                     continue
                 try:
+                    # strings such as "1.5" would parse; a score file stores numbers, so refuse them
+                    if isinstance(v, (str, bytes, bool, np.bool_)):
+                        raise TypeError
                     mat[r, j] = float(v)
                 except (TypeError, ValueError):
                     raise ScoreFileError(
@@ -116,9 +125,11 @@ class ScoreSet:
         for r, v in enumerate(labels):
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
-            if isinstance(v, bool) or not float(v).is_integer():
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not float(v).is_integer():
                 raise ScoreFileError(
-                    f"{source}: row {r} (id {ids_arr[r]!r}): label {v!r} is not an option index"
+                    f"{source}: row {r} (id {ids_arr[r]!r}): label {v!r} is not an option index; "
+                    "labels are 0-based integers (null when unknown)"
                 )
             lab[r] = int(v)
         cols = {name: np.asarray(vals, dtype=object) for name, vals in (columns or {}).items()}
@@ -223,8 +234,13 @@ class ScoreSet:
         """
         path = Path(path)
         suffix = path.suffix.lower()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if path.is_dir():
+            raise ScoreFileError(f"{path}: is a directory; pass a file name ending in .parquet or .jsonl")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise ScoreFileError(f"cannot write {path}: {e.strerror}; choose a folder you can write to") from None
         os.close(fd)
         try:
             if suffix in (".jsonl", ".json", ".ndjson"):
@@ -269,6 +285,28 @@ def _json_scalar(v: Any) -> Any:
     return v
 
 
+#: suffixes :meth:`ScoreSet.save` knows (any other suffix is written as Parquet)
+SCORE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check, before any work is done, that ``path`` can name a score file to write.
+
+    Raises
+    ------
+    ScoreFileError
+        ``path`` is an existing directory or does not end in one of :data:`SCORE_SUFFIXES`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ScoreFileError(f"{path}: is a directory; pass a file name ending in .parquet or .jsonl")
+    if path.suffix.lower() not in SCORE_SUFFIXES:
+        raise ScoreFileError(
+            f"{path}: unknown score file type {path.suffix or '(no suffix)'!r}; end the name in .parquet or .jsonl"
+        )
+    return path
+
+
 def load_scores(path: str | os.PathLike) -> ScoreSet:
     """Read a score file (Parquet or JSON Lines) and validate it.
 
@@ -285,8 +323,11 @@ def load_scores(path: str | os.PathLike) -> ScoreSet:
         raise ScoreFileError(f"{src}: is a directory; pass a .parquet or .jsonl score file")
     if path.stat().st_size == 0:
         raise ScoreFileError(f"{src}: the file is empty; re-create it with `basecal score`")
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ScoreFileError(f"{src}: cannot read it ({e.strerror}); check its permissions") from None
     if magic == b"PAR1":
         return _read_parquet(path)
     return _read_jsonl(path)
@@ -297,7 +338,8 @@ def _read_jsonl(path: Path) -> ScoreSet:
     ids, logits, labels = [], [], []
     extra: dict[str, list[Any]] = {}
     meta: dict[str, Any] = {"source": src}
-    with open(path, encoding="utf-8", errors="strict") as fh:
+    # utf-8-sig: files saved by Windows editors start with a byte-order mark that is not part of the JSON
+    with open(path, encoding="utf-8-sig", errors="strict") as fh:
         try:
             lines = fh.read().splitlines()
         except UnicodeDecodeError:

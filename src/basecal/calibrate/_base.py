@@ -153,7 +153,8 @@ class _Calibrator:
             return apply_temperature(g, self.temperature_)
         if g.shape[1] != self.n_options_:
             raise InputError(
-                f"logits have {g.shape[1]} options but this {self.scaling} scaling was fitted on {self.n_options_}"
+                f"logits have {g.shape[1]} options but this {self.scaling} scaling was fitted on {self.n_options_}; "
+                f"apply it only to questions with {self.n_options_} options, or fit a calibrator on these scores"
             )
         return apply_affine(g, self.coef_, self.intercept_)
 
@@ -214,14 +215,17 @@ class _Calibrator:
         try:
             fd, tmp = tempfile.mkstemp(prefix=".calibrator-", suffix=".tmp", dir=folder)
         except OSError as exc:
-            raise InputError(f"cannot write the calibrator to {path}: {exc.strerror}; check the folder exists") from None
+            hint = "create the folder first" if isinstance(exc, FileNotFoundError) else "choose a folder you can write to"
+            raise InputError(f"cannot write the calibrator to {path}: {exc.strerror}; {hint}") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
             os.replace(tmp, path)
         except OSError as exc:
             os.unlink(tmp)
-            raise InputError(f"cannot write the calibrator to {path}: {exc.strerror}") from None
+            raise InputError(
+                f"cannot write the calibrator to {path}: {exc.strerror}; pass a file path with free disk space"
+            ) from None
 
 
 def _version() -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CalibratorFileError
+from ..errors import CalibratorFileError, InputError
 from ._base import FORMAT, _Calibrator
 from .alignment import DACA, NaiveAlignment
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
@@ -29,6 +29,8 @@ def load_calibrator(path: str | os.PathLike) -> _Calibrator:
         The file is missing, unreadable, not JSON, of an unknown method, or lacks a required key.
     """
     src = os.fspath(path)
+    if os.path.isfile(src) and os.path.getsize(src) == 0:
+        raise CalibratorFileError(f"{src}: the file is empty; re-create it with `basecal fit`")
     try:
         with open(src, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -39,25 +41,57 @@ def load_calibrator(path: str | os.PathLike) -> _Calibrator:
     except OSError as exc:
         raise CalibratorFileError(f"{src}: cannot read it ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CalibratorFileError(f"{src}: not valid JSON ({exc}); re-create it with `basecal fit`") from None
+        raise CalibratorFileError(f"{src}: {_not_json_hint(src, exc)}") from None
     return from_dict(data, source=src)
+
+
+def _not_json_hint(src: str, exc: Exception) -> str:
+    """Why a calibrator file did not parse, recognising the usual mix-up with a score file."""
+    try:
+        with open(src, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        head = b""
+    if head.startswith(b"PAR1") or (b'"logits"' in head and b'"id"' in head):
+        return "this is a score file, not a calibrator; pass the JSON written by `basecal fit -o`"
+    return f"not valid JSON ({exc}); re-create it with `basecal fit`"
 
 
 def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
     """Inverse of ``to_dict``; see :func:`load_calibrator`."""
+    if isinstance(data, dict) and "logits" in data and "format" not in data:
+        raise CalibratorFileError(
+            f"{source}: this is a score file, not a calibrator; pass the JSON written by `basecal fit -o`"
+        )
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CalibratorFileError(f"{source}: not a basecal calibrator file (no \"format\": \"{FORMAT}\")")
     method = data.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise CalibratorFileError(
             f"{source}: unknown calibration method {method!r}; expected one of {', '.join(METHODS)}"
+        )
+    for key, kind in (("hyperparameters", dict), ("parameters", dict), ("solver", dict), ("agreement", dict)):
+        if key in data and not isinstance(data[key], kind):
+            raise CalibratorFileError(
+                f"{source}: {key!r} must be a JSON object, got {type(data[key]).__name__}; "
+                "re-create it with `basecal fit`"
+            )
+    allowed = set(METHODS[method]()._hyperparameters())
+    unknown = sorted(set(data.get("hyperparameters") or {}) - allowed)
+    if unknown:
+        raise CalibratorFileError(
+            f"{source}: malformed value (unknown hyperparameter {unknown[0]!r} for method {method!r}; known: "
+            f"{', '.join(sorted(allowed))}); re-create it with `basecal fit`"
         )
     try:
         hp = dict(data["hyperparameters"])
         if "temperature_bounds" in hp:
             hp["temperature_bounds"] = tuple(hp["temperature_bounds"])
         obj = METHODS[method](**hp)
-        obj._check_params()
+        try:
+            obj._check_params()
+        except InputError as exc:
+            raise CalibratorFileError(f"{source}: {exc}; re-create it with `basecal fit`") from None
         params, solver = data["parameters"], data["solver"]
         obj.n_options_ = int(data["n_options"])
         obj.n_ = int(data["n"])
@@ -79,6 +113,8 @@ def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
         obj.objective_ = float(solver["objective"])
         obj.solver_message_ = str(solver["message"])
         obj.at_bound_ = solver.get("at_bound")
+    except CalibratorFileError:
+        raise  # already worded (it is a ValueError too, so it must not reach the clause below)
     except KeyError as exc:
         raise CalibratorFileError(f"{source}: missing key {exc.args[0]!r}; re-create it with `basecal fit`") from None
     except (TypeError, ValueError) as exc:

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from .. import __version__
 from ..errors import BasecalError
 
 #: command name -> "module:attribute" (relative to basecal.cli)
@@ -47,7 +48,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="basecal")
+@click.version_option(version=__version__, prog_name="basecal")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
@@ -60,28 +61,56 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: typed errors become one line on stderr and a non-zero exit."""
+    """Entry point: every failure becomes one line on stderr and a non-zero exit, never a traceback.
+
+    Exit codes: 0 success, 2 bad input or usage (:class:`BasecalError`, click usage errors), 1 an
+    operating-system error (permission, disk full) or an internal error, 130 interrupted (Ctrl-C).
+    ``--debug`` (or ``BASECAL_DEBUG=1``) re-raises instead, to show the traceback.
+    """
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("BASECAL_DEBUG")
     try:
         rv = cli.main(args=argv, prog_name="basecal", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("basecal: interrupted; finished work is saved, run the same command again to resume", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # click turns Ctrl-C into Abort in non-standalone mode; a bare KeyboardInterrupt can still
+        # arrive before click's own handler is entered
+        _error("interrupted; finished work is saved, run the same command again to resume", prefix="basecal")
         return 130
-    except KeyboardInterrupt:
-        click.echo("basecal: interrupted; finished work is saved, run the same command again to resume", err=True)
-        return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # plain `basecal`: the help text is the useful answer
+        return e.exit_code
+    except click.UsageError as e:
+        path = e.ctx.command_path if e.ctx is not None else "basecal"
+        _error(f"{e.format_message().rstrip('.')}; see `{path} --help`", prefix=f"{path}: error")
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        _error(e.format_message())
         return e.exit_code
     except BasecalError as e:
         if debug:
             raise
-        click.echo(f"basecal: error: {e}", err=True)
+        _error(str(e))
         return e.exit_code
     except MemoryError:
-        click.echo("basecal: error: out of memory; lower --batch-size or --limit", err=True)
+        _error("out of memory; use less data at once (--limit, --batch-size, or fewer questions)")
+        return 1
+    except OSError as e:
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        _error(f"{where}{e.strerror or e}; check the path, its permissions and the free disk space")
+        return 1
+    except Exception as e:
+        if debug:
+            raise
+        _error(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback and "
+               "please report it", prefix="basecal")
         return 1
     return rv if isinstance(rv, int) else 0
+
+
+def _error(message: str, *, prefix: str = "basecal: error") -> None:
+    """Print ``prefix: message`` as exactly one line on stderr (embedded newlines are folded)."""
+    click.echo(f"{prefix}: {' '.join(str(message).split())}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

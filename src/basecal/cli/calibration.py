@@ -85,8 +85,9 @@ def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Pat
 def apply(scores_path: Path, cal_path: Path, output: Path) -> None:
     """Write calibrated log-probabilities (as logits) for every question of a score file."""
     from ..calibrate import load_calibrator
-    from ..scores import load_scores
+    from ..scores import check_output_path, load_scores
 
+    check_output_path(output)  # fail before any work, not after it
     cal = load_calibrator(cal_path)
     scores = load_scores(scores_path)
     logp = cal.predict_log_proba(scores.logits)

@@ -37,7 +37,7 @@ def _templates(value: str) -> list[int]:
 @click.option("--template", "template", default="1", show_default=True,
               help="Prompt template 1..5, a list '1,3', or 'all' (mean ± std over templates).")
 @click.option("--scoring", type=click.Choice(["letter", "cloze", "cloze-norm", "cloze-token"]),
-              default=P.DEFAULT_SCORING, show_default=True,
+              default=None, show_default=f"{P.DEFAULT_SCORING}; letter for openai: models",
               help="letter (paper's next-token letter logits), cloze (summed log-prob of the option text), "
                    "cloze-norm / cloze-token (per character / per token).")
 @click.option("--chat-template", type=click.Choice(["off", "on"]), default="off", show_default=True,
@@ -68,6 +68,9 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
 
     With no arguments: the packaged Gemma-3-270M (base) and SmolLM2-135M-Instruct (chat) on SciQ.
     """
+    if scoring is None:
+        api = base.startswith("openai:") or chat.startswith("openai:")
+        scoring = "letter" if api else P.DEFAULT_SCORING
     cfg = P.RunConfig(
         base=base, chat=chat, dataset=dataset, split=split, calib_split=calib_split,
         subjects=[s.strip() for s in subjects.split(",")] if subjects else None,

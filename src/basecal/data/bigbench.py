@@ -89,8 +89,9 @@ def _extract(sdist: Path, root: Path) -> None:
                 if len(found) == len(wanted):
                     break
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DatasetError(f"cannot read the BIG-bench archive {sdist} ({e}); delete it and run "
-                           f"`{SETUP_COMMAND}` again") from e
+        # never tell the user to delete a file they passed with --sdist: it may be theirs to keep
+        raise DatasetError(f"cannot read the BIG-bench archive {sdist} ({e}); it is not a valid "
+                           f"bigbench-1.0.0.tar.gz: download it again, or run `{SETUP_COMMAND}` online") from e
     missing = sorted(set(FILES) - found)
     if missing:
         raise DatasetError(f"{sdist} lacks {', '.join(missing)}; it is not the bigbench 1.0.0 sdist")
@@ -117,12 +118,23 @@ def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str = SDI
     if is_fetched(root):
         log.info("BIG-bench task files already in %s", root)
         return root
+    if sdist is not None and not Path(sdist).is_file():
+        raise DatasetError(f"no such file: {sdist}; pass the path of bigbench-1.0.0.tar.gz")
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    if sdist is not None:
-        if not Path(sdist).is_file():
-            raise DatasetError(f"no such file: {sdist}; pass the path of bigbench-1.0.0.tar.gz")
-        _extract(Path(sdist), root)
-        return root
+    try:
+        if sdist is not None:
+            _extract(Path(sdist), root)
+            return root
+        _fetch_online(url, root)
+    except BaseException:
+        if created and not any(root.iterdir()):
+            root.rmdir()  # leave no empty folder behind a failed set-up
+        raise
+    return root
+
+
+def _fetch_online(url: str, root: Path) -> None:
     archive = root / "bigbench-1.0.0.tar.gz"
     try:
         _download(url, archive)
@@ -133,7 +145,6 @@ def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str = SDI
         _extract(archive, root)
     finally:
         archive.unlink(missing_ok=True)
-    return root
 
 
 def _examples(rel: str) -> list[dict]:
