@@ -200,6 +200,7 @@ def _convert(gguf: Path, out: Path) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise MissingDependencyError(e.name or "transformers", "transformers") from None
+    _check_transformers_for_gguf()
     folder, fname = str(gguf.parent), gguf.name
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
@@ -218,6 +219,27 @@ def _convert(gguf: Path, out: Path) -> None:
         raise ModelError(f"GGUF conversion of {gguf.name} lost weights {missing[:3]} / {unexpected[:3]}")
     fresh.save_pretrained(out)
     tok.save_pretrained(out)
+
+
+#: Oldest transformers whose GGUF de-quantisation we have verified on the packaged models. Measured on an
+#: H200 (benchmarks/results/gpu_check_h200_*.json): with transformers 5.17 the converted Gemma-3-270M
+#: agreed with the correct model on only 21 % of letter-scoring argmaxes (SmolLM2 was unaffected);
+#: with 5.24 it matches the CPU float32 reference to 4e-6 in probability.
+MIN_TRANSFORMERS_FOR_GGUF = (5, 24)
+
+
+def _check_transformers_for_gguf() -> None:
+    import re
+
+    import transformers
+
+    m = re.match(r"(\d+)\.(\d+)", transformers.__version__)
+    if m and (int(m.group(1)), int(m.group(2))) < MIN_TRANSFORMERS_FOR_GGUF:
+        need = ".".join(map(str, MIN_TRANSFORMERS_FOR_GGUF))
+        raise ModelError(
+            f"transformers {transformers.__version__} de-quantises some GGUF files (Gemma-3) wrongly; "
+            f"upgrade with `pip install 'transformers>={need}'` before converting a .gguf model"
+        )
 
 
 def _tied_keys(model) -> set[str]:

@@ -64,11 +64,15 @@ def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
             f"{source}: this is a score file, not a calibrator; pass the JSON written by `basecal fit -o`"
         )
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CalibratorFileError(f"{source}: not a basecal calibrator file (no \"format\": \"{FORMAT}\")")
+        raise CalibratorFileError(
+            f"{source}: not a basecal calibrator file (no \"format\": \"{FORMAT}\"); pass the JSON written by "
+            "`basecal fit -o`"
+        )
     method = data.get("method")
     if not isinstance(method, str) or method not in METHODS:
         raise CalibratorFileError(
-            f"{source}: unknown calibration method {method!r}; expected one of {', '.join(METHODS)}"
+            f"{source}: unknown calibration method {method!r} (expected one of {', '.join(METHODS)}); "
+            "re-create it with `basecal fit`"
         )
     for key, kind in (("hyperparameters", dict), ("parameters", dict), ("solver", dict), ("agreement", dict)):
         if key in data and not isinstance(data[key], kind):
