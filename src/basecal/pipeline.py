@@ -249,8 +249,10 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     for role, spec in (("base", cfg.base), ("chat", cfg.chat)):
         log.info("loading %s model %s", role, spec)
         kwargs: dict[str, Any] = {}
-        if cfg.device and not spec.startswith("openai:"):
-            kwargs["device"] = cfg.device
+        if not spec.startswith("openai:"):
+            kwargs["batch_size"] = cfg.batch_size
+            if cfg.device:
+                kwargs["device"] = cfg.device
         backend = load_backend(spec, api_base=cfg.api_base, **kwargs)
         for t in cfg.templates:
             for s in splits:

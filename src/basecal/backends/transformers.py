@@ -136,7 +136,7 @@ class TransformersBackend:
         except OSError as e:
             offline = " (HF_HUB_OFFLINE is set, so only cached hub models work)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise ModelError(
-                f"cannot load model {spec!r}{offline}: {str(e).splitlines()[0]}; pass a built-in alias "
+                f"cannot load model {spec!r}{offline}: {str(e).splitlines()[0].rstrip('.')}; pass a built-in alias "
                 f"({', '.join(models.ALIASES)}), a model folder, a .gguf file or an available hub id"
             ) from None
         identity = resolved.identity

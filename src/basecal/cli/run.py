@@ -17,9 +17,10 @@ def _templates(value: str) -> list[int]:
     try:
         out = [int(v) for v in value.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{value!r}: use 1..5, a comma-separated list, or 'all'") from None
+        raise click.BadParameter(f"{value!r}: use 1..5, a comma-separated list, or 'all'",
+                                 param_hint="'--template'") from None
     if any(t not in (1, 2, 3, 4, 5) for t in out):
-        raise click.BadParameter(f"{value!r}: templates are numbered 1..5")
+        raise click.BadParameter(f"{value!r}: templates are numbered 1..5", param_hint="'--template'")
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
+from ._options import column_options, pop_columns
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,25 @@ def _templates(value: str) -> list[int]:
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where resumable results live (default $BASECAL_CACHE_DIR/scores or ~/.cache/basecal/scores).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@column_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output .parquet or .jsonl; with --template all, one file per template (name_t1.parquet, ...).")
 def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str,
           chat_template: str, fewshot: int, limit: int | None, seed: int, batch_size: int, device: str | None,
-          dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str) -> None:
+          dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str,
+          **columns: Any) -> None:
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
     from ..backends import load_backend
     from ..data import fewshot_examples, load_dataset
+    from ..scores import check_output_path
     from ..scoring import score_questions
 
+    check_output_path(output)  # before any slow work
     templates = _templates(template)
     chat = chat_template == "on"
     if scoring != "letter" and chat:
         raise InputError("--chat-template on applies to --scoring letter only")
-    questions = load_dataset(dataset, split=split, subjects=subjects, limit=limit, seed=seed)
+    questions = load_dataset(dataset, split=split, subjects=subjects, limit=limit, seed=seed, **pop_columns(columns))
     shots: Any = ()
     if fewshot:
         subj = sorted({q.subject for q in questions if q.subject is not None})
