@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE = "gemma-3-270m"
 DEFAULT_CHAT = "smollm2-135m-instruct"
 DEFAULT_DATASET = "sciq"
-DEFAULT_SCORING = "cloze-norm"
+DEFAULT_SCORING = "cloze"
 DEFAULT_LIMIT = 400
 
 METHODS = ("chat", "base", "naive", "daca", "ts")

@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -58,6 +59,12 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     ctx.obj["debug"] = debug
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # library warnings (e.g. a temperature at its bound) become one log line, not file:line + source
+    warnings.showwarning = _warning_to_log
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger("basecal").warning("%s: %s", category.__name__, str(message).replace("\n", " "))
 
 
 def main(argv: list[str] | None = None) -> int:
