@@ -142,3 +142,47 @@ def test_run_on_user_file_with_column_mapping(tmp_path, fake_models, capsys):
                 "nope", "--no-report", "--no-progress", "-o", str(tmp_path / "r2")])
     err = capsys.readouterr().err
     assert bad != 0 and "nope" in err and err.count("\n") == 1 and not (tmp_path / "r2").exists()
+
+
+class InterruptingBackend(FakeBackend):
+    """Raises KeyboardInterrupt (as Ctrl-C would) once ``budget`` questions have been scored."""
+
+    def __init__(self, name, scale, budget):
+        super().__init__(name, scale)
+        self.budget = budget
+
+    def score_cloze(self, requests):
+        if self.calls + len(requests) > self.budget:
+            raise KeyboardInterrupt
+        return super().score_cloze(requests)
+
+
+def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
+    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(120))
+    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    cfg = pipeline.RunConfig(base="b", chat="c", dataset="toy", scoring="cloze", progress=False)
+    # reference: an uninterrupted run in its own cache
+    ref_backends = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
+    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: ref_backends[spec])
+    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "ref-cache"))
+    ref = json.loads((pipeline.run(cfg, tmp_path / "ref", report=False) / "metrics.json").read_text())
+
+    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    first = {"b": FakeBackend("base", 1.0), "c": InterruptingBackend("chat", 3.0, budget=50)}
+    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: first[spec])
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(cfg, tmp_path / "run", report=False)
+    assert not (tmp_path / "run").exists()  # no half-written run folder
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
+    done_chat = first["c"].calls
+    assert 0 < done_chat <= 50
+
+    second = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
+    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: second[spec])
+    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    assert second["b"].calls == 0  # the base model finished before the interruption
+    assert second["c"].calls == 120 - done_chat  # only what was missing
+    doc = json.loads((out / "metrics.json").read_text())
+    for key in ("methods", "fits", "diagnostics"):
+        assert doc[key] == ref[key]
