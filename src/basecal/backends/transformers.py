@@ -237,8 +237,7 @@ class TransformersBackend:
                 if p < _MIN_PREFIX:
                     p = 0
                 order = sorted(range(len(idx)), key=lambda j: -len(enc[j]))
-                for s in range(0, len(order), self.batch_size):
-                    chunk = order[s: s + self.batch_size]
+                for chunk in _pack(order, [len(enc[j]) - p for j in order], self.batch_size):
                     rows = [enc[j][p:] for j in chunk]
                     past = past_mask = None
                     if p:
@@ -280,8 +279,7 @@ class TransformersBackend:
         enc = [self._encode_cloze(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(enc[i][0]))
         with torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                chunk = order[s: s + self.batch_size]
+            for chunk in _pack(order, [len(enc[i][0]) for i in order], self.batch_size):
                 # contexts minus their last token go through the cache; the last one starts each option row
                 _, ctx_mask, kv = self._forward([enc[i][0][:-1] for i in chunk])
                 sel, rows, targets = [], [], []
@@ -313,6 +311,31 @@ class TransformersBackend:
                     )
                     pos += len(conts)
         return results  # type: ignore[return-value]
+
+
+#: Largest share of padding a batch may carry. On a CPU a padded token costs as much as a real one and
+#: batching gains little, so rows of very different lengths are better run apart (measured on Gemma-3-270M,
+#: 5-shot MMLU: batches of 8 sorted rows were 2.5x slower per question than unpadded rows).
+MAX_PADDING = 0.2
+
+
+def _pack(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Split ``order`` (sorted by decreasing ``lengths``) into batches of at most ``batch_size`` whose
+    left padding stays under :data:`MAX_PADDING` of the batch's tokens; deterministic in its inputs."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    width = total = 0
+    for item, n in zip(order, lengths, strict=True):
+        if cur and (len(cur) == batch_size or (total + n) < (1 - MAX_PADDING) * width * (len(cur) + 1)):
+            chunks.append(cur)
+            cur, total = [], 0
+        if not cur:
+            width = max(n, 1)
+        cur.append(item)
+        total += n
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
