@@ -186,3 +186,37 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
     doc = json.loads((out / "metrics.json").read_text())
     for key in ("methods", "fits", "diagnostics"):
         assert doc[key] == ref[key]
+
+
+class BiasedBackend(FakeBackend):
+    """Always prefers option ``favourite`` (tiny models do this with letter scoring)."""
+
+    def __init__(self, name, favourite):
+        super().__init__(name, 1.0)
+        self.favourite = favourite
+
+    def _vec(self, text, k, answer):
+        v = 0.1 * super()._vec(text, k, answer)
+        v[self.favourite] += 2.0
+        return v
+
+
+def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    backends = {"b": BiasedBackend("base", 0), "c": BiasedBackend("chat", 1)}
+    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: backends[spec])
+    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(80))
+    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    rc = main(["run", "--base", "b", "--chat", "c", "--dataset", "toy", "--scoring", "letter", "--no-progress",
+               "-o", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "NO deployable calibrator" in out and "same answer" in out
+    assert "could not be fitted on some units" in out and "DACA 5/5" in out
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert doc["diagnostics"]["n_agree"] == 0 and doc["fallbacks"]["daca"] == 5
+    assert all(f["fallback"].startswith("uncalibrated") for f in doc["fits"]["daca"])
+    # uncalibrated fallback: DACA's numbers equal the chat model's
+    assert doc["methods"]["daca"]["ece"]["values"] == doc["methods"]["chat"]["ece"]["values"]
+    assert not (tmp_path / "run" / "calibrator.json").exists()
+    assert (tmp_path / "run" / "report.html").exists()

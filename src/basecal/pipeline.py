@@ -155,24 +155,46 @@ def _concat(parts: list[ScoreSet]) -> ScoreSet:
 
 
 # --------------------------------------------------------------------------- fitting / evaluation
+class _Unfitted:
+    """Stand-in when a label-free fit is impossible on one unit (e.g. no agreeing question in a small
+    subject): that unit is evaluated with the chat model unchanged (τ = 1), and ``fits`` says so."""
+
+    temperature_ = 1.0
+    n_iter_ = 0
+    converged_ = False
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def predict_log_proba(self, chat: np.ndarray) -> np.ndarray:
+        return log_softmax(chat)
+
+
 def _fit_all(base: np.ndarray, chat: np.ndarray, labels: np.ndarray | None, scaling: str) -> dict[str, Any]:
     from .calibrate import DACA, MatrixScaling, NaiveAlignment, TemperatureScaling, VectorScaling
 
     fitted: dict[str, Any] = {}
-    try:
-        fitted["daca"] = DACA(scaling=scaling).fit(base, chat)
-    except FitError as e:
-        log.warning("DACA: %s", e)
-    fitted["naive"] = NaiveAlignment(scaling=scaling).fit(base, chat)
+    for name, make in (("daca", DACA), ("naive", NaiveAlignment)):
+        try:
+            fitted[name] = make(scaling=scaling).fit(base, chat)
+        except FitError as e:
+            log.warning("%s: %s; this unit is evaluated uncalibrated", METHOD_LABELS[name], e)
+            fitted[name] = _Unfitted(str(e))
     if labels is not None:
         oracle = {"temperature": TemperatureScaling, "vector": VectorScaling, "matrix": MatrixScaling}[scaling]
-        fitted["ts"] = oracle().fit(chat, labels)
+        try:
+            fitted["ts"] = oracle().fit(chat, labels)
+        except FitError as e:
+            log.warning("%s: %s; this unit is evaluated uncalibrated", METHOD_LABELS["ts"], e)
+            fitted["ts"] = _Unfitted(str(e))
     return fitted
 
 
 def _fit_record(group: str, cal: Any) -> dict[str, Any]:
     rec: dict[str, Any] = {"group": group, "n_iter": int(getattr(cal, "n_iter_", 0)),
                            "converged": bool(getattr(cal, "converged_", True))}
+    if isinstance(cal, _Unfitted):
+        rec.update(error=cal.error, fallback="uncalibrated (temperature 1)")
     if hasattr(cal, "temperature_"):
         rec["temperature"] = float(cal.temperature_)
     for attr in ("n_agree_", "agreement_rate_", "n_"):
@@ -338,11 +360,19 @@ def _evaluate_all(cfg: RunConfig, scores: dict, test_split: str, calib_split: st
     if deploy is None or diag_joined is None:  # pragma: no cover - the first template always sets them
         raise FitError("internal error: no calibration data was assembled")
     db, dc, dj = deploy
-    cal = DACA(scaling=cfg.scaling).fit(db, dc)
-    cal.save(out / "calibrator.json", inputs={
-        "base": cfg.base, "chat": cfg.chat, "dataset": cfg.dataset, "split": calib_split or test_split,
-        "template": t_first, "scoring": cfg.scoring, "n_questions": int(len(dj.ids)),
-    })
+    try:
+        cal = DACA(scaling=cfg.scaling).fit(db, dc)
+    except FitError as e:
+        # the evaluation is still worth writing (its diagnostics show why); there is just nothing to deploy
+        log.warning("no deployable calibrator: %s", e)
+        calibrator: dict[str, Any] = {"error": str(e)}
+    else:
+        cal.save(out / "calibrator.json", inputs={
+            "base": cfg.base, "chat": cfg.chat, "dataset": cfg.dataset, "split": calib_split or test_split,
+            "template": t_first, "scoring": cfg.scoring, "n_questions": int(len(dj.ids)),
+        })
+        calibrator = {"temperature": float(getattr(cal, "temperature_", float("nan"))),
+                      "n_agree": int(cal.n_agree_), "agreement_rate": float(cal.agreement_rate_)}
     for m, parts in first_preds.items():
         lp = _pad_concat(parts)
         labels = [int(v) if v >= 0 else None for v in first_labels]
@@ -364,8 +394,8 @@ def _evaluate_all(cfg: RunConfig, scores: dict, test_split: str, calib_split: st
         "method_labels": {m: METHOD_LABELS[m] for m in METHODS},
         "diagnostics": diagnostics,
         "fits": fits,
-        "calibrator": {"temperature": float(getattr(cal, "temperature_", float("nan"))),
-                       "n_agree": int(cal.n_agree_), "agreement_rate": float(cal.agreement_rate_)},
+        "calibrator": calibrator,
+        "fallbacks": {m: sum("error" in f for f in recs) for m, recs in fits.items()},
     }
     if has_labels:
         preds = {m: _pad_concat(p) for m, p in first_preds.items()}

@@ -293,7 +293,14 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
         if cal.get("inputs"):
             out.append(_kv_table(cal["inputs"], collapsed="inputs the calibrator was fitted on"))
     else:
-        out.append(("p", "No calibrator.json in this run folder."))
+        why = (doc.get("calibrator") or {}).get("error") if isinstance(doc.get("calibrator"), Mapping) else None
+        out.append(("note", f"No deployable calibrator: {why}") if why
+                   else ("p", "No calibrator.json in this run folder."))
+    fallbacks = {m: n for m, n in (doc.get("fallbacks") or {}).items() if isinstance(n, int) and n}
+    if fallbacks:
+        out.append(("note", "Some units could not be fitted and were evaluated uncalibrated (temperature 1): "
+                    + ", ".join(f"{names.get(m, m)}: {n}" for m, n in fallbacks.items())
+                    + ". The reason of each is in metrics.json under fits."))
 
     out.append(("h2", "Configuration"))
     out.append(_kv_table(config or {}, collapsed="resolved configuration (config.json)"))

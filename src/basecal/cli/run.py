@@ -85,8 +85,14 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
     doc = P.load_metrics(run_dir)
     d = doc["diagnostics"]
     click.echo(f"\n{cfg.chat} calibrated with {cfg.base} on {cfg.dataset} — {doc['protocol']}")
-    click.echo(f"agreement: {d['n_agree']}/{d['n']} questions ({100 * d['agreement_rate']:.1f}%); "
-               f"deployable DACA temperature {doc['calibrator']['temperature']:.4g}")
+    cal = doc["calibrator"]
+    deploy = (f"deployable DACA temperature {cal['temperature']:.4g}" if "error" not in cal
+              else f"NO deployable calibrator ({cal['error']})")
+    click.echo(f"agreement: {d['n_agree']}/{d['n']} questions ({100 * d['agreement_rate']:.1f}%); {deploy}")
+    fallbacks = {m: n for m, n in doc.get("fallbacks", {}).items() if n}
+    if fallbacks:
+        click.echo("could not be fitted on some units (evaluated uncalibrated there): "
+                   + ", ".join(f"{P.METHOD_LABELS[m]} {n}/{len(doc['fits'][m])}" for m, n in fallbacks.items()))
     click.echo(P.summary_table(doc))
     if not doc["has_labels"]:
         click.echo("(no labels: ECE, Brier, NLL and accuracy need labels; only confidences are shown)")
