@@ -10,6 +10,7 @@ from basecal import pipeline
 from basecal.backends.base import ClozeResult
 from basecal.cli import main
 from basecal.data.base import Question
+from basecal.errors import InputError
 
 
 class FakeBackend:
@@ -65,6 +66,9 @@ def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
     monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
     cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring=scoring,
                              templates=[1, 2] if scoring == "letter" else [1], progress=False)
+    if scoring != "letter":  # templates change only letter prompts; several with cloze is refused
+        with pytest.raises(InputError, match="letter scoring only"):
+            pipeline.RunConfig(dataset="toy", scoring=scoring, templates=[1, 2]).validate()
     out = pipeline.run(cfg, tmp_path / "run", report=False)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["has_labels"]
@@ -75,6 +79,8 @@ def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
     temps = [f["temperature"] for f in doc["fits"]["daca"]]
     np.testing.assert_allclose(temps, 3.0, rtol=1e-8)
     assert doc["diagnostics"]["agreement_rate"] == 1.0
+    boot = doc["bootstrap"]["methods"]["daca"]["ece"]
+    assert 0 <= boot["low"] <= boot["high"] <= 1 and doc["bootstrap"]["n"] == doc["n_eval"]
     for f in ("config.json", "calibrator.json", "predictions/daca.parquet", "scores/chat_t1.parquet"
               if len(cfg.templates) > 1 else "scores/chat.parquet"):
         assert (out / f).exists(), f

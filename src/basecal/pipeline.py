@@ -82,6 +82,9 @@ class RunConfig:
         bad = [t for t in self.templates if t not in (1, 2, 3, 4, 5)]
         if bad:
             raise InputError(f"--template must be 1..5 or 'all', got {bad[0]}")
+        if self.scoring != "letter" and len(self.templates) > 1:
+            raise InputError("prompt templates apply to letter scoring only (cloze prompts have no instruction); "
+                             "use --scoring letter with --template all, or one template")
         api = [m for m in (self.base, self.chat) if m.startswith("openai:")]
         if api and self.scoring != "letter":
             raise InputError(f"{api[0]} is an API model: APIs return next-token log-probabilities only, so use "
@@ -400,7 +403,22 @@ def _evaluate_all(cfg: RunConfig, scores: dict, test_split: str, calib_split: st
     if has_labels:
         preds = {m: _pad_concat(p) for m, p in first_preds.items()}
         doc["selective"] = _selective(preds, np.asarray(first_labels))
+        doc["bootstrap"] = _bootstrap(preds, np.asarray(first_labels), cfg)
     return doc
+
+
+def _bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, cfg: RunConfig) -> dict[str, Any]:
+    """95 % percentile-bootstrap intervals (1000 resamples of questions) on the plotted questions."""
+    from . import metrics
+
+    out: dict[str, Any] = {"n_boot": 1000, "level": 0.95, "n": int(len(labels)), "methods": {}}
+    for m, lp in preds.items():
+        p = np.exp(lp)
+        out["methods"][m] = {}
+        for name in ("ece", "brier", "nll"):
+            ci = metrics.bootstrap_ci(name, p, labels, n_boot=1000, alpha=0.05, seed=cfg.seed)
+            out["methods"][m][name] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
+    return out
 
 
 def _pad_concat(parts: list[np.ndarray]) -> np.ndarray:

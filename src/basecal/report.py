@@ -265,6 +265,9 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
     else:
         out.append(("p", "metrics.json holds no per-method results."))
 
+    if has_labels and isinstance(doc.get("bootstrap"), Mapping):
+        out += _bootstrap_section(doc["bootstrap"], names)
+
     out.append(("h2", "Confidence distributions"))
     out.append(img["confidence_histogram"] if "confidence_histogram" in img
                else ("p", "No predictions/ folder: confidence plots are not available."))
@@ -305,6 +308,27 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
     out.append(("h2", "Configuration"))
     out.append(_kv_table(config or {}, collapsed="resolved configuration (config.json)"))
     return out
+
+
+def _bootstrap_section(boot: Mapping[str, Any], names: Mapping[str, str]) -> list[Any]:
+    """Sampling uncertainty of the headline metrics on the plotted questions."""
+    rows = []
+    for m, d in (boot.get("methods") or {}).items():
+        if not isinstance(d, Mapping):
+            continue
+        cells = [names.get(m, m)]
+        for key, scale in (("ece", 100), ("brier", 1), ("nll", 1)):
+            e = d.get(key) if isinstance(d.get(key), Mapping) else {}
+            est, lo, hi = e.get("estimate"), e.get("low"), e.get("high")
+            cells.append(f"{_fmt(est, scale, 3)} [{_fmt(lo, scale, 3)}, {_fmt(hi, scale, 3)}]"
+                         if est is not None else "n/a")
+        rows.append(cells)
+    level = boot.get("level", 0.95)
+    return [
+        _Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
+               collapsed=f"{100 * float(level):.0f} % bootstrap intervals ({boot.get('n_boot', '?')} resamples of "
+                         f"the {boot.get('n', '?')} plotted questions)"),
+    ]
 
 
 def _api_section(stats: Mapping[str, Any]) -> list[Any]:
