@@ -18,14 +18,16 @@ finite = st.floats(-8, 8, allow_nan=False, width=64)
 
 @st.composite
 def logit_pairs(draw) -> tuple[np.ndarray, np.ndarray]:
-    """Base and chat logits (n, k) sharing a random -inf pattern (every row keeps >= 1 option)."""
+    """Base and chat logits (n, k) sharing a random -inf pattern (every row keeps >= 2 options)."""
     n, k = draw(st.integers(2, 25)), draw(st.integers(2, 5))
     f = draw(hnp.arrays(np.float64, (n, k), elements=finite))
     noise = draw(hnp.arrays(np.float64, (n, k), elements=finite))
     scale = draw(st.floats(0.2, 5.0))
     g = scale * (f + draw(st.floats(0, 1)) * noise)
     drop = draw(hnp.arrays(np.bool_, (n, k)))
-    drop[np.arange(n), np.argmax(f, 1)] = False  # keep at least one option per row
+    # keep at least two options per row (a question with one option is refused)
+    drop[np.arange(n), np.argmax(f, 1)] = False
+    drop[(~drop).sum(axis=1) < 2] = False
     f[drop], g[drop] = -np.inf, -np.inf
     return f, g
 

@@ -226,3 +226,19 @@ def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
     assert doc["methods"]["daca"]["ece"]["values"] == doc["methods"]["chat"]["ece"]["values"]
     assert not (tmp_path / "run" / "calibrator.json").exists()
     assert (tmp_path / "run" / "report.html").exists()
+
+
+def test_calibration_split_must_differ_from_evaluation_split(tmp_path, fake_models):
+    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="validation", progress=False)
+    with pytest.raises(InputError, match="fitted on"):
+        pipeline.run(cfg, tmp_path / "run", report=False)
+
+
+def test_nll_survives_exp_underflow_and_aggregation_keeps_inf():
+    lp = {"chat": np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))}
+    lp["sharp"] = np.array([[0.0, -800.0], [0.0, -900.0]])  # exp(-800) underflows to 0
+    res = pipeline._evaluate(lp, np.array([1, 0]), 10)
+    assert res["sharp"]["nll"] == pytest.approx(400.0)
+    agg = pipeline._aggregate([{"m": {"nll": 1.0, "auroc": float("nan")}}, {"m": {"nll": float("inf"), "auroc": 0.5}}])
+    assert agg["m"]["nll"]["mean"] == float("inf")
+    assert agg["m"]["auroc"]["mean"] == 0.5 and agg["m"]["auroc"]["n_undefined"] == 1

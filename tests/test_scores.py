@@ -42,11 +42,11 @@ def test_jsonl_roundtrip_parquet(tmp_path):
         ([{"id": "a", "logits": [1, 2]}, {"id": "a", "logits": [1, 2]}], "appears 2 times"),
         ([{"id": "a", "logits": [1]}], "at least 2"),
         ([{"id": "a", "logits": [1, "x"]}], "not a number"),
-        ([{"id": "a", "logits": [1, None, None], "label": 5}], "label 5"),
+        ([{"id": "a", "logits": [1, 2, None], "label": 5}], "label 5"),
         ([{"id": "a", "logits": [1, 2], "label": 1.5}], "not an option index"),
         ([{"id": "a", "logit": [1, 2]}], "missing key 'logits'"),
         ([{"id": "a", "logits": [None, None]}], "every option missing"),
-        ([{"id": "a", "logits": [1, None], "label": 1}], "missing option"),
+        ([{"id": "a", "logits": [1, 2, None], "label": 2}], "missing option"),
     ],
 )
 def test_bad_jsonl(tmp_path, rows, message):
@@ -99,3 +99,8 @@ def test_join_aligns_on_id_and_refuses_mismatches():
     clash = ScoreSet.from_rows(["c", "a", "b"], [[9, 8], [7, 6], [5, 4, 3]], [1, None, None])
     with pytest.raises(MismatchError, match="label 0"):
         join_scores(base, clash)
+
+
+def test_one_present_option_is_refused(tmp_path):
+    with pytest.raises(ScoreFileError, match="only one option present"):
+        load_scores(_write_jsonl(tmp_path / "one.jsonl", [{"id": "a", "logits": [1.0, None]}]))

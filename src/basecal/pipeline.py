@@ -14,6 +14,7 @@ The deployable ``calibrator.json`` is DACA fitted on every scored calibration qu
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -223,6 +224,8 @@ def _evaluate(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins: in
         row = {"mean_confidence": float(p.max(axis=1).mean())}
         if labels is not None:
             row.update(metrics.evaluate(p, labels, n_bins=n_bins))
+            # from the log-probabilities: exp() underflows to 0 below -745 and would make the NLL infinite
+            row["nll"] = float(-lp[np.arange(len(labels)), labels].mean())
         res[name] = row
     return res
 
@@ -246,9 +249,13 @@ def _aggregate(per_unit: list[dict[str, dict[str, float]]]) -> dict[str, dict[st
     for method in agg.values():
         for entry in method.values():
             vals = np.asarray(entry["values"], dtype=float)
-            finite = vals[np.isfinite(vals)]
-            entry["mean"] = float(finite.mean()) if finite.size else float("nan")
-            entry["std"] = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+            # NaN marks an undefined value (e.g. AUROC when every answer of a unit is right): left out and
+            # counted; an infinite value is real and makes the mean infinite
+            kept = vals[~np.isnan(vals)]
+            entry["n_undefined"] = int(vals.size - kept.size)
+            entry["mean"] = float(kept.mean()) if kept.size else float("nan")
+            spread = kept.size > 1 and bool(np.isfinite(kept).all())
+            entry["std"] = float(kept.std(ddof=1)) if spread else float("nan")
     return agg
 
 
@@ -264,7 +271,13 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     is_mmlu = cfg.dataset == "mmlu"
     test_split = cfg.split or _default_split(cfg.dataset)
     calib_split = cfg.calib_split or ("validation" if is_mmlu else None)
-    splits = [test_split] + ([calib_split] if calib_split and calib_split != test_split else [])
+    if calib_split and calib_split == test_split:
+        raise InputError(
+            f"the calibration split and the evaluation split are both {test_split!r}: the calibrators would be "
+            "scored on the questions they were fitted on; choose another --split or --calib-split"
+            + (" (MMLU calibrates on 'validation' by default)" if is_mmlu else "")
+        )
+    splits = [test_split] + ([calib_split] if calib_split else [])
     questions = {s: _load_questions(cfg, s) for s in splits}
     t0 = time.perf_counter()
 
@@ -415,8 +428,10 @@ def _bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, cfg: RunConfig)
     for m, lp in preds.items():
         p = np.exp(lp)
         out["methods"][m] = {}
-        for name in ("ece", "brier", "nll"):
-            ci = metrics.bootstrap_ci(name, p, labels, n_boot=1000, alpha=0.05, seed=cfg.seed)
+        fns = {"ece": functools.partial(metrics.ece, n_bins=cfg.n_bins), "brier": metrics.brier,
+               "nll": metrics.nll}
+        for name, fn in fns.items():
+            ci = metrics.bootstrap_ci(fn, p, labels, n_boot=1000, alpha=0.05, seed=cfg.seed)
             out["methods"][m][name] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
     return out
 
@@ -474,7 +489,12 @@ def summary_table(metrics_doc: dict) -> str:
         cells = []
         for key, _, scale in cols:
             e = methods[m].get(key)
-            cells.append(f"{'n/a':>18}" if e is None else f"{e['mean'] * scale:.3f} ± {e['std'] * scale:.3f}".rjust(18))
+            if e is None:
+                cells.append(f"{'n/a':>18}")
+            elif e["std"] != e["std"]:  # one unit: no spread to report
+                cells.append(f"{e['mean'] * scale:.3f}".rjust(18))
+            else:
+                cells.append(f"{e['mean'] * scale:.3f} ± {e['std'] * scale:.3f}".rjust(18))
         lines.append(f"{METHOD_LABELS[m]:<40}" + "".join(cells))
     return "\n".join(lines)
 

@@ -167,6 +167,14 @@ class ScoreSet:
         if allmissing.any():
             r = np.flatnonzero(allmissing)[0]
             raise ScoreFileError(f"{source}: question {self.ids[r]!r} has every option missing (-inf)")
+        present = np.isfinite(x).sum(axis=1)
+        few = np.flatnonzero((present == 1) & (self.n_options >= 2))
+        if few.size:
+            r = few[0]
+            raise ScoreFileError(
+                f"{source}: question {self.ids[r]!r} has only one option present (the others are missing); "
+                "every question needs at least 2 — drop it or re-score it"
+            )
         lab = self.labels
         out_of_range = (lab < -1) | (lab >= self.n_options)
         if out_of_range.any():

@@ -53,6 +53,13 @@ def check_logits(x: object, name: str = "logits") -> np.ndarray:
             f"{name} has {int(empty.sum())} row(s) whose options are all missing (-inf), first row {row}; "
             "drop those questions"
         )
+    single = np.isfinite(arr).sum(axis=1) < 2
+    if single.any():
+        row = int(np.argmax(single))
+        raise InputError(
+            f"{name} has {int(single.sum())} row(s) with fewer than 2 options present (first row {row}); "
+            "a question needs at least 2 options: drop those questions"
+        )
     return arr
 
 
