@@ -120,9 +120,11 @@ def test_500_then_429_retried_to_identical_scores(server, clean):
 def test_hang_past_timeout_is_retried_or_fails_cleanly(server, clean):
     with FaultProxy(server.url) as proxy:
         proxy.script(("hang", 30))
-        b = _backend(proxy.url, concurrency=1, timeout=1.5, max_retries=2, backoff_base=0.05)
+        # a generous timeout: on a busy 2-core machine a real answer can take over a second, and a slow
+        # answer timing out too would only add retries, never change the scores
+        b = _backend(proxy.url, concurrency=1, timeout=5.0, max_retries=3, backoff_base=0.05)
         np.testing.assert_array_equal(np.array(b.score_letters(REQUESTS[:2])), clean[0][:2])
-        assert b.stats.n_retries == 1
+        assert b.stats.n_retries >= 1  # the hung request was retried
 
         proxy.script(*[("hang", 30)] * 3)
         b = _backend(proxy.url, concurrency=1, timeout=1.0, max_retries=2, backoff_base=0.05)

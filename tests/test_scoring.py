@@ -262,3 +262,26 @@ def test_cli_score_end_to_end_with_fake_backend(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["basecal: error: --chat-template on applies to --scoring letter only"]
     assert main(["score", "-m", "m", "-d", "toy", "--template", "9", "-o", str(out)]) == 2
+
+
+class DetailedBackend(FakeBackend):
+    """Like an API backend: reports which letters were floored (absent from the top-k)."""
+
+    def score_letters_iter_detailed(self, requests):
+        from basecal.backends.api_logprobs import LetterScores
+
+        for i, v in enumerate(self.score_letters(requests)):
+            floored = tuple(j == len(v) - 1 and i % 2 == 0 for j in range(len(v)))  # every other request
+            yield i, LetterScores(np.asarray(v, dtype=float), floored, float(v[-1]) if any(floored) else float("nan"))
+
+
+def test_floor_counts_are_cached_and_survive_resume(tmp_path):
+    qs = make_questions(10)
+    first = score_questions(DetailedBackend(), qs, scoring="letter", cache_dir=tmp_path, progress=False,
+                            batch_size=4)
+    assert "n_floored" in first.columns and int(np.sum(first.columns["n_floored"])) > 0
+    backend = DetailedBackend()
+    again = score_questions(backend, qs, scoring="letter", cache_dir=tmp_path, progress=False, batch_size=4)
+    assert backend.calls == 0  # all from the cache ...
+    assert list(again.columns["n_floored"]) == list(first.columns["n_floored"])  # ... floor counts included
+    np.testing.assert_array_equal(again.logits, first.logits)

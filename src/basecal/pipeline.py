@@ -298,6 +298,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         stats = getattr(backend, "stats", None)
         if stats is not None:
             api_stats[role] = dict(stats) if isinstance(stats, dict) else asdict(stats)
+            api_stats[role].update(_floor_counts([sc for (r, _, _), sc in scores.items() if r == role]))
         del backend
     score_seconds = time.perf_counter() - t0
 
@@ -434,6 +435,21 @@ def _bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, cfg: RunConfig)
             ci = metrics.bootstrap_ci(fn, p, labels, n_boot=1000, alpha=0.05, seed=cfg.seed)
             out["methods"][m][name] = {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
     return out
+
+
+def _floor_counts(sets: list[ScoreSet]) -> dict[str, int]:
+    """Floored letters over every scored question, cached ones included (the backend's own counters
+    cover only the requests it sent in this process)."""
+    n_letters = n_floored = n_rows = 0
+    for sc in sets:
+        if "n_floored" not in sc.columns:
+            continue
+        f = np.asarray(sc.columns["n_floored"], dtype=np.int64)
+        n_letters += int(sc.n_options.sum())
+        n_floored += int(f.sum())
+        n_rows += int((f > 0).sum())
+    return {"n_letters": n_letters, "n_floored_letters": n_floored, "n_requests_with_floor": n_rows,
+            "n_scored_questions": int(sum(len(sc) for sc in sets))}
 
 
 def _pad_concat(parts: list[np.ndarray]) -> np.ndarray:

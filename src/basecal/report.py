@@ -349,8 +349,8 @@ def _api_section(stats: Mapping[str, Any]) -> list[Any]:
         ("p", "API models return only the top-k log-probabilities of the generated token. An option letter "
               "absent from the top-k gets a floor below the smallest returned log-probability: "
               "log(min(p_min, max(1 - Σp, 1e-6))) - log 2, i.e. at most half of the probability mass the top-k "
-              "leaves for it. The counts cover the requests sent in this run (answers served from the score "
-              "cache are not recounted)."),
+              "leaves for it. Floor counts cover every scored question, answers served from the score cache "
+              "included; requests and retries count what this run sent."),
         _Table(["model"] + [label for _, label in keys], rows),
     ]
 

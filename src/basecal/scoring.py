@@ -159,6 +159,9 @@ def score_questions(
     columns = {}
     if any(q.subject is not None for q in questions):
         columns["subject"] = [q.subject for q in questions]
+    if kind == "letter" and any(isinstance(results[h], dict) for h in hashes):
+        # letters an API's top-k left out, per question (cached answers included)
+        columns["n_floored"] = [int(results[h]["f"]) if isinstance(results[h], dict) else 0 for h in hashes]
     out_meta = {
         **meta, "model": meta.get("model", fingerprint), "fingerprint": fingerprint, "scoring": scoring,
         "template": template if kind == "letter" else None, "chat": bool(chat), "fewshot": max(len(ex) for ex in shots),
@@ -194,6 +197,9 @@ def _text_len(r: Any) -> int:
 
 
 def _run(backend: Any, kind: str, reqs: list[Any]) -> Iterable[tuple[int, Any]]:
+    if kind == "letter" and hasattr(backend, "score_letters_iter_detailed"):
+        yield from backend.score_letters_iter_detailed(reqs)
+        return
     it = getattr(backend, f"score_{'letters' if kind == 'letter' else 'cloze'}_iter", None)
     if it is not None:
         yield from it(reqs)
@@ -207,10 +213,12 @@ def _run(backend: Any, kind: str, reqs: list[Any]) -> Iterable[tuple[int, Any]]:
 def _raw(kind: str, res: Any, req: Any) -> Any:
     """JSON-ready raw result; -inf (an option absent from an API's top-k) is stored as None."""
     if kind == "letter":
-        arr = np.asarray(res, dtype=np.float64).reshape(-1)
+        floored = getattr(res, "floored", None)  # API backends: letters absent from the top-k
+        arr = np.asarray(res.logprobs if floored is not None else res, dtype=np.float64).reshape(-1)
         if arr.shape != (len(req.letters),):
             raise ModelError(f"the backend returned {arr.size} letter scores for {len(req.letters)} options")
-        return [None if np.isneginf(v) else float(v) for v in arr]
+        row = [None if np.isneginf(v) else float(v) for v in arr]
+        return row if floored is None else {"l": row, "f": int(sum(bool(f) for f in floored))}
     if not isinstance(res, ClozeResult) or len(res.logprob) != len(req.continuations):
         raise ModelError("the backend returned a malformed cloze result")
     return {"lp": [float(v) for v in res.logprob], "nt": [int(v) for v in res.n_tokens],
@@ -219,7 +227,7 @@ def _raw(kind: str, res: Any, req: Any) -> Any:
 
 def _finish(scoring: str, raw: Any) -> list[float | None]:
     if scoring == "letter":
-        return list(raw)
+        return list(raw["l"]) if isinstance(raw, dict) else list(raw)
     lp, nt, nc = raw["lp"], raw["nt"], raw["nc"]
     if scoring == "cloze":
         return list(lp)

@@ -189,6 +189,11 @@ class OpenAIBackend:
         for i, scores in self._iter(requests):
             yield i, scores.logprobs
 
+    def score_letters_iter_detailed(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, LetterScores]]:
+        """Like :meth:`score_letters_iter`, with which letters were floored (kept in the score cache, so
+        the floor counts of a resumed run cover every question)."""
+        yield from self._iter(requests)
+
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         raise BackendError(
             "cloze scoring needs the log-probabilities of the prompt's own tokens, which chat-completion "
