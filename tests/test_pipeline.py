@@ -242,3 +242,26 @@ def test_nll_survives_exp_underflow_and_aggregation_keeps_inf():
     agg = pipeline._aggregate([{"m": {"nll": 1.0, "auroc": float("nan")}}, {"m": {"nll": float("inf"), "auroc": 0.5}}])
     assert agg["m"]["nll"]["mean"] == float("inf")
     assert agg["m"]["auroc"]["mean"] == 0.5 and agg["m"]["auroc"]["n_undefined"] == 1
+
+
+def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
+    def load(cfg, split):
+        return [q for s in ("algebra", "virology") for q in _questions(20 if split == "test" else 10, subject=s)]
+
+    asked = []
+
+    def shots(name, subject=None, k=5):
+        asked.append(subject)
+        return [Question(id=f"dev-{subject}-{i}", question=f"example {i} #0", choices=("a", "b", "c", "d"),
+                         label=0, subject=subject) for i in range(k)]
+
+    monkeypatch.setattr(pipeline, "_load_questions", load)
+    monkeypatch.setattr("basecal.data.fewshot_examples", shots)
+    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", fewshot=3,
+                             scoring="letter", progress=False)
+    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    assert sorted(set(asked)) == ["algebra", "virology"]
+    from basecal.scores import load_scores
+
+    chat = load_scores(out / "scores" / "chat_test.parquet")
+    assert chat.meta["fewshot"] == 3 and len(chat) == 40

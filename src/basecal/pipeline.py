@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from ._io import atomic_write_json
-from ._math import log_softmax, softmax
+from ._math import log_softmax
 from .errors import FitError, InputError
 from .scores import ScoreSet, join_scores
 
@@ -123,39 +123,22 @@ def _default_split(dataset: str) -> str | None:
 
 
 def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str, role: str) -> ScoreSet:
+    from .scoring import score_questions
+
     fewshot: Any = ()
     if cfg.fewshot:
         from .data import fewshot_examples
 
         subjects = sorted({q.subject for q in questions if q.subject})
-        if len(subjects) > 1:
-            # one shared few-shot prefix per subject (MMLU's dev split), scored group by group
-            parts = []
-            for s in subjects:
-                group = [q for q in questions if q.subject == s]
-                shots = fewshot_examples(cfg.dataset, subject=s, k=cfg.fewshot)
-                parts.append(_score_one(backend, group, cfg, template, split, role, shots))
-            return _concat(parts)
-        fewshot = fewshot_examples(cfg.dataset, subject=subjects[0] if subjects else None, k=cfg.fewshot)
-    return _score_one(backend, questions, cfg, template, split, role, fewshot)
-
-
-def _score_one(backend, questions, cfg, template, split, role, fewshot) -> ScoreSet:
-    from .scoring import score_questions
-
+        if subjects:  # one shared few-shot prefix per subject (MMLU: from its dev split)
+            fewshot = {s: fewshot_examples(cfg.dataset, subject=s, k=cfg.fewshot) for s in subjects}
+        else:
+            fewshot = fewshot_examples(cfg.dataset, k=cfg.fewshot)
     meta = {"role": role, "dataset": cfg.dataset, "split": split}
     return score_questions(
         backend, questions, scoring=cfg.scoring, template=template, chat=cfg.chat_template,
-        fewshot=tuple(fewshot), batch_size=cfg.batch_size, progress=cfg.progress, meta=meta,
+        fewshot=fewshot, batch_size=cfg.batch_size, progress=cfg.progress, meta=meta,
     )
-
-
-def _concat(parts: list[ScoreSet]) -> ScoreSet:
-    ids = [i for p in parts for i in p.ids]
-    rows = [r for p in parts for r in p.rows()]
-    labels = [int(v) if v >= 0 else None for p in parts for v in p.labels]
-    cols = {c: [v for p in parts for v in p.columns[c]] for c in parts[0].columns}
-    return ScoreSet.from_rows(ids, rows, labels, meta=dict(parts[0].meta), columns=cols)
 
 
 # --------------------------------------------------------------------------- fitting / evaluation
@@ -522,4 +505,4 @@ def load_metrics(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["RunConfig", "run", "summary_table", "softmax"]
+__all__ = ["RunConfig", "run", "summary_table", "load_metrics"]
