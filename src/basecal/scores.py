@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_output
 from .errors import MismatchError, ScoreFileError
 
 FORMAT_VERSION = 1
@@ -244,21 +244,19 @@ class ScoreSet:
         suffix = path.suffix.lower()
         if path.is_dir():
             raise ScoreFileError(f"{path}: is a directory; pass a file name ending in .parquet or .jsonl")
+        writing = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with atomic_output(path) as tmp:
+                writing = True
+                if suffix in (".jsonl", ".json", ".ndjson"):
+                    self._write_jsonl(tmp)
+                else:
+                    self._write_parquet(tmp)
         except OSError as e:
+            if writing:  # e.g. a full disk mid-write: the target is untouched, the error is the system's
+                raise
             raise ScoreFileError(f"cannot write {path}: {e.strerror}; choose a folder you can write to") from None
-        os.close(fd)
-        try:
-            if suffix in (".jsonl", ".json", ".ndjson"):
-                self._write_jsonl(tmp)
-            else:
-                self._write_parquet(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     def _write_jsonl(self, path: str) -> None:

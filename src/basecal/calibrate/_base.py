@@ -8,12 +8,12 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import warnings
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_output
 from .._math import log_softmax
 from ..errors import FitError, InputError, NotFittedError
 from ._maps import SCALINGS, apply_affine, apply_temperature
@@ -210,22 +210,17 @@ class _Calibrator:
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
         """Write :meth:`to_dict` as JSON atomically (temporary file in the same folder + ``os.replace``)."""
         text = json.dumps(self.to_dict(inputs=inputs), indent=2, allow_nan=False) + "\n"
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
+        writing = False
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".calibrator-", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            hint = "create the folder first" if isinstance(exc, FileNotFoundError) else "choose a folder you can write to"
-            raise InputError(f"cannot write the calibrator to {path}: {exc.strerror}; {hint}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+                writing = True
                 fh.write(text)
-            os.replace(tmp, path)
         except OSError as exc:
-            os.unlink(tmp)
-            raise InputError(
-                f"cannot write the calibrator to {path}: {exc.strerror}; pass a file path with free disk space"
-            ) from None
+            if writing:
+                hint = "pass a file path with free disk space"
+            else:
+                hint = "create the folder first" if isinstance(exc, FileNotFoundError) else "choose a folder you can write to"
+            raise InputError(f"cannot write the calibrator to {os.fspath(path)}: {exc.strerror}; {hint}") from None
 
 
 def _version() -> str:
