@@ -33,7 +33,7 @@ setup-data: setup
 
 # The main job on the embedded default (real packaged models and data).
 run: setup
-	$(BIN)/basecal run
+	$(BIN)/refcal run
 
 test: setup setup-api setup-browser setup-data
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from basecal._math import log_softmax
-from basecal.calibrate import DACA, agreement_mask
+from refcal._math import log_softmax
+from refcal.calibrate import DACA, agreement_mask
 
 
 def make_data(n: int = 14042, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

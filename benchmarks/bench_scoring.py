@@ -1,13 +1,13 @@
-"""Letter scoring cost: naive loop vs basecal vs the cost floor, same model and questions, one run.
+"""Letter scoring cost: naive loop vs refcal vs the cost floor, same model and questions, one run.
 
 * naive  - one forward pass per question through the whole model, full-vocabulary logits at every
            position (what ``model(ids).logits[0, -1, letter_ids]`` costs).
-* basecal - :meth:`TransformersBackend.score_letters`: length-sorted left-padded batches, the shared
+* refcal - :meth:`TransformersBackend.score_letters`: length-sorted left-padded batches, the shared
            instruction prefix run once through the key-value cache, k rows of the head at one position.
 * floor  - the decoder alone (no output head at all) over every prompt, in the same length-sorted,
            padding-capped batches, without a prefix cache: the work of reading every prompt once.
 
-Targets: naive / basecal >= 5 and basecal / floor <= 1.2. Each variant is timed ``--repeats``
+Targets: naive / refcal >= 5 and refcal / floor <= 1.2. Each variant is timed ``--repeats``
 times, interleaved, and the minimum is reported (the machine is shared; the minimum is the least
 disturbed measurement). Run::
 
@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from basecal.backends.transformers import TransformersBackend, _pack
-from basecal.data import load_dataset
-from basecal.prompts import letter_requests
+from refcal.backends.transformers import TransformersBackend, _pack
+from refcal.data import load_dataset
+from refcal.prompts import letter_requests
 
 
 def naive(be: TransformersBackend, reqs) -> list[np.ndarray]:
@@ -38,7 +38,7 @@ def naive(be: TransformersBackend, reqs) -> list[np.ndarray]:
 
 def floor(be: TransformersBackend, reqs) -> None:
     enc = sorted((be._encode_letter(r) for r in reqs), key=len, reverse=True)
-    # the same padding-aware batches as basecal, so the floor is not inflated by padding
+    # the same padding-aware batches as refcal, so the floor is not inflated by padding
     chunks = _pack(list(range(len(enc))), [len(e) for e in enc], be.batch_size)
     with torch.inference_mode():
         for chunk in chunks:
@@ -64,7 +64,7 @@ def main() -> None:
     qs = load_dataset(args.dataset, limit=args.n, seed=0)
     shots = ()
     if args.fewshot:
-        from basecal.data import fewshot_examples
+        from refcal.data import fewshot_examples
 
         shots = fewshot_examples(args.dataset, subject=qs[0].subject, k=args.fewshot)
     reqs = letter_requests(qs, template=1, fewshot=shots)
@@ -77,8 +77,8 @@ def main() -> None:
     got = ours(be, reqs[:4])
     floor(be, reqs[:4])
     err = max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
-    times: dict[str, list[float]] = {"naive": [], "basecal": [], "floor": []}
-    fns = {"naive": naive, "basecal": ours, "floor": floor}
+    times: dict[str, list[float]] = {"naive": [], "refcal": [], "floor": []}
+    fns = {"naive": naive, "refcal": ours, "floor": floor}
     for _ in range(args.repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -87,9 +87,9 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     for k, v in best.items():
         print(f"  {k:8s} {v:8.3f} s   ({v / len(reqs) * 1000:7.1f} ms/question; runs {', '.join(f'{x:.2f}' for x in times[k])})")
-    print(f"  naive / basecal = {best['naive'] / best['basecal']:.2f}x   (target >= 5)")
-    print(f"  basecal / floor = {best['basecal'] / best['floor']:.2f}x   (target <= 1.2)")
-    print(f"  max |basecal - naive| letter logit = {err:.2e}")
+    print(f"  naive / refcal = {best['naive'] / best['refcal']:.2f}x   (target >= 5)")
+    print(f"  refcal / floor = {best['refcal'] / best['floor']:.2f}x   (target <= 1.2)")
+    print(f"  max |refcal - naive| letter logit = {err:.2e}")
 
 
 if __name__ == "__main__":

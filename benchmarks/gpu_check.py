@@ -25,7 +25,7 @@ N_CLOZE = 48  # SciQ questions, cloze scoring
 
 
 def _questions():
-    from basecal.data import load_dataset
+    from refcal.data import load_dataset
 
     return {
         "letter": load_dataset("mmlu", split="test", limit=N_LETTER, seed=1),
@@ -34,20 +34,20 @@ def _questions():
 
 
 def _score(backend, qs, kind: str) -> np.ndarray:
-    from basecal.scoring import score_questions
+    from refcal.scoring import score_questions
 
     scoring = "letter" if kind == "letter" else "cloze"
     return score_questions(backend, qs, scoring=scoring, cache=False, progress=False, batch_size=16).logits
 
 
 def _logsoftmax(x: np.ndarray) -> np.ndarray:
-    from basecal._math import log_softmax
+    from refcal._math import log_softmax
 
     return log_softmax(x)
 
 
 def reference(out: Path) -> None:
-    from basecal.backends.transformers import TransformersBackend
+    from refcal.backends.transformers import TransformersBackend
 
     out.mkdir(parents=True, exist_ok=True)
     qs = _questions()
@@ -66,8 +66,8 @@ def reference(out: Path) -> None:
 def check(ref_dir: Path, paths: dict[str, str], out: Path | None) -> None:
     import torch
 
-    from basecal.backends.transformers import TransformersBackend
-    from basecal.data.base import Question
+    from refcal.backends.transformers import TransformersBackend
+    from refcal.data.base import Question
 
     qd = json.loads((ref_dir / "questions.json").read_text())
     qs = {k: [Question(d["id"], d["question"], tuple(d["choices"]), d["label"], d["subject"]) for d in v]

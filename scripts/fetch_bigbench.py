@@ -2,10 +2,10 @@
 """One-time set-up of the BIG-bench data sets (truthfulqa-mc, mathqa); a no-op when already done.
 
 Downloads the bigbench 1.0.0 sdist (358 MB) from PyPI, checks its SHA-256, extracts the two task files
-basecal reads into ``$BASECAL_DATA_DIR/bigbench`` (default ``~/.cache/basecal/bigbench``) and deletes
-the archive. Same as ``basecal datasets --setup-bigbench``.
+refcal reads into ``$REFCAL_DATA_DIR/bigbench`` (default ``~/.cache/refcal/bigbench``) and deletes
+the archive. Same as ``refcal datasets --setup-bigbench``.
 
-Usage: python scripts/fetch_bigbench.py [--sdist PATH/TO/bigbench-1.0.0.tar.gz]  (set BASECAL_DATA_DIR to change the destination)
+Usage: python scripts/fetch_bigbench.py [--sdist PATH/TO/bigbench-1.0.0.tar.gz]  (set REFCAL_DATA_DIR to change the destination)
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 try:
-    from basecal.data import bigbench
+    from refcal.data import bigbench
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from basecal.data import bigbench
+    from refcal.data import bigbench
 
-from basecal.errors import BasecalError
+from refcal.errors import RefcalError
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         where = bigbench.fetch(sdist=args.sdist)
-    except BasecalError as e:
+    except RefcalError as e:
         print(f"fetch_bigbench: error: {e}", file=sys.stderr)
         return 2
     logging.info("BIG-bench task files ready in %s", where)

@@ -15,14 +15,14 @@ import pyarrow as pa
 import pytest
 
 from api_server import MODEL_ALIAS, FaultProxy, LlamaServer
-from basecal._math import softmax
-from basecal.backends import load_backend
-from basecal.backends.base import LetterRequest
-from basecal.backends.openai import OpenAIBackend
-from basecal.data.base import Question
-from basecal.errors import BackendError
-from basecal.prompts import letter_requests
-from basecal.scoring import score_questions
+from refcal._math import softmax
+from refcal.backends import load_backend
+from refcal.backends.base import LetterRequest
+from refcal.backends.openai import OpenAIBackend
+from refcal.data.base import Question
+from refcal.errors import BackendError
+from refcal.prompts import letter_requests
+from refcal.scoring import score_questions
 
 pytestmark = pytest.mark.api
 

@@ -9,12 +9,12 @@ import threading
 import numpy as np
 import pytest
 
-from basecal.backends import load_backend
-from basecal.backends.api_http import RetryPolicy, Secret, parse_retry_after, post_json, public_url, scrub
-from basecal.backends.api_logprobs import R_RESOLUTION, letter_logprobs
-from basecal.backends.base import LetterRequest
-from basecal.backends.openai import OpenAIBackend
-from basecal.errors import BackendError, InputError
+from refcal.backends import load_backend
+from refcal.backends.api_http import RetryPolicy, Secret, parse_retry_after, post_json, public_url, scrub
+from refcal.backends.api_logprobs import R_RESOLUTION, letter_logprobs
+from refcal.backends.base import LetterRequest
+from refcal.backends.openai import OpenAIBackend
+from refcal.errors import BackendError, InputError
 
 LN2 = math.log(2.0)
 
@@ -83,8 +83,8 @@ def test_secret_never_shown_and_scrubbed():
 
 def test_key_not_in_fingerprint_repr_or_meta(monkeypatch):
     key = "sk-secret-value-0123456789"
-    monkeypatch.setenv("BASECAL_TEST_KEY", key)
-    b = load_backend("openai:gpt-x", api_base="http://u:p@127.0.0.1:9/v1", api_key_env="BASECAL_TEST_KEY")
+    monkeypatch.setenv("REFCAL_TEST_KEY", key)
+    b = load_backend("openai:gpt-x", api_base="http://u:p@127.0.0.1:9/v1", api_key_env="REFCAL_TEST_KEY")
     assert isinstance(b, OpenAIBackend)
     for text in (b.fingerprint, repr(b), str(b.meta), str(vars(b))):
         assert key not in text and "u:p" not in text
@@ -107,9 +107,9 @@ def test_bad_settings_raise_input_errors(monkeypatch):
 
 def test_connection_refused_is_one_clear_line(monkeypatch):
     """Nothing listens on the port: bounded retries, then one line naming the URL and what to do."""
-    monkeypatch.setenv("BASECAL_TEST_KEY", "sk-never-shown-123456")
+    monkeypatch.setenv("REFCAL_TEST_KEY", "sk-never-shown-123456")
     port = _closed_port()
-    b = OpenAIBackend("m", api_base=f"http://127.0.0.1:{port}/v1", api_key_env="BASECAL_TEST_KEY",
+    b = OpenAIBackend("m", api_base=f"http://127.0.0.1:{port}/v1", api_key_env="REFCAL_TEST_KEY",
                       max_retries=2, backoff_base=0.01, timeout=2)
     req = LetterRequest("", "Question: 1+1?\nA: 2\nB: 3\nAnswer:", ("A", "B"), chat=True)
     with pytest.raises(BackendError) as info:

@@ -2,7 +2,7 @@
 
 The rule under test: bad input gives ONE line on stderr naming the problem and what to do, a
 non-zero exit, no traceback, and no output file (not even a half-written one). Library-level error
-tests live in test_scores.py / test_calibrate_io.py; these drive ``basecal.cli.main``.
+tests live in test_scores.py / test_calibrate_io.py; these drive ``refcal.cli.main``.
 """
 
 import json
@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import basecal
-from basecal.cli import main
-from basecal.scores import ScoreSet
-from basecal.synthetic import make_synthetic
+import refcal
+from refcal.cli import main
+from refcal.scores import ScoreSet
+from refcal.synthetic import make_synthetic
 
-SRC = str(Path(basecal.__file__).resolve().parents[1])
+SRC = str(Path(refcal.__file__).resolve().parents[1])
 
 
 def fails(capsys, argv, *, rc=2, match=()):
@@ -30,7 +30,7 @@ def fails(capsys, argv, *, rc=2, match=()):
     err = cap.err.strip()
     assert code == rc, (code, cap.err)
     assert "Traceback" not in cap.err and "\n" not in err, cap.err
-    assert err.startswith("basecal"), err
+    assert err.startswith("refcal"), err
     for m in (match,) if isinstance(match, str) else match:
         assert m in err, (m, err)
     return err
@@ -105,7 +105,7 @@ def test_directory_and_missing_paths(tmp_path, capsys, pair):
     base, chat = pair
     out = tmp_path / "cal.json"
     fails(capsys, ["fit", "--base", tmp_path, "--chat", chat, "-o", out],
-          match=["basecal fit: error:", "is a directory", "basecal fit --help"])
+          match=["refcal fit: error:", "is a directory", "refcal fit --help"])
     fails(capsys, ["fit", "--base", tmp_path / "nope.jsonl", "--chat", chat, "-o", out], match="no such file")
     fails(capsys, ["fit", "--base", base, "--chat", chat, "-o", tmp_path], match="is a directory")
     fails(capsys, ["fit", "--base", base, "--chat", chat, "-o", tmp_path / "no" / "dir" / "c.json"],
@@ -165,7 +165,7 @@ def test_bad_calibrator_json(tmp_path, capsys, calibrators, pair, case):
     bad = _edit(calibrators["temperature"], tmp_path / "bad.json", edit)
     out = tmp_path / "out.parquet"
     err = fails(capsys, ["apply", "--scores", pair[1], "--calibrator", bad, "-o", out],
-                match=[str(bad), message, "basecal fit"])
+                match=[str(bad), message, "refcal fit"])
     assert err.count("re-create it") == 1  # the hint is not repeated by nested wrapping
     assert not out.exists()
 
@@ -181,7 +181,7 @@ def test_unreadable_calibrator_files(tmp_path, capsys, pair):
     # the usual mix-up: a score file where the calibrator goes
     for wrong in (base, chat):
         fails(capsys, ["evaluate", "--scores", chat, "--calibrator", wrong],
-              match=["this is a score file, not a calibrator", "basecal fit -o"])
+              match=["this is a score file, not a calibrator", "refcal fit -o"])
 
 
 def test_vector_calibrator_on_other_option_count(tmp_path, capsys, calibrators):
@@ -219,7 +219,7 @@ REPORT_DOCS = {
 def test_report_malformed_metrics(tmp_path, capsys, case):
     doc, message = REPORT_DOCS[case]
     (tmp_path / "metrics.json").write_text(json.dumps(doc))
-    fails(capsys, ["report", tmp_path], match=["metrics.json", message, "basecal run"])
+    fails(capsys, ["report", tmp_path], match=["metrics.json", message, "refcal run"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # nothing written
 
 
@@ -239,7 +239,7 @@ def test_datasets_errors(tmp_path, capsys, monkeypatch):
     fails(capsys, ["datasets", "--sdist", tmp_path / "x.tar.gz"], match="does not exist")
     garbage = tmp_path / "bigbench.tar.gz"
     garbage.write_bytes(b"not a tarball")
-    monkeypatch.setenv("BASECAL_DATA_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("REFCAL_DATA_DIR", str(tmp_path / "home"))
     err = fails(capsys, ["datasets", "--setup-bigbench", "--sdist", garbage],
                 match=["cannot read the BIG-bench archive", "not a valid bigbench-1.0.0.tar.gz"])
     assert "delete it" not in err  # the user's own file must not be deleted on our advice
@@ -247,18 +247,18 @@ def test_datasets_errors(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_bad_options(capsys):
-    fails(capsys, ["demo", "-k", "1"], match=["basecal demo: error:", "'-k' / '--n-options'", "basecal demo --help"])
+    fails(capsys, ["demo", "-k", "1"], match=["refcal demo: error:", "'-k' / '--n-options'", "refcal demo --help"])
     fails(capsys, ["demo", "-n", "5"], match="5 is not in the range x>=100")
 
 
 def test_top_level(capsys):
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"basecal, version {basecal.__version__}"
+    assert capsys.readouterr().out.strip() == f"refcal, version {refcal.__version__}"
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("fit", "evaluate", "apply", "report", "datasets", "demo", "run", "score"))
-    fails(capsys, ["frobnicate"], match=["No such command 'frobnicate'", "basecal --help"])
-    fails(capsys, ["--frob"], match=["No such option '--frob'", "basecal --help"])
+    fails(capsys, ["frobnicate"], match=["No such command 'frobnicate'", "refcal --help"])
+    fails(capsys, ["--frob"], match=["No such option '--frob'", "refcal --help"])
 
 
 def test_no_arguments_shows_help(capsys):
@@ -276,7 +276,7 @@ def _boom(exc):
 
 
 def test_unexpected_exception_is_one_line(tmp_path, capsys, monkeypatch, pair):
-    monkeypatch.setattr("basecal.scores.load_scores", _boom(TypeError("bug in here")))
+    monkeypatch.setattr("refcal.scores.load_scores", _boom(TypeError("bug in here")))
     argv = ["fit", "--base", pair[0], "--chat", pair[1], "-o", tmp_path / "c.json"]
     fails(capsys, argv, rc=1, match=["internal error (TypeError: bug in here)", "--debug"])
     with pytest.raises(TypeError, match="bug in here"):  # --debug shows the real traceback
@@ -284,35 +284,35 @@ def test_unexpected_exception_is_one_line(tmp_path, capsys, monkeypatch, pair):
 
 
 def test_os_error_is_one_line(tmp_path, capsys, monkeypatch, pair):
-    monkeypatch.setattr("basecal.scores.load_scores",
+    monkeypatch.setattr("refcal.scores.load_scores",
                         _boom(PermissionError(13, "Permission denied", str(pair[0]))))
     fails(capsys, ["fit", "--base", pair[0], "--chat", pair[1], "-o", tmp_path / "c.json"], rc=1,
           match=[f"{pair[0]}: Permission denied", "permissions"])
 
 
 def test_multiline_messages_are_folded(tmp_path, capsys, monkeypatch, pair):
-    from basecal.errors import InputError
+    from refcal.errors import InputError
 
-    monkeypatch.setattr("basecal.scores.load_scores", _boom(InputError("first line\nsecond line")))
+    monkeypatch.setattr("refcal.scores.load_scores", _boom(InputError("first line\nsecond line")))
     fails(capsys, ["fit", "--base", pair[0], "--chat", pair[1], "-o", tmp_path / "c.json"],
           match="first line second line")
 
 
 def test_ctrl_c(tmp_path, capsys, monkeypatch, pair):
-    monkeypatch.setattr("basecal.scores.load_scores", _boom(KeyboardInterrupt()))
+    monkeypatch.setattr("refcal.scores.load_scores", _boom(KeyboardInterrupt()))
     rc = main(["fit", "--base", str(pair[0]), "--chat", str(pair[1]), "-o", str(tmp_path / "c.json")])
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err
     # click prints one blank line first to end the terminal's ^C echo; the message itself is one line
-    assert err.strip().count("\n") == 0 and err.strip().startswith("basecal: interrupted")
+    assert err.strip().count("\n") == 0 and err.strip().startswith("refcal: interrupted")
     assert not (tmp_path / "c.json").exists()
 
 
 # ---------------------------------------------------------------------------------------- real processes
 def _python(*args, code=None):
     env = {**os.environ, "PYTHONPATH": SRC}
-    env.pop("BASECAL_DEBUG", None)
-    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "basecal", *map(str, args)]
+    env.pop("REFCAL_DEBUG", None)
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "refcal", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -323,7 +323,7 @@ def test_subprocess_error_and_version(tmp_path, pair):
     p = _python("bogus")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "No such command 'bogus'" in p.stderr
     p = _python("--version")
-    assert p.returncode == 0 and basecal.__version__ in p.stdout and p.stderr == ""
+    assert p.returncode == 0 and refcal.__version__ in p.stdout and p.stderr == ""
 
 
 HEAVY = ("torch", "transformers", "matplotlib", "httpx")
@@ -331,9 +331,9 @@ HEAVY = ("torch", "transformers", "matplotlib", "httpx")
 
 def test_import_stays_light():
     code = (
-        "import sys, basecal\n"
-        "basecal.DACA, basecal.load_scores, basecal.metrics, basecal.ScoreSet\n"
-        "from basecal.cli import main\n"
+        "import sys, refcal\n"
+        "refcal.DACA, refcal.load_scores, refcal.metrics, refcal.ScoreSet\n"
+        "from refcal.cli import main\n"
         "rc = main(['--help'])\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules) or 'none', rc)\n"
     )

@@ -10,7 +10,7 @@ from scipy.optimize import brentq, minimize_scalar
 from scipy.special import log_softmax as sp_log_softmax
 from scipy.special import softmax as sp_softmax
 
-from basecal.calibrate import (
+from refcal.calibrate import (
     DACA,
     CalibrationWarning,
     MatrixScaling,
@@ -19,8 +19,8 @@ from basecal.calibrate import (
     VectorScaling,
     agreement_diagnostics,
 )
-from basecal.calibrate._solvers import affine_objective
-from basecal.errors import FitError
+from refcal.calibrate._solvers import affine_objective
+from refcal.errors import FitError
 
 
 def ragged(x: np.ndarray, rng: np.random.Generator, frac: float = 0.3) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from basecal.calibrate import (
+from refcal.calibrate import (
     DACA,
     MatrixScaling,
     NaiveAlignment,
@@ -16,7 +16,7 @@ from basecal.calibrate import (
     agreement_diagnostics,
     load_calibrator,
 )
-from basecal.errors import CalibratorFileError, FitError, InputError, MismatchError, NotFittedError
+from refcal.errors import CalibratorFileError, FitError, InputError, MismatchError, NotFittedError
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_json_layout(tmp_path, data) -> None:
     assert d["temperature"] == cal.temperature_ == d["parameters"]["temperature"]
     assert d["agreement"] == {"n": 120, "n_agree": cal.n_agree_, "agreement_rate": cal.n_agree_ / 120}
     assert d["solver"]["converged"] is True and d["solver"]["n_iter"] == cal.n_iter_
-    assert d["inputs"] == {"chat": "chat.parquet"} and d["basecal_version"]
+    assert d["inputs"] == {"chat": "chat.parquet"} and d["refcal_version"]
     ms = fitted("ms", data).to_dict()
     assert "temperature" not in ms and np.array(ms["parameters"]["coef"]).shape == (4, 4)
     assert "agreement" not in ms and ms["method"] == "ms"
@@ -79,8 +79,8 @@ def test_json_layout(tmp_path, data) -> None:
     [
         (None, "no such file"),
         ("{not json", "not valid JSON"),
-        ("[1, 2]", "not a basecal calibrator"),
-        ('{"format": "basecal-calibrator", "method": "platt"}', "unknown calibration method 'platt'"),
+        ("[1, 2]", "not a refcal calibrator"),
+        ('{"format": "refcal-calibrator", "method": "platt"}', "unknown calibration method 'platt'"),
     ],
 )
 def test_load_errors(tmp_path, content, match) -> None:

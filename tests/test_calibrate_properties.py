@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.special import log_softmax as sp_log_softmax
 
-from basecal.calibrate import DACA, CalibrationWarning, MatrixScaling, NaiveAlignment, VectorScaling
+from refcal.calibrate import DACA, CalibrationWarning, MatrixScaling, NaiveAlignment, VectorScaling
 
 finite = st.floats(-8, 8, allow_nan=False, width=64)
 

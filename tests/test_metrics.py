@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from basecal import metrics as M
-from basecal.errors import InputError
+from refcal import metrics as M
+from refcal.errors import InputError
 
 # Confidences 0.92, 0.83, 0.65, 0.5 (tie -> option 0), 1.0; correct = 1, 0, 1, 0, 1.
 # 0.5 and 1.0 sit exactly on bin edges (both exact in binary); the others are off the edges.
@@ -78,7 +78,7 @@ def test_nll_is_inf_when_true_label_has_zero_probability():
 
 
 def test_auroc_undefined_returns_nan_and_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="basecal.metrics"):
+    with caplog.at_level(logging.WARNING, logger="refcal.metrics"):
         assert math.isnan(M.auroc(P[[0, 2, 4]], Y[[0, 2, 4]]))
     assert "all 3 answers are correct" in caplog.text
 

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from basecal.backends.transformers import MAX_PADDING, _pack
+from refcal.backends.transformers import MAX_PADDING, _pack
 
 
 @given(st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=60), st.integers(1, 16))

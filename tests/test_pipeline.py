@@ -1,4 +1,4 @@
-"""`basecal run` end to end with deterministic fake backends (the real-model run is in test_real_models)."""
+"""`refcal run` end to end with deterministic fake backends (the real-model run is in test_real_models)."""
 
 import hashlib
 import json
@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from basecal import pipeline
-from basecal.backends.base import ClozeResult
-from basecal.cli import main
-from basecal.data.base import Question
-from basecal.errors import InputError
+from refcal import pipeline
+from refcal.backends.base import ClozeResult
+from refcal.cli import main
+from refcal.data.base import Question
+from refcal.errors import InputError
 
 
 class FakeBackend:
@@ -54,9 +54,9 @@ def _questions(n: int, k: int = 4, subject: str | None = None, labelled: bool = 
 
 @pytest.fixture()
 def fake_models(monkeypatch, tmp_path):
-    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     backends = {"fake-base": FakeBackend("base", 1.0), "fake-chat": FakeBackend("chat", 3.0)}
-    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: backends[spec])
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: backends[spec])
     return backends
 
 
@@ -164,19 +164,19 @@ class InterruptingBackend(FakeBackend):
 
 
 def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
-    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(120))
     monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
     cfg = pipeline.RunConfig(base="b", chat="c", dataset="toy", scoring="cloze", progress=False)
     # reference: an uninterrupted run in its own cache
     ref_backends = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
-    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: ref_backends[spec])
-    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "ref-cache"))
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: ref_backends[spec])
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "ref-cache"))
     ref = json.loads((pipeline.run(cfg, tmp_path / "ref", report=False) / "metrics.json").read_text())
 
-    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     first = {"b": FakeBackend("base", 1.0), "c": InterruptingBackend("chat", 3.0, budget=50)}
-    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: first[spec])
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: first[spec])
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(cfg, tmp_path / "run", report=False)
     assert not (tmp_path / "run").exists()  # no half-written run folder
@@ -185,7 +185,7 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
     assert 0 < done_chat <= 50
 
     second = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
-    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: second[spec])
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: second[spec])
     out = pipeline.run(cfg, tmp_path / "run", report=False)
     assert second["b"].calls == 0  # the base model finished before the interruption
     assert second["c"].calls == 120 - done_chat  # only what was missing
@@ -208,9 +208,9 @@ class BiasedBackend(FakeBackend):
 
 
 def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("BASECAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     backends = {"b": BiasedBackend("base", 0), "c": BiasedBackend("chat", 1)}
-    monkeypatch.setattr("basecal.backends.load_backend", lambda spec, **kw: backends[spec])
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: backends[spec])
     monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(80))
     monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
     rc = main(["run", "--base", "b", "--chat", "c", "--dataset", "toy", "--scoring", "letter", "--no-progress",
@@ -256,12 +256,12 @@ def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
                          label=0, subject=subject) for i in range(k)]
 
     monkeypatch.setattr(pipeline, "_load_questions", load)
-    monkeypatch.setattr("basecal.data.fewshot_examples", shots)
+    monkeypatch.setattr("refcal.data.fewshot_examples", shots)
     cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", fewshot=3,
                              scoring="letter", progress=False)
     out = pipeline.run(cfg, tmp_path / "run", report=False)
     assert sorted(set(asked)) == ["algebra", "virology"]
-    from basecal.scores import load_scores
+    from refcal.scores import load_scores
 
     chat = load_scores(out / "scores" / "chat_test.parquet")
     assert chat.meta["fewshot"] == 3 and len(chat) == 40

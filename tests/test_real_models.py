@@ -1,4 +1,4 @@
-"""`basecal run` on the real packaged models and data (Gemma-3-270M base, SmolLM2-135M-Instruct chat, SciQ)."""
+"""`refcal run` on the real packaged models and data (Gemma-3-270M base, SmolLM2-135M-Instruct chat, SciQ)."""
 
 import json
 import os
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from basecal.cli import main
-from basecal.models import cache_root
+from refcal.cli import main
+from refcal._paths import cache_root
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def fresh_score_cache(tmp_path, monkeypatch):
     for sub in ("models", "sha"):
         (real / sub).mkdir(parents=True, exist_ok=True)
         os.symlink(real / sub, cache / sub)
-    monkeypatch.setenv("BASECAL_CACHE_DIR", str(cache))
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(cache))
     return cache
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from basecal import metrics
-from basecal._math import log_softmax
-from basecal.calibrate import DACA, NaiveAlignment, TemperatureScaling, agreement_diagnostics
-from basecal.cli import main
-from basecal.errors import InputError
-from basecal.report import write_report
-from basecal.scores import ScoreSet
-from basecal.synthetic import make_synthetic
+from refcal import metrics
+from refcal._math import log_softmax
+from refcal.calibrate import DACA, NaiveAlignment, TemperatureScaling, agreement_diagnostics
+from refcal.cli import main
+from refcal.errors import InputError
+from refcal.report import write_report
+from refcal.scores import ScoreSet
+from refcal.synthetic import make_synthetic
 
 EVIL = "<script>alert('x')</script> & \"quotes\" | pipe"
 SUBJECTS = ["anatomy", "astronomy", "virology"]
@@ -75,7 +75,7 @@ def make_run(folder: Path, *, labelled: bool = True, n: int = 600, seed: int = 0
     cal = DACA().fit(d.base[calib], d.chat[calib])
     cal.save(folder / "calibrator.json", inputs={"dataset": EVIL})
     doc = {
-        "basecal_version": "0.1.0", "config": config, "has_labels": labelled, "n_questions": n,
+        "refcal_version": "0.1.0", "config": config, "has_labels": labelled, "n_questions": n,
         "n_eval": int((~calib).sum()), "n_units": len(units), "protocol": "per-subject (test fixture)",
         "methods": methods,
         "diagnostics": agreement_diagnostics(d.base[calib], d.chat[calib], d.labels[calib] if labelled else None),
@@ -217,7 +217,7 @@ def test_cli(run_dir, tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out and (copy / "report.html").exists()
     assert main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("basecal: error:")
+    assert len(err) == 1 and err[0].startswith("refcal: error:")
 
 
 # ---------------------------------------------------------------------------------------------- browser
@@ -270,5 +270,5 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     res = _chromium(["--window-size=1200,3000", "--hide-scrollbars", f"--screenshot={shot}",
                      (folder / "report.html").as_uri()], tmp_path)
     assert shot.exists() and shot.stat().st_size > 10_000, res.stderr[-2000:]
-    if os.environ.get("BASECAL_KEEP_SCREENSHOT"):  # for a human to look at
-        shutil.copy(shot, os.environ["BASECAL_KEEP_SCREENSHOT"])
+    if os.environ.get("REFCAL_KEEP_SCREENSHOT"):  # for a human to look at
+        shutil.copy(shot, os.environ["REFCAL_KEEP_SCREENSHOT"])

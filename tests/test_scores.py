@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from basecal.errors import MismatchError, ScoreFileError
-from basecal.scores import ScoreSet, join_scores, load_scores
+from refcal.errors import MismatchError, ScoreFileError
+from refcal.scores import ScoreSet, join_scores, load_scores
 
 
 def _write_jsonl(path, rows):

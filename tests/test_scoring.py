@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from basecal.backends.base import ClozeResult
-from basecal.data.base import Question
-from basecal.errors import InputError
-from basecal.scoring import score_questions
+from refcal.backends.base import ClozeResult
+from refcal.data.base import Question
+from refcal.errors import InputError
+from refcal.scoring import score_questions
 
 
 class FakeBackend:
@@ -177,7 +177,7 @@ _CHILD = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_scoring import FakeBackend, make_questions
-from basecal.scoring import score_questions
+from refcal.scoring import score_questions
 s = score_questions(FakeBackend(sleep={sleep}), make_questions(40), batch_size=2, cache_dir={cache!r}, progress=False)
 np.save({out!r}, s.logits)
 """
@@ -225,7 +225,7 @@ def test_fewshot_per_subject_mapping(tmp_path):
     be2 = FakeBackend()
     score_questions(be2, qs, cache_dir=tmp_path)
     assert len(be2.scored) == 4  # zero-shot is another cache entry
-    from basecal.prompts import letter_requests
+    from refcal.prompts import letter_requests
 
     expected = [letter_requests([q], fewshot=shots[q.subject])[0].prefix for q in qs]
     assert sorted(be.prefixes) == sorted(expected)
@@ -233,10 +233,10 @@ def test_fewshot_per_subject_mapping(tmp_path):
 
 
 def test_cli_score_end_to_end_with_fake_backend(tmp_path, monkeypatch, capsys):
-    import basecal.backends
-    import basecal.data
-    from basecal.cli import main
-    from basecal.scores import load_scores
+    import refcal.backends
+    import refcal.data
+    from refcal.cli import main
+    from refcal.scores import load_scores
 
     seen = {}
 
@@ -244,8 +244,8 @@ def test_cli_score_end_to_end_with_fake_backend(tmp_path, monkeypatch, capsys):
         seen.update(spec=spec, api_base=api_base, **kw)
         return FakeBackend()
 
-    monkeypatch.setattr(basecal.backends, "load_backend", fake_load_backend)
-    monkeypatch.setattr(basecal.data, "load_dataset", lambda name, **kw: make_questions(kw["limit"] or 20))
+    monkeypatch.setattr(refcal.backends, "load_backend", fake_load_backend)
+    monkeypatch.setattr(refcal.data, "load_dataset", lambda name, **kw: make_questions(kw["limit"] or 20))
     out = tmp_path / "s.parquet"
     args = ["score", "-m", "openai:gpt", "-d", "toy", "--limit", "5", "--template", "all", "--api-base",
             "http://x", "--cache-dir", str(tmp_path / "c"), "-o", str(out)]
@@ -260,7 +260,7 @@ def test_cli_score_end_to_end_with_fake_backend(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["score", "-m", "m", "-d", "toy", "--scoring", "cloze", "--chat-template", "on", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["basecal: error: --chat-template on applies to --scoring letter only"]
+    assert err == ["refcal: error: --chat-template on applies to --scoring letter only"]
     assert main(["score", "-m", "m", "-d", "toy", "--template", "9", "-o", str(out)]) == 2
 
 
@@ -268,7 +268,7 @@ class DetailedBackend(FakeBackend):
     """Like an API backend: reports which letters were floored (absent from the top-k)."""
 
     def score_letters_iter_detailed(self, requests):
-        from basecal.backends.api_logprobs import LetterScores
+        from refcal.backends.api_logprobs import LetterScores
 
         for i, v in enumerate(self.score_letters(requests)):
             floored = tuple(j == len(v) - 1 and i % 2 == 0 for j in range(len(v)))  # every other request

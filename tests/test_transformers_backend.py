@@ -18,10 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from basecal.backends.transformers import TransformersBackend  # noqa: E402
-from basecal.data.base import Question  # noqa: E402
-from basecal.errors import InputError  # noqa: E402
-from basecal.prompts import cloze_requests, letter_requests  # noqa: E402
+from refcal.backends.transformers import TransformersBackend  # noqa: E402
+from refcal.data.base import Question  # noqa: E402
+from refcal.errors import InputError  # noqa: E402
+from refcal.prompts import cloze_requests, letter_requests  # noqa: E402
 
 QS = [
     Question("q1", "What is the capital of France?", ("Paris", "London", "Rome", "Berlin"), 0),

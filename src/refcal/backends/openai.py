@@ -1,0 +1,319 @@
+"""Letter scoring through any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, ...).
+
+One request per question: ``max_tokens=1``, ``temperature=0``, ``seed``, and the top-k (k <= 20)
+log-probabilities of the generated token, which :mod:`.api_logprobs` maps to option letters
+(variants such as ``" A"`` are combined; absent letters get a documented floor, counted in
+:attr:`OpenAIBackend.stats`). Requests run on a bounded thread pool; each one is retried with
+exponential back-off and full jitter on 429 / 5xx / timeouts / connection errors, honouring
+``Retry-After`` (:mod:`.api_http`). The first request that fails for good stops the others from
+retrying; results that finished are still yielded by :meth:`OpenAIBackend.score_letters_iter`
+(so :mod:`refcal.scoring` saves them) before the one-line :class:`BackendError` is raised.
+
+The API key is read from the environment variable ``api_key_env`` and is never part of the
+fingerprint, ``repr``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ..errors import BackendError, InputError, MissingDependencyError
+from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
+from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
+from .base import ClozeRequest, ClozeResult, LetterRequest
+
+log = logging.getLogger(__name__)
+
+MODES = ("chat", "completions")
+DEFAULT_API_BASE = "https://api.openai.com/v1"
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class APIStats:
+    """Counters over the life of a backend (shown in reports).
+
+    ``n_requests``: requests scored; ``n_floored_letters``: letters that got the floor;
+    ``n_requests_with_floor``: requests with at least one floored letter; ``n_letters``: letters
+    scored in total; ``n_retries``: HTTP attempts that were retried; ``n_no_token``: answers with no
+    first token at all (the model ended at once, e.g. llama.cpp's server then returns no
+    log-probabilities): every letter of those is floored (a uniform row).
+    """
+
+    n_requests: int = 0
+    n_letters: int = 0
+    n_floored_letters: int = 0
+    n_requests_with_floor: int = 0
+    n_retries: int = 0
+    n_no_token: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class OpenAIBackend:
+    """Score option letters with an OpenAI-compatible chat or completions endpoint.
+
+    Parameters
+    ----------
+    model : str
+        Model name sent in each request.
+    api_base : str, optional
+        Base URL up to and including ``/v1``; default ``$OPENAI_BASE_URL`` or the OpenAI API.
+    api_key_env : str
+        Environment variable holding the key (sent as ``Authorization: Bearer``); servers that need
+        no key (a local llama.cpp server) work without it.
+    mode : {"chat", "completions"}
+        What the server offers. ``"chat"``: every request goes to ``/chat/completions`` with
+        ``prefix + prompt`` as the user message (requests with ``chat=False`` too, since a chat-only
+        API has no raw prompt; a warning says so). ``"completions"``: the server also has
+        ``/completions``; requests with ``chat=False`` send the raw prompt there, ``chat=True`` ones
+        still use ``/chat/completions`` (the server applies the model's chat template).
+    top_logprobs : int
+        k, 1..20 alternatives per generated token (more means fewer floored letters).
+    concurrency : int
+        Requests in flight at once.
+    timeout : float
+        Seconds per HTTP attempt (connect, read, write).
+    max_retries : int
+        Retries per request after the first attempt.
+    floor_margin : float
+        Absent letters get ``log(min(p_min, max(R, 1e-6))) - floor_margin`` (see :mod:`.api_logprobs`).
+    seed : int or None
+        Sent to servers that support it; None omits it.
+    backoff_base, backoff_max, max_wait : float
+        Back-off schedule (see :mod:`.api_http`).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        mode: str = "chat",
+        top_logprobs: int = MAX_TOP_LOGPROBS,
+        concurrency: int = 4,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        floor_margin: float = math.log(2.0),
+        seed: int | None = 0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 20.0,
+        max_wait: float = 120.0,
+    ):
+        if not model or not isinstance(model, str):
+            raise InputError("the API model name is empty; pass it as openai:MODEL")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise InputError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise InputError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if not timeout > 0 or not floor_margin > 0:
+            raise InputError("timeout and floor_margin must be positive numbers")
+        base = (api_base or os.environ.get("OPENAI_BASE_URL") or DEFAULT_API_BASE).rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise InputError(f"--api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {public_url(base)!r}")
+        self.model = model
+        # Credentials may hide in the URL (user:password@, ?key=): requests use the full URL, kept in a
+        # Secret; everything shown (repr, fingerprint, meta, errors) uses the public form.
+        self._base = Secret(base)
+        self.api_base = public_url(base)
+        self.mode = mode
+        self.top_logprobs = top_logprobs
+        self.concurrency = concurrency
+        self.timeout = float(timeout)
+        self.floor_margin = float(floor_margin)
+        self.seed = seed
+        self.policy = RetryPolicy(max_retries, backoff_base, backoff_max, max_wait)
+        self._key = Secret(os.environ.get(api_key_env))
+        if not self._key and base.startswith("https://api.openai.com"):
+            raise BackendError(f"the OpenAI API needs a key; set the environment variable {api_key_env}")
+        self.stats = APIStats()
+        self._lock = threading.Lock()
+        self._warned_raw = False
+        self.fingerprint = (
+            f"openai:{model}@{self.api_base.split('://', 1)[1]};mode={mode};top_logprobs={top_logprobs};"
+            f"seed={seed};floor_margin={self.floor_margin:.6g};r_resolution={R_RESOLUTION:g}"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIBackend(model={self.model!r}, api_base={self.api_base!r}, mode={self.mode!r}, "
+            f"top_logprobs={self.top_logprobs}, concurrency={self.concurrency}, key={'set' if self._key else 'unset'})"
+        )
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Settings and :class:`APIStats` counters (requests sent by this process, not cache hits);
+        :func:`refcal.scoring.score_questions` stores this in the ScoreSet's ``meta["backend"]``."""
+        return {
+            "kind": "openai", "model": self.model, "api_base": self.api_base, "mode": self.mode,
+            "top_logprobs": self.top_logprobs, "seed": self.seed,
+            "floor_rule": f"log(min(p_min, max(1 - sum p, {R_RESOLUTION:g}))) - {self.floor_margin:.6g}",
+            **self.stats.as_dict(),
+        }
+
+    # -- public API ---------------------------------------------------------------------------
+    def score_letters(self, requests: Sequence[LetterRequest]) -> list[np.ndarray]:
+        """Letter log-probabilities, one float64 array of shape (k,) per request (floored where absent)."""
+        return [s.logprobs for s in self.score_letters_detailed(requests)]
+
+    def score_letters_detailed(self, requests: Sequence[LetterRequest]) -> list[LetterScores]:
+        """Like :meth:`score_letters`, with which letters were floored and the floor of each request."""
+        out: list[LetterScores | None] = [None] * len(requests)
+        for i, scores in self._iter(requests):
+            out[i] = scores
+        return out  # type: ignore[return-value]
+
+    def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(index, logprobs of shape (k,))`` as requests finish, in completion order.
+
+        If a request fails for good, the others stop retrying, those already answered are still
+        yielded, and then the :class:`BackendError` is raised.
+        """
+        for i, scores in self._iter(requests):
+            yield i, scores.logprobs
+
+    def score_letters_iter_detailed(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, LetterScores]]:
+        """Like :meth:`score_letters_iter`, with which letters were floored (kept in the score cache, so
+        the floor counts of a resumed run cover every question)."""
+        yield from self._iter(requests)
+
+    def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
+        raise BackendError(
+            "cloze scoring needs the log-probabilities of the prompt's own tokens, which chat-completion "
+            "APIs do not return; score API models with letter scoring (--scoring letter)"
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+    def _iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, LetterScores]]:
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - httpx is in the api extra
+            raise MissingDependencyError("httpx", "api") from exc
+        requests = list(requests)
+        for r in requests:
+            if not isinstance(r, LetterRequest) or len(set(r.letters)) < 2 or len(set(r.letters)) != len(r.letters):
+                raise InputError("each request needs at least two distinct option letters")
+        if not requests:
+            return
+        stop = threading.Event()
+        client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="refcal-api")
+        futures = {pool.submit(self._score_one, client, r, i, stop): i for i, r in enumerate(requests)}
+        error: BackendError | None = None
+        try:
+            for fut in as_completed(futures):
+                try:
+                    scores = fut.result()
+                except (Aborted, CancelledError):
+                    continue
+                except BackendError as exc:
+                    if error is None:
+                        error = exc
+                        stop.set()
+                        for f in futures:
+                            f.cancel()
+                    continue
+                yield futures[fut], scores
+            if error is not None:
+                raise error
+        finally:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True)
+            client.close()
+
+    def _score_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
+        text = req.prefix + req.prompt
+        common: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0, "n": 1, "stream": False}
+        if self.seed is not None:
+            common["seed"] = self.seed
+        if self.mode == "completions" and not req.chat:
+            url = self._endpoint("completions")
+            payload = {**common, "prompt": text, "logprobs": self.top_logprobs}
+        else:
+            if not req.chat and not self._warned_raw:
+                self._warned_raw = True
+                log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
+            url = self._endpoint("chat/completions")
+            payload = {
+                **common,
+                "messages": [{"role": "user", "content": text}],
+                "logprobs": True,
+                "top_logprobs": self.top_logprobs,
+            }
+        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        body = post_json(
+            client, url, payload, headers=headers, policy=self.policy, secret=self._key,
+            rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=stop, on_retry=self._count_retry,
+        )
+        top = self._top_pairs(body, url)
+        if top is None:
+            # The model ended its answer at once (no first token): every letter is absent and the
+            # only bound is the resolution, so the row is uniform at that floor.
+            floor = math.log(R_RESOLUTION) - self.floor_margin
+            k = len(req.letters)
+            scores = LetterScores(np.full(k, floor), (True,) * k, floor)
+        else:
+            scores = letter_logprobs(top, req.letters, floor_margin=self.floor_margin)
+        with self._lock:
+            self.stats.n_requests += 1
+            self.stats.n_letters += len(req.letters)
+            self.stats.n_floored_letters += scores.n_floored
+            self.stats.n_requests_with_floor += scores.n_floored > 0
+            self.stats.n_no_token += top is None
+        return scores
+
+    def _endpoint(self, name: str) -> str:
+        parts = urlsplit(self._base.get())
+        return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.stats.n_retries += 1
+
+    def _top_pairs(self, body: dict, url: str) -> list[tuple[str, float]] | None:
+        """The (token, logprob) alternatives of the first generated token; None if none was generated."""
+        try:
+            choice = body["choices"][0]
+            lp = choice["logprobs"]
+            if lp is None:
+                raise KeyError("logprobs")
+            if "content" in lp:  # chat completions
+                content = lp["content"] or []
+                if not content:
+                    return None
+                first = content[0]
+                pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
+                if not pairs:
+                    pairs = [(first["token"], first["logprob"])]
+                return pairs
+            tops = lp.get("top_logprobs") or []  # legacy completions: a dict per token
+            if not tops:
+                return None
+            return [(t, v) for t, v in tops[0].items()]
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise BackendError(
+                f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "
+                "the server must support logprobs/top_logprobs for this model"
+            ) from None

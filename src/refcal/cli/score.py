@@ -1,0 +1,98 @@
+"""``refcal score``: one model, one data set -> a score file (option logits per question)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InputError
+from ._options import column_options, pop_columns
+
+log = logging.getLogger(__name__)
+
+
+def _templates(value: str) -> list[int]:
+    if value == "all":
+        return [1, 2, 3, 4, 5]
+    try:
+        t = int(value)
+    except ValueError:
+        t = -1
+    if t not in (1, 2, 3, 4, 5):
+        raise InputError(f"--template {value!r} is not valid; use 1..5 or all")
+    return [t]
+
+
+@click.command("score")
+@click.option("--model", "-m", required=True,
+              help="Built-in alias (gemma-3-270m, smollm2-135m-instruct), Hugging Face id, model folder, "
+                   ".gguf file, or openai:MODEL.")
+@click.option("--dataset", "-d", required=True, help="Built-in data set name or a data file.")
+@click.option("--split", default=None, help="Split (default: the data set's evaluation split).")
+@click.option("--subjects", default=None, help="Comma-separated subjects to keep (MMLU).")
+@click.option("--template", "-t", default="1", show_default=True, help="Instruction template 1..5, or all.")
+@click.option("--scoring", type=click.Choice(["letter", "cloze", "cloze-norm", "cloze-token"]),
+              default="letter", show_default=True,
+              help="letter: next-token logits of the option letters; cloze: summed log-prob of the option text; "
+                   "cloze-norm: per character; cloze-token: per token.")
+@click.option("--chat-template", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="Wrap prompts in the model's chat template (off reproduces the paper).")
+@click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Solved examples from the few-shot split (MMLU: per subject, from dev).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score at most N questions.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit subsample.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Default: bfloat16 on CUDA, float32 on CPU.")
+@click.option("--api-base", default=None, help="Base URL of an OpenAI-compatible server (openai:MODEL).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where resumable results live (default $REFCAL_CACHE_DIR/scores, else $XDG_CACHE_HOME/refcal/scores, else ~/.cache/refcal/scores).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@column_options
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Output .parquet or .jsonl; with --template all, one file per template (name_t1.parquet, ...).")
+def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str,
+          chat_template: str, fewshot: int, limit: int | None, seed: int, batch_size: int, device: str | None,
+          dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str,
+          **columns: Any) -> None:
+    """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
+    from ..backends import load_backend
+    from ..data import fewshot_examples, load_dataset
+    from ..scores import check_output_path
+    from ..scoring import score_questions
+
+    check_output_path(output)  # before any slow work
+    templates = _templates(template)
+    chat = chat_template == "on"
+    if scoring != "letter" and chat:
+        raise InputError("--chat-template on applies to --scoring letter only")
+    questions = load_dataset(dataset, split=split, subjects=subjects, limit=limit, seed=seed, **pop_columns(columns))
+    shots: Any = ()
+    if fewshot:
+        subj = sorted({q.subject for q in questions if q.subject is not None})
+        if subj:
+            shots = {s: fewshot_examples(dataset, subject=s, k=fewshot) for s in subj}
+        else:
+            shots = fewshot_examples(dataset, k=fewshot)
+    kwargs: dict[str, Any] = {}
+    if not model.startswith("openai:"):
+        kwargs = {"device": device, "dtype": dtype, "batch_size": batch_size}
+    elif device or dtype:
+        raise InputError("--device and --dtype apply to local models, not openai:MODEL")
+    backend = load_backend(model, api_base=api_base, **kwargs)
+    out = Path(output)
+    for t in templates:
+        meta = {"model": model, "dataset": dataset, "split": split, "subjects": subjects, "limit": limit,
+                "seed": seed}
+        scores = score_questions(backend, questions, scoring=scoring, template=t, chat=chat, fewshot=shots,
+                                 batch_size=batch_size, cache_dir=cache_dir, progress=not no_progress, meta=meta)
+        path = out if len(templates) == 1 else out.with_name(f"{out.stem}_t{t}{out.suffix}")
+        scores.save(path)
+        acc = ""
+        if scores.has_labels:
+            acc = f", accuracy {float((scores.logits.argmax(1) == scores.labels).mean()):.3f}"
+        click.echo(f"wrote {len(scores)} questions to {path} (template {t}, {scoring}{acc})")

@@ -1,0 +1,492 @@
+"""The run report: ``report.html`` (one self-contained file), ``report.md`` and ``plots/*.png|svg``.
+
+:func:`write_report` reads a run folder (see ``docs/ARCHITECTURE.md``): ``metrics.json`` (required; every
+number in the tables comes from it), ``config.json``, ``calibrator.json`` and ``predictions/<method>.parquet``
+(calibrated log-probabilities on the evaluation questions of the first split/template; the plots are drawn
+from them). The page is built once as a list of blocks that two renderers turn into HTML and Markdown, so
+both files show the same numbers. Every string read from a file is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_write_text
+from .errors import InputError, ScoreFileError
+
+__all__ = ["write_report", "METHOD_ORDER"]
+
+log = logging.getLogger(__name__)
+
+METHOD_ORDER = ("chat", "base", "naive", "daca", "ts")
+_LABELS = {"chat": "chat model (vanilla)", "base": "base model", "naive": "naive alignment", "daca": "DACA",
+           "ts": "temperature scaling (labelled oracle)"}
+#: (key, header, scale, decimals, lower is better)
+_COLUMNS = [
+    ("ece", "ECE %", 100, 3, True), ("mce", "MCE %", 100, 3, True), ("aece", "AECE %", 100, 3, True),
+    ("brier", "Brier", 1, 4, True), ("nll", "NLL", 1, 4, True), ("accuracy", "Acc %", 100, 2, False),
+    ("auroc", "AUROC", 1, 4, False), ("aurc", "AURC", 1, 4, True),
+]
+_LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, reliability diagrams and "
+                  "selective accuracy / risk–coverage curves")
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+@dataclass
+class _Table:
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    collapsed: str | None = None  # summary text: rendered folded in HTML
+
+
+@dataclass
+class _Image:
+    stem: str  # plots/<stem>.png
+    caption: str
+
+
+def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v) * scale:.{nd}f}"
+    return str(v)
+
+
+def _entry(e: Any) -> tuple[float | None, float | None, int]:
+    """``{"mean", "std", "values"}`` or a plain number -> (mean, std, number of values)."""
+    if isinstance(e, Mapping):
+        mean, std = e.get("mean"), e.get("std")
+        n = len(e.get("values") or []) or 1
+        return (None if mean is None else float(mean)), (None if std is None else float(std)), n
+    if isinstance(e, (int, float)) and not isinstance(e, bool):
+        return float(e), None, 1
+    return None, None, 0
+
+
+def _comparison(methods: Mapping[str, Any], labels: Mapping[str, str], has_labels: bool) -> _Table:
+    """Methods × metrics, mean ± std over templates/splits; best mean per column in bold (base excluded)."""
+    order = [m for m in METHOD_ORDER if m in methods] + sorted(m for m in methods if m not in METHOD_ORDER)
+    if has_labels:
+        cols = [c for c in _COLUMNS if any(c[0] in methods[m] for m in order)]
+    else:
+        keys = sorted({k for m in order for k in methods[m]})
+        cols = [(k, k.replace("_", " "), 1, 4, True) for k in keys]
+    rows, bold, means = [], set(), {}
+    for r, m in enumerate(order):
+        row = [labels.get(m, m)]
+        for c, (key, _, scale, nd, _) in enumerate(cols, 1):
+            mean, std, n = _entry(methods[m].get(key))
+            cell = _fmt(mean, scale, nd)
+            if mean is not None and std is not None and n > 1 and np.isfinite(mean):
+                cell += f" ± {_fmt(std, scale, nd)}"
+            row.append(cell)
+            if mean is not None and np.isfinite(mean):
+                means[(r, c)] = round(mean * scale, nd)  # compare what is shown: ties in print tie here
+        rows.append(row)
+    if has_labels:
+        for c, (_, _, _, _, lower) in enumerate(cols, 1):
+            cand = {r: v for (r, cc), v in means.items() if cc == c and order[r] != "base"}
+            if cand:
+                best = min(cand.values()) if lower else max(cand.values())
+                bold |= {(r, c) for r, v in cand.items() if v == best}
+    return _Table(["method"] + [c[1] for c in cols], rows, bold)
+
+
+def _kv_table(d: Mapping[str, Any], collapsed: str | None = None) -> _Table:
+    rows = []
+    flat: dict[str, Any] = {}
+    for k, v in d.items():  # one level of nesting becomes "outer.inner" keys
+        if isinstance(v, Mapping) and v and all(not isinstance(x, (dict, list)) for x in v.values()):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[str(k)] = v
+    for k, v in flat.items():
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v, default=str)
+            v = v if len(v) <= 160 else v[:157] + "..."
+        rows.append([str(k), _fmt(v, 1, 6)])
+    return _Table(["key", "value"], rows, collapsed=collapsed)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
+    if not path.exists():
+        if required:
+            raise InputError(f"{path}: not found; pass a run folder written by `refcal run`")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot be read as JSON ({e}); re-create the run with `refcal run`") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object; re-create the run with `refcal run`")
+    return data
+
+
+def _check_doc(doc: Mapping[str, Any], config: Any, path: Path) -> None:
+    """Refuse a metrics.json whose known keys have the wrong JSON type, before anything is written."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: {what}; re-create the run with `refcal run`")
+
+    def is_num(v: Any) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    for key in ("methods", "fits", "diagnostics", "method_labels", "config"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise bad(f"{key!r} must be a JSON object, got {type(doc[key]).__name__}")
+    for m, entry in (doc.get("methods") or {}).items():
+        if not isinstance(entry, dict):
+            raise bad(f"methods[{m!r}] must be an object of metrics, got {type(entry).__name__}")
+        for name, v in entry.items():
+            stats = [v.get("mean"), v.get("std")] if isinstance(v, dict) else [v]
+            if not all(is_num(x) for x in stats):
+                raise bad(f"methods[{m!r}][{name!r}] must be a number or {{\"mean\", \"std\"}} numbers")
+    for m, recs in (doc.get("fits") or {}).items():
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise bad(f"fits[{m!r}] must be a list of objects")
+    diag = doc.get("diagnostics") or {}
+    for sub in ("agree", "disagree"):
+        if diag.get(sub) is not None and not isinstance(diag[sub], dict):
+            raise bad(f"diagnostics[{sub!r}] must be a JSON object")
+    if not isinstance(config, dict):
+        raise bad(f"the configuration must be a JSON object, got {type(config).__name__}")
+    n_bins = config.get("n_bins")
+    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1):
+        raise bad(f"config n_bins must be a positive integer, got {n_bins!r}")
+
+
+def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{method: (probs (n, k), labels (n,))}`` from ``predictions/*.parquet`` (log-probabilities)."""
+    from ._math import softmax
+    from .scores import load_scores
+
+    folder = run_dir / "predictions"
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    found = {f.stem: f for f in files}
+    out = {}
+    for m in [m for m in METHOD_ORDER if m in found] + sorted(set(found) - set(METHOD_ORDER)):
+        try:
+            s = load_scores(found[m])
+        except ScoreFileError as e:
+            log.warning("skipping predictions of %s: %s", m, e)
+            continue
+        # softmax of log-probabilities re-normalises rows that were rounded when written
+        out[m] = (softmax(s.logits), s.labels)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _plots(preds, labels_ok: bool, fits: Mapping[str, Any], names: Mapping[str, str], n_bins: int,
+           plot_dir: Path) -> tuple[list[_Image], dict[str, Path]]:
+    from . import metrics
+    from . import plots as P
+
+    images, files = [], {}
+
+    def save(fig, stem: str, caption: str) -> None:
+        for p in P.save_figure(fig, plot_dir / stem):
+            files[f"plots/{p.name}"] = p
+        images.append(_Image(stem, caption))
+
+    if preds:
+        k = max(p.shape[1] for p, _ in preds.values())
+        data = P.confidence_histogram_data({m: P.confidences(p) for m, (p, _) in preds.items()}, low=1 / k)
+        ax = P.plot_confidence_histogram(data, labels=names, title="Confidence before and after calibration")
+        save(ax.figure, "confidence_histogram",
+             "Confidence (max probability) of each method on the evaluation questions; dotted lines: means.")
+    if preds and labels_ok:
+        bins = {m: metrics.reliability_bins(p, y, n_bins=n_bins) for m, (p, y) in preds.items()}
+        fig = P.plot_reliability_grid(bins, titles=names)
+        save(fig, "reliability", f"Reliability diagrams ({n_bins} equal-width bins): bars are accuracy, the "
+             "hatched band is the gap to the bin's mean confidence, numbers are questions per bin.")
+        fig = P.new_figure(11.0, 4.0)
+        a1, a2 = fig.subplots(1, 2)
+        P.plot_selective_accuracy({m: metrics.selective_accuracy(p, y) for m, (p, y) in preds.items()}, ax=a1,
+                                  labels=names, title="Selective accuracy")
+        P.plot_risk_coverage({m: metrics.risk_coverage(p, y) for m, (p, y) in preds.items()}, ax=a2,
+                             labels=names, title="Risk–coverage")
+        save(fig, "selective", "Left: accuracy on the questions whose confidence reaches the threshold "
+             "(solid) and the fraction kept (dotted). Right: error rate against coverage (lower is better).")
+    groups = {m: P.group_values(fits.get(m) or []) for m in ("daca", "naive", "ts")}
+    if len(groups["daca"].groups) > 1:
+        others = {m: groups[m] for m in ("naive", "ts") if groups[m].groups}
+        ax = P.plot_group_values(groups["daca"], markers=others, labels=names, label=names.get("daca", "DACA"),
+                                 title="Fitted temperature per group")
+        save(ax.figure, "temperatures", "Temperature fitted per group (subject or split; averaged over templates), "
+             "sorted by the DACA value (bars; n = agreeing questions its fit used); markers: the other "
+             "methods' temperatures for the same group; dashed line: τ = 1.")
+    return images, files
+
+
+# ---------------------------------------------------------------------------------------------- document
+def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[str, Any] | None,
+              preds: Mapping[str, Any], images: list[_Image]) -> list[Any]:
+    has_labels = bool(doc.get("has_labels"))
+    names = {**_LABELS, **(doc.get("method_labels") or {})}
+    img = {i.stem: i for i in images}
+    out: list[Any] = [("h1", "refcal calibration report")]
+    ds, chat, base = config.get("dataset"), config.get("chat"), config.get("base")
+    summary = [f"chat model: {chat}" if chat else None, f"base model: {base}" if base else None,
+               f"data set: {ds}" if ds else None, f"questions: {doc.get('n_questions', 'n/a')}",
+               f"evaluated: {doc.get('n_eval', 'n/a')}", f"protocol: {doc.get('protocol') or 'n/a'}",
+               f"refcal {doc.get('refcal_version', '?')}"]
+    out.append(("p", " · ".join(s for s in summary if s)))
+    if not has_labels:
+        out.append(("note", "This run has no labels. The metrics that need labels — " + _LABEL_METRICS + " — "
+                    "cannot be computed and are not shown. What is shown needs no labels: the fitted "
+                    "calibrator, the agreement diagnostics and the confidence distributions."))
+
+    out.append(("h2", "Comparison of methods"))
+    methods = doc.get("methods") or {}
+    if methods:
+        out.append(_comparison(methods, names, has_labels))
+        out.append(("p", ("Mean ± standard deviation over prompt templates / splits / subjects "
+                          f"({doc.get('n_units', 'n/a')} units). ECE, MCE and AECE in percent; bold marks the best "
+                          "value among the chat-model calibrations (the base model is another model and is not "
+                          "ranked). The oracle uses labels; DACA and naive alignment do not.")
+                   if has_labels else "Label-free quantities only (mean over units)."))
+    else:
+        out.append(("p", "metrics.json holds no per-method results."))
+
+    if has_labels and isinstance(doc.get("bootstrap"), Mapping):
+        out += _bootstrap_section(doc["bootstrap"], names)
+
+    out.append(("h2", "Confidence distributions"))
+    out.append(img["confidence_histogram"] if "confidence_histogram" in img
+               else ("p", "No predictions/ folder: confidence plots are not available."))
+    if has_labels:
+        out.append(("h2", "Reliability diagrams"))
+        out.append(img["reliability"] if "reliability" in img else ("p", "No predictions to draw from."))
+        out.append(("h2", "Selective classification"))
+        if "selective" in img:
+            out.append(img["selective"])
+    if preds:
+        out.append(("p", "Plots use the evaluation questions of the first split and template "
+                    f"({len(next(iter(preds.values()))[0])} questions); the table averages over all units."))
+    out.append(("h2", "Agreement diagnostics: can the label-free fit be trusted?"))
+    out += _diagnostics(doc.get("diagnostics") or {}, doc.get("fits") or {}, has_labels)
+    if "temperatures" in img:
+        out.append(img["temperatures"])
+
+    if doc.get("api_stats"):
+        out += _api_section(doc["api_stats"])
+
+    out.append(("h2", "Fitted calibrator (calibrator.json)"))
+    if cal:
+        # the temperature is shown at top level already; vector/matrix parameters are shown as lists
+        drop = ("hyperparameters", "inputs") + (("parameters",) if "temperature" in cal else ())
+        out.append(_kv_table({k: v for k, v in cal.items() if k not in drop}))
+        if cal.get("inputs"):
+            out.append(_kv_table(cal["inputs"], collapsed="inputs the calibrator was fitted on"))
+    else:
+        why = (doc.get("calibrator") or {}).get("error") if isinstance(doc.get("calibrator"), Mapping) else None
+        out.append(("note", f"No deployable calibrator: {why}") if why
+                   else ("p", "No calibrator.json in this run folder."))
+    fallbacks = {m: n for m, n in (doc.get("fallbacks") or {}).items() if isinstance(n, int) and n}
+    if fallbacks:
+        out.append(("note", "Some units could not be fitted and were evaluated uncalibrated (temperature 1): "
+                    + ", ".join(f"{names.get(m, m)}: {n}" for m, n in fallbacks.items())
+                    + ". The reason of each is in metrics.json under fits."))
+
+    out.append(("h2", "Configuration"))
+    out.append(_kv_table(config or {}, collapsed="resolved configuration (config.json)"))
+    return out
+
+
+def _bootstrap_section(boot: Mapping[str, Any], names: Mapping[str, str]) -> list[Any]:
+    """Sampling uncertainty of the headline metrics on the plotted questions."""
+    rows = []
+    for m, d in (boot.get("methods") or {}).items():
+        if not isinstance(d, Mapping):
+            continue
+        cells = [names.get(m, m)]
+        for key, scale in (("ece", 100), ("brier", 1), ("nll", 1)):
+            e = d.get(key) if isinstance(d.get(key), Mapping) else {}
+            est, lo, hi = e.get("estimate"), e.get("low"), e.get("high")
+            cells.append(f"{_fmt(est, scale, 3)} [{_fmt(lo, scale, 3)}, {_fmt(hi, scale, 3)}]"
+                         if est is not None else "n/a")
+        rows.append(cells)
+    level = boot.get("level", 0.95)
+    return [
+        _Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
+               collapsed=f"{100 * float(level):.0f} % bootstrap intervals ({boot.get('n_boot', '?')} resamples of "
+                         f"the {boot.get('n', '?')} plotted questions)"),
+    ]
+
+
+def _api_section(stats: Mapping[str, Any]) -> list[Any]:
+    """How an API model's top-k log-probabilities were turned into option scores."""
+    keys = [("n_requests", "requests"), ("n_letters", "option letters"),
+            ("n_floored_letters", "letters floored"), ("n_requests_with_floor", "requests with a floor"),
+            ("n_no_token", "no first token"), ("n_retries", "retries")]
+    rows = []
+    for role, st in stats.items():
+        if not isinstance(st, Mapping):
+            continue
+        n_letters = st.get("n_letters") or 0
+        share = f" ({100 * st.get('n_floored_letters', 0) / n_letters:.1f}%)" if n_letters else ""
+        rows.append([str(role)] + [_fmt(st.get(k), 1, 0) + (share if k == "n_floored_letters" else "")
+                                   for k, _ in keys])
+    return [
+        ("h2", "API scoring: top-k log-probabilities"),
+        ("p", "API models return only the top-k log-probabilities of the generated token. An option letter "
+              "absent from the top-k gets a floor below the smallest returned log-probability: "
+              "log(min(p_min, max(1 - Σp, 1e-6))) - log 2, i.e. at most half of the probability mass the top-k "
+              "leaves for it. Floor counts cover every scored question, answers served from the score cache "
+              "included; requests and retries count what this run sent."),
+        _Table(["model"] + [label for _, label in keys], rows),
+    ]
+
+
+def _diagnostics(d: Mapping[str, Any], fits: Mapping[str, Any], has_labels: bool) -> list[Any]:
+    if not d:
+        return [("p", "metrics.json holds no agreement diagnostics.")]
+    rate = d.get("agreement_rate")
+    out: list[Any] = [("p", f"The two models pick the same answer on {d.get('n_agree', 'n/a')} of "
+                       f"{d.get('n', 'n/a')} questions (agreement rate {_fmt(rate, 1, 3)}). DACA fits only on "
+                       "these agreeing questions.")]
+    n_agree = d.get("n_agree")
+    if isinstance(n_agree, (int, float)) and n_agree < 30:
+        out.append(("note", f"Only {n_agree} agreeing questions: the fitted calibrator is noisy; score more "
+                    "questions before trusting it."))
+    keys = ["n"] + [f"{m}_{s}" for m in ("chat", "base") for s in (("accuracy", "confidence") if has_labels
+                                                                    else ("confidence",))]
+    rows = [[name] + [_fmt((d.get(name) or {}).get(k), 1, 4) for k in keys] for name in ("agree", "disagree")]
+    out.append(_Table(["subset"] + [k.replace("_", " ") for k in keys], rows))
+    if has_labels:
+        out.append(("p", "A trustworthy fit shows the base model's confidence close to its accuracy on the "
+                    "agreeing questions, and the chat model over-confident there."))
+    for m, recs in fits.items():
+        if not recs:
+            continue
+        cols = [c for c in ("template", "group", "temperature", "n_agree", "agreement_rate", "n", "n_iter",
+                            "converged") if any(c in r for r in recs)]
+        counts = ("n_agree", "n", "n_iter")  # may arrive as floats (199.0): shown as integers
+        rows = [[_fmt(int(r[c]) if c in counts and isinstance(r.get(c), float) and float(r[c]).is_integer()
+                      else r.get(c), 1, 4) for c in cols] for r in recs]
+        used = [r.get("n_agree", r.get("n")) for r in recs]
+        used = [u for u in used if isinstance(u, (int, float))]
+        summary = f"fits of {m}: {len(recs)}" + (f", questions used {int(min(used))}–{int(max(used))}" if used else "")
+        out.append(_Table([c.replace("_", " ") for c in cols], rows, collapsed=summary))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- renderers
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1250px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;border-bottom:2px solid #1f77b4;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}.wide{overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
+td:first-child{white-space:normal;min-width:9em}th{background:#f0f4f8}
+td:first-child,th:first-child{text-align:left}td strong{color:#0b5394}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}.note{background:#fff6db;border-left:4px solid #e0a800;padding:.6em 1em}
+details{margin:.6em 0}summary{cursor:pointer;color:#1f4e79}
+"""
+
+
+def _html(blocks: list[Any], plot_dir: Path) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>refcal report</title>", f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, _Table):
+            t = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header) + "</tr></thead><tbody>"]
+            for r, row in enumerate(b.rows):
+                cells = [f"<strong>{e(c)}</strong>" if (r, i) in b.bold else e(c) for i, c in enumerate(row)]
+                t.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            t.append("</tbody></table>")
+            body = '<div class="wide">' + "".join(t) + "</div>"  # wide tables scroll instead of overflowing
+            parts.append(f"<details><summary>{e(b.collapsed)}</summary>{body}</details>" if b.collapsed else body)
+        elif isinstance(b, _Image):
+            data = base64.b64encode((plot_dir / f"{b.stem}.png").read_bytes()).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(b.stem)}">'
+                         f"<figcaption>{e(b.caption)}</figcaption></figure>")
+        else:
+            kind, text = b
+            tag = {"h1": "h1", "h2": "h2", "p": "p", "note": 'p class="note"'}[kind]
+            parts.append(f"<{tag}>{e(text)}</{tag.split()[0]}>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _md_cell(s: str) -> str:
+    return html.escape(s, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(blocks: list[Any]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if isinstance(b, _Table):
+            if b.collapsed:
+                lines.append(f"*{_md_cell(b.collapsed)}*")
+                lines.append("")
+            lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
+            lines.append("|" + "|".join(["---"] + ["---:"] * (len(b.header) - 1)) + "|")
+            for r, row in enumerate(b.rows):
+                cells = [f"**{_md_cell(c)}**" if (r, i) in b.bold else _md_cell(c) for i, c in enumerate(row)]
+                lines.append("| " + " | ".join(cells) + " |")
+        elif isinstance(b, _Image):
+            lines.append(f"![{b.stem}](plots/{b.stem}.png)")
+            lines.append("")
+            lines.append(f"*{_md_cell(b.caption)}*")
+        else:
+            kind, text = b
+            prefix = {"h1": "# ", "h2": "## ", "p": "", "note": "> **Note.** "}[kind]
+            lines.append(prefix + _md_cell(text))
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def write_report(run_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``report.html``, ``report.md`` and ``plots/*.png|svg`` into the run folder ``run_dir``.
+
+    Returns
+    -------
+    dict of str -> Path
+        Relative name (``"report.html"``, ``"report.md"``, ``"plots/reliability.png"``, ...) -> path written.
+
+    Raises
+    ------
+    InputError
+        ``run_dir`` is not a folder or its ``metrics.json`` is missing or unreadable.
+    MissingDependencyError
+        matplotlib is not installed (``pip install 'refcal[plots]'``).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a folder; pass the output folder of `refcal run`")
+    doc = _read_json(run_dir / "metrics.json", required=True)
+    config = _read_json(run_dir / "config.json", required=False) or doc.get("config") or {}
+    _check_doc(doc, config, run_dir / "metrics.json")
+    cal = _read_json(run_dir / "calibrator.json", required=False)
+    preds = _predictions(run_dir)
+    labels_ok = bool(doc.get("has_labels")) and bool(preds) and all((y >= 0).all() for _, y in preds.values())
+    names = {**_LABELS, **(doc.get("method_labels") or {})}
+    n_bins = int((config or {}).get("n_bins") or 10)
+    images, files = _plots(preds, labels_ok, doc.get("fits") or {}, names, n_bins, run_dir / "plots")
+    blocks = _document(doc, config, cal, preds, images)
+    files["report.html"] = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir / "plots"))
+    files["report.md"] = atomic_write_text(run_dir / "report.md", _markdown(blocks))
+    log.info("wrote %s and %s", files["report.html"], files["report.md"])
+    return files

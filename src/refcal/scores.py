@@ -1,0 +1,486 @@
+"""The option-score set: per-question option logits with ids, labels and metadata.
+
+File formats
+------------
+Parquet (the native format, written by ``refcal score``/``apply``), one row per question:
+
+============  =====================  ==========================================================
+column        type                   meaning
+============  =====================  ==========================================================
+``id``        string                 unique question id
+``logits``    list<double>           one score per option, in option order; ``null`` or -inf
+                                     marks a missing option; the list length is the number of
+                                     options of that question (ragged is fine)
+``label``     int64, nullable        index of the correct option, ``null`` when unknown
+others        any scalar             kept as per-question columns (e.g. ``subject``)
+============  =====================  ==========================================================
+
+File-level metadata (model, dataset, split, template, scoring, ...) is stored as JSON under the
+Parquet key ``refcal``.
+
+JSON Lines is accepted as input (and can be written), one object per question::
+
+    {"id": "q1", "logits": [1.2, -0.3, 0.5, 0.1], "label": 2}
+
+``label`` may be ``null`` or absent; other scalar keys become per-question columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_output
+from .errors import MismatchError, ScoreFileError
+
+FORMAT_VERSION = 1
+_META_KEY = b"refcal"
+_RESERVED = ("id", "logits", "label")
+
+
+@dataclass
+class ScoreSet:
+    """Option logits of one model on a set of questions.
+
+    Attributes
+    ----------
+    ids : ndarray of str, shape (n,)
+    logits : ndarray of float64, shape (n, k)
+        ``k`` is the largest number of options; shorter rows are padded with -inf.
+    labels : ndarray of int64, shape (n,)
+        Correct option index, -1 when unknown.
+    n_options : ndarray of int64, shape (n,)
+        Number of options of each question (padding excluded).
+    meta : dict
+        Free-form provenance (model, dataset, split, template, scoring, ...).
+    columns : dict of str -> ndarray, shape (n,)
+        Extra per-question fields (e.g. ``subject``).
+    """
+
+    ids: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+    n_options: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_rows(
+        cls,
+        ids: list[str],
+        logits: list[list[float | None]],
+        labels: list[int | None] | None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        columns: Mapping[str, list[Any]] | None = None,
+        source: str = "scores",
+    ) -> ScoreSet:
+        """Build and validate a score set from ragged Python lists."""
+        n = len(ids)
+        if n == 0:
+            raise ScoreFileError(f"{source}: no questions found; a score file needs at least one row")
+        if len(logits) != n:
+            raise ScoreFileError(f"{source}: {n} ids but {len(logits)} logit rows")
+        labels = [None] * n if labels is None else list(labels)
+        if len(labels) != n:
+            raise ScoreFileError(f"{source}: {n} ids but {len(labels)} labels")
+        for r, i in enumerate(ids):
+            # str(None) or str([1]) would silently become an id like 'None' that never matches the other model
+            if isinstance(i, bool) or not isinstance(i, (str, int, np.integer, np.str_)):
+                raise ScoreFileError(
+                    f"{source}: row {r}: id {i!r} is not a string or integer; give every question a unique id"
+                )
+        ids_arr = np.array([str(i) for i in ids], dtype=object)
+        n_opt = np.empty(n, dtype=np.int64)
+        for r, row in enumerate(logits):
+            if not isinstance(row, (list, tuple, np.ndarray)):
+                raise ScoreFileError(
+                    f"{source}: row {r} (id {ids_arr[r]!r}): 'logits' must be a list of numbers, got {type(row).__name__}"
+                )
+            n_opt[r] = len(row)
+        k = int(n_opt.max())
+        mat = np.full((n, k), -np.inf, dtype=np.float64)
+        for r, row in enumerate(logits):
+            for j, v in enumerate(row):
+                if v is None:
+                    continue
+                try:
+                    # strings such as "1.5" would parse; a score file stores numbers, so refuse them
+                    if isinstance(v, (str, bytes, bool, np.bool_)):
+                        raise TypeError
+                    mat[r, j] = float(v)
+                except (TypeError, ValueError):
+                    raise ScoreFileError(
+                        f"{source}: row {r} (id {ids_arr[r]!r}): logit {j} is {v!r}, not a number"
+                    ) from None
+        lab = np.full(n, -1, dtype=np.int64)
+        for r, v in enumerate(labels):
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not float(v).is_integer():
+                raise ScoreFileError(
+                    f"{source}: row {r} (id {ids_arr[r]!r}): label {v!r} is not an option index; "
+                    "labels are 0-based integers (null when unknown)"
+                )
+            lab[r] = int(v)
+        cols = {name: np.asarray(vals, dtype=object) for name, vals in (columns or {}).items()}
+        out = cls(ids_arr, mat, lab, n_opt, dict(meta or {}), cols)
+        out.validate(source)
+        return out
+
+    def validate(self, source: str = "scores") -> None:
+        """Check the invariants; raise :class:`ScoreFileError` naming the first offending row."""
+        n = len(self.ids)
+        if self.logits.ndim != 2 or self.logits.shape[0] != n:
+            raise ScoreFileError(f"{source}: logits must have shape (n, k); got {self.logits.shape}")
+        if n == 0:
+            raise ScoreFileError(f"{source}: no questions found; a score file needs at least one row")
+        uniq, counts = np.unique(self.ids.astype(str), return_counts=True)
+        if (counts > 1).any():
+            raise ScoreFileError(
+                f"{source}: question id {uniq[counts > 1][0]!r} appears {counts[counts > 1][0]} times; ids must be unique"
+            )
+        bad = np.flatnonzero(self.n_options < 2)
+        if bad.size:
+            r = bad[0]
+            raise ScoreFileError(
+                f"{source}: question {self.ids[r]!r} has {self.n_options[r]} option(s); every question needs at least 2"
+            )
+        x = self.logits
+        nonfinite = ~np.isfinite(x) & ~np.isneginf(x)
+        if nonfinite.any():
+            r, j = np.argwhere(nonfinite)[0]
+            raise ScoreFileError(
+                f"{source}: question {self.ids[r]!r} option {j} has logit {x[r, j]}; only finite values "
+                "or -inf (missing option) are allowed — re-score that question"
+            )
+        allmissing = ~np.isfinite(x).any(axis=1)
+        if allmissing.any():
+            r = np.flatnonzero(allmissing)[0]
+            raise ScoreFileError(f"{source}: question {self.ids[r]!r} has every option missing (-inf)")
+        present = np.isfinite(x).sum(axis=1)
+        few = np.flatnonzero((present == 1) & (self.n_options >= 2))
+        if few.size:
+            r = few[0]
+            raise ScoreFileError(
+                f"{source}: question {self.ids[r]!r} has only one option present (the others are missing); "
+                "every question needs at least 2 — drop it or re-score it"
+            )
+        lab = self.labels
+        out_of_range = (lab < -1) | (lab >= self.n_options)
+        if out_of_range.any():
+            r = np.flatnonzero(out_of_range)[0]
+            raise ScoreFileError(
+                f"{source}: question {self.ids[r]!r} has label {lab[r]} but only {self.n_options[r]} options "
+                f"(labels are 0-based option indices)"
+            )
+        known = lab >= 0
+        if known.any() and np.isneginf(x[np.flatnonzero(known), lab[known]]).any():
+            r = np.flatnonzero(known)[np.isneginf(x[np.flatnonzero(known), lab[known]])][0]
+            raise ScoreFileError(f"{source}: question {self.ids[r]!r}: its label points at a missing option")
+        for name, col in self.columns.items():
+            if len(col) != n:
+                raise ScoreFileError(f"{source}: column {name!r} has {len(col)} values for {n} questions")
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every question has a label."""
+        return bool((self.labels >= 0).all())
+
+    def subset(self, index: np.ndarray) -> ScoreSet:
+        """Rows ``index`` (integer positions or a boolean mask), keeping meta."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        k = int(self.n_options[index].max()) if index.size else self.logits.shape[1]
+        return ScoreSet(
+            self.ids[index],
+            self.logits[index][:, :k].copy(),
+            self.labels[index].copy(),
+            self.n_options[index].copy(),
+            dict(self.meta),
+            {c: v[index] for c, v in self.columns.items()},
+        )
+
+    def with_logits(self, logits: np.ndarray, **meta: Any) -> ScoreSet:
+        """A copy with other logits (same shape), e.g. calibrated log-probabilities."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.shape != self.logits.shape:
+            raise ValueError(f"logits shape {logits.shape} != {self.logits.shape}")
+        return ScoreSet(
+            self.ids.copy(), logits, self.labels.copy(), self.n_options.copy(),
+            {**self.meta, **meta}, dict(self.columns),
+        )
+
+    def rows(self) -> list[list[float | None]]:
+        """Ragged rows, with missing options as ``None``."""
+        out = []
+        for r in range(len(self)):
+            row = self.logits[r, : self.n_options[r]]
+            out.append([None if np.isneginf(v) else float(v) for v in row])
+        return out
+
+    # ------------------------------------------------------------------ io
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically to ``path`` (``.parquet``, or ``.jsonl`` / ``.json``).
+
+        A temporary file is written beside the target and renamed, so an interrupted save never
+        leaves a half-written file.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if path.is_dir():
+            raise ScoreFileError(f"{path}: is a directory; pass a file name ending in .parquet or .jsonl")
+        writing = False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(path) as tmp:
+                writing = True
+                if suffix in (".jsonl", ".json", ".ndjson"):
+                    self._write_jsonl(tmp)
+                else:
+                    self._write_parquet(tmp)
+        except OSError as e:
+            if writing:  # e.g. a full disk mid-write: the target is untouched, the error is the system's
+                raise
+            raise ScoreFileError(f"cannot write {path}: {e.strerror}; choose a folder you can write to") from None
+        return path
+
+    def _write_jsonl(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            for r, row in enumerate(self.rows()):
+                obj: dict[str, Any] = {"id": str(self.ids[r]), "logits": row}
+                obj["label"] = int(self.labels[r]) if self.labels[r] >= 0 else None
+                for c, v in self.columns.items():
+                    obj[c] = _json_scalar(v[r])
+                fh.write(json.dumps(obj, allow_nan=False) + "\n")
+
+    def _write_parquet(self, path: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data: dict[str, Any] = {
+            "id": pa.array([str(i) for i in self.ids], pa.string()),
+            "logits": pa.array(self.rows(), pa.list_(pa.float64())),
+            "label": pa.array([int(v) if v >= 0 else None for v in self.labels], pa.int64()),
+        }
+        for c, v in self.columns.items():
+            data[c] = pa.array([_json_scalar(x) for x in v])
+        table = pa.table(data)
+        meta = {"format_version": FORMAT_VERSION, **self.meta}
+        table = table.replace_schema_metadata({_META_KEY: json.dumps(meta, default=str).encode()})
+        pq.write_table(table, path)
+
+
+def _json_scalar(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+#: suffixes :meth:`ScoreSet.save` knows (any other suffix is written as Parquet)
+SCORE_SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check, before any work is done, that ``path`` can name a score file to write.
+
+    Raises
+    ------
+    ScoreFileError
+        ``path`` is an existing directory or does not end in one of :data:`SCORE_SUFFIXES`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ScoreFileError(f"{path}: is a directory; pass a file name ending in .parquet or .jsonl")
+    if path.suffix.lower() not in SCORE_SUFFIXES:
+        raise ScoreFileError(
+            f"{path}: unknown score file type {path.suffix or '(no suffix)'!r}; end the name in .parquet or .jsonl"
+        )
+    return path
+
+
+def load_scores(path: str | os.PathLike) -> ScoreSet:
+    """Read a score file (Parquet or JSON Lines) and validate it.
+
+    Raises
+    ------
+    ScoreFileError
+        The file is missing, empty, malformed, or breaks an invariant (see :class:`ScoreSet`).
+    """
+    path = Path(path)
+    src = str(path)
+    if not path.exists():
+        raise ScoreFileError(f"{src}: no such file; pass a .parquet or .jsonl score file (see `refcal score`)")
+    if path.is_dir():
+        raise ScoreFileError(f"{src}: is a directory; pass a .parquet or .jsonl score file")
+    if path.stat().st_size == 0:
+        raise ScoreFileError(f"{src}: the file is empty; re-create it with `refcal score`")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ScoreFileError(f"{src}: cannot read it ({e.strerror}); check its permissions") from None
+    if magic == b"PAR1":
+        return _read_parquet(path)
+    return _read_jsonl(path)
+
+
+def _read_jsonl(path: Path) -> ScoreSet:
+    src = str(path)
+    ids, logits, labels = [], [], []
+    extra: dict[str, list[Any]] = {}
+    meta: dict[str, Any] = {"source": src}
+    # utf-8-sig: files saved by Windows editors start with a byte-order mark that is not part of the JSON
+    with open(path, encoding="utf-8-sig", errors="strict") as fh:
+        try:
+            lines = fh.read().splitlines()
+        except UnicodeDecodeError:
+            raise ScoreFileError(f"{src}: not UTF-8 text nor Parquet; pass a .parquet or .jsonl score file") from None
+    for ln, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ScoreFileError(f"{src}:{ln}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise ScoreFileError(f"{src}:{ln}: expected a JSON object like {{\"id\": ..., \"logits\": [...]}}")
+        missing = [k for k in ("id", "logits") if k not in obj]
+        if missing:
+            raise ScoreFileError(
+                f"{src}:{ln}: missing key {missing[0]!r}; each line needs \"id\" and \"logits\" (found keys: {sorted(obj)})"
+            )
+        if not isinstance(obj["logits"], list):
+            raise ScoreFileError(f"{src}:{ln}: 'logits' must be a list of numbers")
+        for j, v in enumerate(obj["logits"]):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ScoreFileError(f"{src}:{ln}: logit {j} is {v!r}, not a number")
+        ids.append(obj["id"])
+        logits.append(obj["logits"])
+        labels.append(obj.get("label"))
+        for key, v in obj.items():
+            if key in _RESERVED:
+                continue
+            extra.setdefault(key, [None] * (len(ids) - 1)).append(v)
+        for col in extra.values():
+            if len(col) < len(ids):
+                col.append(None)
+    for r, lab in enumerate(labels):
+        if lab is not None and (isinstance(lab, bool) or not isinstance(lab, (int, float))):
+            raise ScoreFileError(f"{src}: question {ids[r]!r}: label {lab!r} must be an integer option index or null")
+    return ScoreSet.from_rows(ids, logits, labels, meta=meta, columns=extra, source=src)
+
+
+def _read_parquet(path: Path) -> ScoreSet:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = str(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ScoreFileError(f"{src}: cannot read Parquet ({e}); re-create it with `refcal score`") from None
+    names = table.column_names
+    for key in ("id", "logits"):
+        if key not in names:
+            raise ScoreFileError(f"{src}: missing column {key!r}; a score file needs 'id' and 'logits' (found: {names})")
+    meta: dict[str, Any] = {}
+    raw = (table.schema.metadata or {}).get(_META_KEY)
+    if raw:
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError:
+            meta = {}
+    meta.setdefault("source", src)
+    d = table.to_pydict()
+    labels = d.get("label")
+    columns = {c: d[c] for c in names if c not in _RESERVED}
+    return ScoreSet.from_rows(d["id"], d["logits"], labels, meta=meta, columns=columns, source=src)
+
+
+@dataclass
+class JoinedScores:
+    """Base and chat scores aligned on question id (order of the chat file)."""
+
+    ids: np.ndarray
+    base: np.ndarray
+    chat: np.ndarray
+    labels: np.ndarray
+    chat_scores: ScoreSet
+    base_scores: ScoreSet
+
+
+def join_scores(base: ScoreSet, chat: ScoreSet) -> JoinedScores:
+    """Align two score sets on ``id``.
+
+    Raises
+    ------
+    MismatchError
+        The sets do not cover the same ids, an id has a different number of options, or the
+        labels disagree.
+    """
+    b_src = base.meta.get("source", "base scores")
+    c_src = chat.meta.get("source", "chat scores")
+    b_ids = [str(i) for i in base.ids]
+    c_ids = [str(i) for i in chat.ids]
+    b_pos = {i: r for r, i in enumerate(b_ids)}
+    only_chat = [i for i in c_ids if i not in b_pos]
+    c_set = set(c_ids)
+    only_base = [i for i in b_ids if i not in c_set]
+    if only_chat or only_base:
+        parts = []
+        if only_chat:
+            parts.append(f"{len(only_chat)} id(s) only in {c_src} (e.g. {only_chat[0]!r})")
+        if only_base:
+            parts.append(f"{len(only_base)} id(s) only in {b_src} (e.g. {only_base[0]!r})")
+        raise MismatchError(
+            "base and chat scores do not cover the same questions: " + "; ".join(parts)
+            + "; score both models on the same data set and split"
+        )
+    order = np.array([b_pos[i] for i in c_ids], dtype=np.int64)
+    b_nopt = base.n_options[order]
+    diff = np.flatnonzero(b_nopt != chat.n_options)
+    if diff.size:
+        r = diff[0]
+        raise MismatchError(
+            f"question {c_ids[r]!r} has {b_nopt[r]} options in {b_src} but {chat.n_options[r]} in {c_src}; "
+            "both models must be scored on the same options"
+        )
+    k = max(base.logits.shape[1], chat.logits.shape[1])
+    b = _pad(base.logits[order], k)
+    c = _pad(chat.logits, k)
+    mb, mc = np.isneginf(b), np.isneginf(c)
+    if (mb != mc).any():
+        r = np.flatnonzero((mb != mc).any(axis=1))[0]
+        raise MismatchError(
+            f"question {c_ids[r]!r}: the two files mark different options as missing; re-score both models"
+        )
+    bl, cl = base.labels[order], chat.labels
+    conflict = (bl >= 0) & (cl >= 0) & (bl != cl)
+    if conflict.any():
+        r = np.flatnonzero(conflict)[0]
+        raise MismatchError(f"question {c_ids[r]!r} has label {bl[r]} in {b_src} but {cl[r]} in {c_src}")
+    labels = np.where(cl >= 0, cl, bl)
+    return JoinedScores(chat.ids.copy(), b, c, labels, chat, base.subset(order))
+
+
+def _pad(x: np.ndarray, k: int) -> np.ndarray:
+    if x.shape[1] == k:
+        return x
+    out = np.full((x.shape[0], k), -np.inf)
+    out[:, : x.shape[1]] = x
+    return out
