@@ -42,12 +42,12 @@ from .backends.base import ClozeRequest, ClozeResult, LetterRequest
 from .data.base import Question
 from .errors import InputError, ModelError
 from ._paths import cache_root
+from .options import SCORINGS
 from .prompts import cloze_requests, letter_requests
 from .scores import ScoreSet
 
 log = logging.getLogger(__name__)
 
-SCORINGS = ("letter", "cloze", "cloze-norm", "cloze-token")
 _CACHE_VERSION = 1
 
 

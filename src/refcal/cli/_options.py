@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-COLUMN_KEYS = ("question_col", "choices_col", "option_cols", "answer_col", "id_col", "subject_col", "answer_format")
+from ..options import COLUMN_KEYS
+
 
 
 def column_options(f: Callable[..., Any]) -> Callable[..., Any]:

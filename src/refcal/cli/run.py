@@ -8,20 +8,8 @@ from pathlib import Path
 import click
 
 from .. import pipeline as P
+from ..options import parse_templates
 from ._options import column_options, pop_columns
-
-
-def _templates(value: str) -> list[int]:
-    if value == "all":
-        return [1, 2, 3, 4, 5]
-    try:
-        out = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: use 1..5, a comma-separated list, or 'all'",
-                                 param_hint="'--template'") from None
-    if any(t not in (1, 2, 3, 4, 5) for t in out):
-        raise click.BadParameter(f"{value!r}: templates are numbered 1..5", param_hint="'--template'")
-    return out
 
 
 @click.command()
@@ -75,7 +63,7 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
     cfg = P.RunConfig(
         base=base, chat=chat, dataset=dataset, split=split, calib_split=calib_split,
         subjects=[s.strip() for s in subjects.split(",")] if subjects else None,
-        templates=_templates(template), scoring=scoring, chat_template=chat_template == "on",
+        templates=parse_templates(template), scoring=scoring, chat_template=chat_template == "on",
         fewshot=fewshot, limit=limit or None, n_splits=n_splits, calib_frac=calib_frac, scaling=scaling,
         n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base, device=device,
         progress=not no_progress, columns=pop_columns(columns),

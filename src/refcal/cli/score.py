@@ -9,21 +9,10 @@ from typing import Any
 import click
 
 from ..errors import InputError
+from ..options import parse_templates
 from ._options import column_options, pop_columns
 
 log = logging.getLogger(__name__)
-
-
-def _templates(value: str) -> list[int]:
-    if value == "all":
-        return [1, 2, 3, 4, 5]
-    try:
-        t = int(value)
-    except ValueError:
-        t = -1
-    if t not in (1, 2, 3, 4, 5):
-        raise InputError(f"--template {value!r} is not valid; use 1..5 or all")
-    return [t]
 
 
 @click.command("score")
@@ -66,7 +55,7 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     from ..scoring import score_questions
 
     check_output_path(output)  # before any slow work
-    templates = _templates(template)
+    templates = parse_templates(template)
     chat = chat_template == "on"
     if scoring != "letter" and chat:
         raise InputError("--chat-template on applies to --scoring letter only")
