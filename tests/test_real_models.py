@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from refcal.cli import main
 from refcal._paths import cache_root
+from refcal.cli import main
 
 pytestmark = pytest.mark.slow
 

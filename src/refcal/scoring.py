@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from ._paths import cache_root
 from .backends.base import ClozeRequest, ClozeResult, LetterRequest
 from .data.base import Question
 from .errors import InputError, ModelError
-from ._paths import cache_root
 from .options import SCORINGS
 from .prompts import cloze_requests, letter_requests
 from .scores import ScoreSet

@@ -10,7 +10,6 @@ import click
 from ..options import COLUMN_KEYS
 
 
-
 def column_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--question-col`` ... for user data files (JSONL / CSV / Parquet / HF folders)."""
     opts = [

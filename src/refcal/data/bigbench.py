@@ -25,8 +25,8 @@ import urllib.request
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import DatasetError
 from .._paths import data_home
+from ..errors import DatasetError
 from ._io import shuffled
 from .base import Question
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..errors import RefcalError, DatasetError
+from ..errors import DatasetError, RefcalError
 from . import bigbench, mmlu, packaged
 from ._io import subsample
 from .base import Question
