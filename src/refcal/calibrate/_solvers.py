@@ -36,7 +36,7 @@ class SolverResult:
     at_bound: str | None = None  # "max_temperature" / "min_temperature" when a bound is active
 
 
-def _wsum(omega: np.ndarray, x: np.ndarray) -> float:
+def _wsum(omega: np.ndarray | float, x: np.ndarray) -> float:
     # Pairwise summation instead of a BLAS dot: more accurate, and a threaded BLAS on a busy machine can
     # make a single 10^4-element dot product take milliseconds.
     return float(np.sum(omega * x))
@@ -70,43 +70,90 @@ def fit_temperature(
     omega : ndarray, shape (m,)
         Positive normalised weights.
     """
-    # (k, m) layout: every per-question sum over the k options becomes k-1 vector additions (sums along
-    # a short last axis are an order of magnitude slower in numpy).
-    gt, logpt = np.ascontiguousarray(g.T), np.ascontiguousarray(logp.T)
-    missing = gt == -np.inf
-    # Shifting a question's logits changes neither E_q[g] - E_p[g] nor the cross-entropy; centring on its
-    # maximum keeps exp(beta * gc) <= 1 (no overflow, sum >= 1) and the differences well conditioned.
+    gct, gst = centred_logits(g)
+    check_not_all_tied(bool(np.any(gst)))
+    gst2 = gst * gst
+    w_ep, const = target_sums(np.ascontiguousarray(logp.T), gst, omega)
+
+    def evaluate(beta: float) -> tuple[float, float, float]:
+        s_eq, s_var, s_log = temperature_moments(beta, gct, gst, gst2, omega)
+        return s_eq - w_ep, s_var, const + s_log - beta * w_ep
+
+    return newton_temperature(evaluate, bounds=bounds, max_iter=max_iter, tol=tol)
+
+
+def centred_logits(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(gct, gst)``, both shape (k, m): logits centred on each question's maximum (-inf kept) and the
+    same with missing options set to 0.
+
+    The (k, m) layout turns every per-question sum over the k options into k-1 vector additions (sums
+    along a short last axis are an order of magnitude slower in numpy). Shifting a question's logits
+    changes neither ``E_q[g] - E_p[g]`` nor the cross-entropy; centring on its maximum keeps
+    ``exp(beta * gc) <= 1`` (no overflow, sum >= 1) and the differences well conditioned.
+    """
+    gt = np.ascontiguousarray(g.T)
     gct = gt - gt.max(axis=0)
-    gst = np.where(missing, 0.0, gct)
-    if not np.any(gst):
+    return gct, np.where(gt == -np.inf, 0.0, gct)
+
+
+def check_not_all_tied(any_nonzero: bool) -> None:
+    """Raise :class:`FitError` when every row that counts has all its (present) logits tied."""
+    if not any_nonzero:
         raise FitError(
             "every question that counts has tied scores on all its options, so no temperature fits better "
             "than another; check the score files (identical logits usually mean a scoring bug)"
         )
-    gst2 = gst * gst
+
+
+def target_sums(logpt: np.ndarray, gst: np.ndarray, omega: np.ndarray | float) -> tuple[float, float]:
+    """``(sum_i omega_i E_p[g_i], sum_i omega_i sum_j p_ij log p_ij)`` for targets ``logpt`` (k, m)."""
     pt = np.exp(logpt)
     w_ep = _wsum(omega, (pt * gst).sum(axis=0))
     # sum_j p_j log p_j with 0 log 0 = 0: mask p = 0 explicitly (0 * -inf is NaN); p may be 0 where g is not
     # missing (one-hot targets), so the mask comes from logp itself.
     const = _wsum(omega, (pt * np.where(logpt == -np.inf, 0.0, logpt)).sum(axis=0))
+    return w_ep, const
 
-    def evaluate(beta: float) -> tuple[float, float, np.ndarray]:
-        e = np.exp(beta * gct)
-        s0 = e.sum(axis=0)
-        eq = (e * gst).sum(axis=0) / s0
-        # Var_q = E_q[g^2] - E_q[g]^2: rounding may make it slightly negative; it only sets the step.
-        var = np.maximum((e * gst2).sum(axis=0) / s0 - eq * eq, 0.0)
-        return _wsum(omega, eq) - w_ep, _wsum(omega, var), s0
 
+def temperature_moments(
+    beta: float, gct: np.ndarray, gst: np.ndarray, gst2: np.ndarray, omega: np.ndarray | float
+) -> tuple[float, float, float]:
+    """``(sum_i omega_i E_q[g_i], sum_i omega_i Var_q[g_i], sum_i omega_i log sum_j exp(beta gc_ij))``
+    with ``q_i = softmax(beta g_i)``, for the (k, m) arrays of :func:`centred_logits` (``gst2 = gst**2``).
+
+    The temperature objective is ``const + third - beta * w_ep``, its derivative in ``beta`` is
+    ``first - w_ep`` and its second derivative ``second`` (see :func:`fit_temperature`); sums over blocks
+    of rows add up, which is what the streaming fit (:mod:`refcal.streaming`) relies on.
+    """
+    e = np.exp(beta * gct)
+    s0 = e.sum(axis=0)
+    eq = (e * gst).sum(axis=0) / s0
+    # Var_q = E_q[g^2] - E_q[g]^2: rounding may make it slightly negative; it only sets the step.
+    var = np.maximum((e * gst2).sum(axis=0) / s0 - eq * eq, 0.0)
+    return _wsum(omega, eq), _wsum(omega, var), _wsum(omega, np.log(s0))
+
+
+def newton_temperature(
+    evaluate: Callable[[float], tuple[float, float, float]],
+    *,
+    bounds: tuple[float, float],
+    max_iter: int,
+    tol: float,
+) -> SolverResult:
+    """The bracketed Newton iteration of :func:`fit_temperature` on ``beta = 1/tau``.
+
+    ``evaluate(beta)`` returns ``(L'(beta), L''(beta), L(beta))``; it may compute them in one pass over
+    in-memory arrays or by streaming over blocks of rows.
+    """
     b_lo, b_hi = 1.0 / bounds[1], 1.0 / bounds[0]
     lo, hi = b_lo, b_hi
     lo_known = hi_known = False  # whether the sign of L' has been seen at lo / hi
     beta = min(max(1.0, b_lo), b_hi)
     at_bound, converged, message = None, False, f"no convergence in {max_iter} iterations"
     it = 0
+    objective = float("nan")
     for it in range(1, max_iter + 1):  # noqa: B007 - `it` is reported after the loop
-        d1, d2, s0 = evaluate(beta)
-        objective = const + _wsum(omega, np.log(s0)) - beta * w_ep
+        d1, d2, objective = evaluate(beta)
         if d1 == 0.0:
             converged, message = True, "derivative exactly zero"
             break
@@ -190,6 +237,6 @@ def fit_affine(
     grad_norm = float(np.max(np.abs(res.jac)))
     # L-BFGS-B stops with an "abnormal" line search when it can no longer decrease f in floating point;
     # at a stationary point (gradient at the noise floor) that is convergence, not failure.
-    converged = bool(res.success) or grad_norm <= np.sqrt(tol)
+    converged = bool(res.success or grad_norm <= np.sqrt(tol))
     message = f"{res.message} (max |gradient| {grad_norm:.2e})"
     return SolverResult(unpack(scaling, res.x.copy(), k), int(res.nit), converged, float(res.fun), message)
