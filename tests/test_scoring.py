@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,53 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refcal.backends.base import ClozeResult
+from refcal.backends.fake import FakeBackend as _Fake
 from refcal.data.base import Question
 from refcal.errors import InputError
+from refcal.prompts import format_question
 from refcal.scoring import score_questions
 
 
-class FakeBackend:
-    """Deterministic scores that also depend on the batch a request is scored in.
+class FakeBackend(_Fake):
+    """The shipped fake with a batch term (1e-9 x characters in the call), so any change in batch
+    composition shows, and "same scores after resume" also proves the batch plan survives."""
 
-    The batch term (1e-9 x total prompt length of the batch) makes any change in batch composition
-    visible, so "same scores after resume" also proves the batch plan survives interruption.
-    """
-
-    fingerprint = "fake-1"
-
-    def __init__(self, sleep: float = 0.0, interrupt_after: int | None = None):
-        self.sleep = sleep
-        self.interrupt_after = interrupt_after
-        self.calls = 0
-        self.scored: list[str] = []
-        self.prefixes: list[str] = []
-
-    def _maybe_stop(self):
-        self.calls += 1
-        if self.interrupt_after is not None and self.calls > self.interrupt_after:
-            raise KeyboardInterrupt
-        time.sleep(self.sleep)
-
-    def score_letters(self, requests):
-        self._maybe_stop()
-        term = sum(len(r.prompt) for r in requests) * 1e-9
-        out = []
-        for r in requests:
-            self.scored.append(r.prompt)
-            self.prefixes.append(r.prefix)
-            h = np.frombuffer(hashlib.sha256((r.prefix + r.prompt).encode()).digest(), dtype=np.uint8)
-            out.append(h[: len(r.letters)] / 32.0 + term)
-        return out
-
-    def score_cloze(self, requests):
-        self._maybe_stop()
-        out = []
-        for r in requests:
-            self.scored.append(r.context)
-            lp = tuple(-float(len(c)) - 0.5 for c in r.continuations)
-            out.append(ClozeResult(lp, tuple(2 for _ in r.continuations), tuple(len(c) for c in r.continuations)))
-        return out
+    def __init__(self, **kw):
+        super().__init__("1", **{"batch_term": 1e-9, **kw})
 
 
 def make_questions(n: int = 20) -> list[Question]:
@@ -90,11 +56,11 @@ def test_cloze_modes_divide_the_same_sums(tmp_path):
     raw = score_questions(be, qs, scoring="cloze", cache_dir=tmp_path)
     per_char = score_questions(be, qs, scoring="cloze-norm", cache_dir=tmp_path)
     per_tok = score_questions(be, qs, scoring="cloze-token", cache_dir=tmp_path)
-    assert be.calls == 1  # the three modes share one cached computation
-    # continuation " opt0" has 5 characters and (fake) 2 tokens: sum = -5.5
-    assert raw.logits[0, 0] == -5.5
-    assert per_char.logits[0, 0] == -5.5 / 5
-    assert per_tok.logits[0, 0] == -5.5 / 2
+    assert len(be.batches) == 1  # the three modes share one cached computation
+    # continuation " opt0" has 5 characters and (fake) 3 tokens
+    assert np.isfinite(raw.logits[0, 0])
+    assert per_char.logits[0, 0] == raw.logits[0, 0] / 5
+    assert per_tok.logits[0, 0] == raw.logits[0, 0] / 3
     assert per_char.meta["template"] is None
 
 
@@ -103,7 +69,7 @@ def test_cache_hit_scores_nothing(tmp_path):
     first = score_questions(FakeBackend(), qs, batch_size=3, cache_dir=tmp_path)
     be = FakeBackend()
     again = score_questions(be, qs, batch_size=3, cache_dir=tmp_path)
-    assert be.calls == 0
+    assert be.calls == 0 and not be.batches
     np.testing.assert_array_equal(first.logits, again.logits)
     # another template is another cache entry
     be2 = FakeBackend()
@@ -126,19 +92,22 @@ def test_resume_after_ctrl_c_is_exact_and_rescores_nothing(tmp_path):
     np.testing.assert_array_equal(resumed.logits, reference.logits)
 
 
-def test_torn_last_line_is_ignored_and_cut(tmp_path):
+def test_torn_last_line_rescores_its_whole_planned_batch_bit_identically(tmp_path):
     qs = make_questions(5)
+    reference = score_questions(FakeBackend(), qs, batch_size=2, cache=False)
     score_questions(FakeBackend(), qs, batch_size=2, cache_dir=tmp_path)
     (path,) = tmp_path.glob("*[0-9a-f].jsonl")
     lines = path.read_bytes().split(b"\n")
-    # drop the last two results and leave half of one line, as a kill -9 mid-write would
+    # drop the last two results and leave half of one line, as a kill -9 mid-write would: the plan is
+    # [[a, b], [c, d], [e]], so c is cached, d torn and e missing
     path.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:17])
     be = FakeBackend()
     s = score_questions(be, qs, batch_size=2, cache_dir=tmp_path)
-    assert len(be.scored) == 2
-    assert np.isfinite(s.logits[:, :2]).all()
+    assert be.batches == [2, 1]  # d with its planned partner c, then e: not d alone
+    np.testing.assert_array_equal(s.logits, reference.logits)  # bit-identical, batch term included
     parsed = [json.loads(x) for x in path.read_bytes().splitlines()]
-    assert len(parsed) == 5
+    assert len(parsed) == 5 and len({p["h"] for p in parsed}) == 5  # c's cached line kept, not written twice
+    assert parsed[2] == json.loads(lines[2])
 
 
 class IterBackend(FakeBackend):
@@ -156,9 +125,19 @@ def test_iter_backend_keeps_finished_items(tmp_path):
     qs = make_questions(6)
     with pytest.raises(RuntimeError):
         score_questions(IterBackend(), qs, batch_size=6, cache_dir=tmp_path)
+    invariant = _Fake("1")  # no batch term: only the missing questions are scored again
+    assert invariant.batch_invariant
+    score_questions(invariant, qs, batch_size=6, cache_dir=tmp_path)
+    assert len(invariant.scored) == 3
+    # a batch-dependent backend scores the whole planned batch again and keeps the three cached rows
+    with pytest.raises(RuntimeError):
+        score_questions(IterBackend(), qs, batch_size=6, cache_dir=tmp_path / "y")
     be = FakeBackend()
-    score_questions(be, qs, batch_size=6, cache_dir=tmp_path)
-    assert len(be.scored) == 3
+    s = score_questions(be, qs, batch_size=6, cache_dir=tmp_path / "y")
+    assert len(be.scored) == 6
+    (path,) = (tmp_path / "y").glob("*[0-9a-f].jsonl")
+    assert len(path.read_bytes().splitlines()) == 6
+    assert np.isfinite(s.logits[:, :2]).all()
 
 
 def test_errors(tmp_path):
@@ -285,3 +264,72 @@ def test_floor_counts_are_cached_and_survive_resume(tmp_path):
     assert backend.calls == 0  # all from the cache ...
     assert list(again.columns["n_floored"]) == list(first.columns["n_floored"])  # ... floor counts included
     np.testing.assert_array_equal(again.logits, first.logits)
+
+
+@pytest.mark.parametrize("bad", ["null", '{"x": 1}', "[1.0]", "[1.0, NaN, 2.0]", "[1.0, Infinity, 2.0]",
+                                 "[1.0, 1e400, 2.0]", '["1.0", "2.0", "3.0"]', "[true, false, true]",
+                                 '{"l": [1.0, 2.0, 3.0], "f": -1}', '"abc"'])
+def test_malformed_cache_rows_are_scored_again(tmp_path, bad):
+    qs = make_questions(4)  # q1 has 3 options
+    reference = score_questions(FakeBackend(), qs, batch_size=1, cache=False)
+    score_questions(FakeBackend(), qs, batch_size=1, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*[0-9a-f].jsonl")
+    lines = path.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if json.loads(line)["id"] == "q1")
+    obj = json.loads(lines[row])
+    lines[row] = f'{{"h": "{obj["h"]}", "id": "q1", "r": {bad}}}'
+    path.write_text("\n".join(lines) + "\n")
+    be = FakeBackend()
+    s = score_questions(be, qs, batch_size=1, cache_dir=tmp_path)
+    assert be.scored == [format_question(qs[1])]  # only the malformed one
+    np.testing.assert_array_equal(s.logits, reference.logits)
+    assert list(s.n_options) == [2, 3, 4, 2]
+
+
+@pytest.mark.parametrize("scoring", ["cloze", "cape"])
+def test_malformed_rows_of_other_tasks_are_scored_again(tmp_path, scoring):
+    qs = make_questions(3)
+    reference = score_questions(FakeBackend(), qs, scoring=scoring, batch_size=1, cache=False)
+    score_questions(FakeBackend(), qs, scoring=scoring, batch_size=1, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*[0-9a-f].jsonl")
+    objs = [json.loads(x) for x in path.read_text().splitlines()]
+    bad = [{"lp": [0.0], "nt": [1], "nc": [1]}, {"lp": [0.0, 0.0], "nt": [1, -1], "nc": [1, 1]}] \
+        if scoring == "cloze" else [{"shifts": [[0.0, 1.0]]}, {"shifts": [[0.0, 1.0], [0.0]]}]
+    for o, b in zip(objs, bad, strict=False):
+        o["r"] = b
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    be = FakeBackend()
+    s = score_questions(be, qs, scoring=scoring, batch_size=1, cache_dir=tmp_path)
+    assert len(be.batches) == 2
+    np.testing.assert_array_equal(s.logits, reference.logits)
+
+
+def test_progress_lines_off_a_terminal(tmp_path, caplog, monkeypatch):
+    import refcal.scoring
+
+    caplog.set_level(logging.INFO, logger="refcal.progress")
+    score_questions(FakeBackend(), make_questions(20), batch_size=1, cache=False, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "refcal.progress"]
+    assert len(lines) == 10 and lines[0].startswith("scoring: 2/20 questions (10%)") and "20/20" in lines[-1]
+    caplog.clear()
+    score_questions(FakeBackend(), make_questions(20), batch_size=1, cache=False, progress=False)
+    assert not [r for r in caplog.records if r.name == "refcal.progress"]
+    # a stalled backend still shows a line every PROGRESS_EVERY_S
+    monkeypatch.setattr(refcal.scoring, "PROGRESS_EVERY_S", 0.05)
+    score_questions(FakeBackend(sleep=0.4), make_questions(2), batch_size=2, cache=False, progress=True)
+    stalled = [r.getMessage() for r in caplog.records if r.name == "refcal.progress"]
+    assert any(m.startswith("scoring: 0/2 questions") for m in stalled)
+
+
+def test_cape_scoring_mode_and_task_keyword(tmp_path):
+    from refcal.tasks import LetterTask
+
+    qs = make_questions(6)
+    be = FakeBackend()
+    s = score_questions(be, qs, scoring="cape", batch_size=8, cache_dir=tmp_path)
+    assert s.meta["scoring"] == "cape" and s.meta["template"] == 1
+    assert be.calls == sum(len(q.choices) for q in qs)
+    assert all(n <= 8 for n in be.batches)  # a batch holds at most batch_size requests ...
+    np.testing.assert_allclose(np.exp(s.logits).sum(1), 1.0)  # ... and CAPE rows are log-probabilities
+    letter = score_questions(FakeBackend(), qs, task=LetterTask(template=2), cache=False)
+    assert letter.meta["template"] == 2 and letter.meta["scoring"] == "letter"

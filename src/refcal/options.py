@@ -12,8 +12,8 @@ TEMPLATE_IDS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 #: Scoring modes of multiple-choice questions. ``letter``: next-token logits of the option letters;
 #: ``cloze``: summed log-probability of each option's text; ``cloze-norm`` per character;
-#: ``cloze-token`` per token.
-SCORINGS: tuple[str, ...] = ("letter", "cloze", "cloze-norm", "cloze-token")
+#: ``cloze-token`` per token; ``cape``: letter scoring averaged over the k cyclic shifts of the options.
+SCORINGS: tuple[str, ...] = ("letter", "cloze", "cloze-norm", "cloze-token", "cape")
 CLOZE_SCORINGS: tuple[str, ...] = ("cloze", "cloze-norm", "cloze-token")
 
 #: Default scoring: cloze for local models (a proper likelihood); API models only expose the

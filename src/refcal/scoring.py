@@ -1,28 +1,32 @@
-"""Questions -> ScoreSet: batching plan, on-disk cache with resume, progress.
+"""Questions -> ScoreSet for any scoring task: batch plan, on-disk cache with resume, progress.
 
-Scoring modes
--------------
-``letter``
-    The paper's way: next-token logits of the option letters (:class:`LetterRequest`).
-``cloze``
-    Sum of the log-probabilities of the option text as a continuation (lm-evaluation-harness ``acc``).
-``cloze-norm``
-    That sum divided by the continuation's number of characters (``acc_norm`` style; the
-    harness divides by bytes, which equals characters for ASCII options).
-``cloze-token``
-    That sum divided by the continuation's number of tokens (mean log-probability per token).
-
-The three cloze modes share one backend computation and one cache file; only the final division differs.
+What is asked of the model for each question, and how its answers become a row of option scores, is
+the task's business (:mod:`refcal.tasks`: ``letter``, ``cloze`` / ``cloze-norm`` / ``cloze-token``,
+``cape``); this module knows no task by name.
 
 Cache and resume
 ----------------
 Results are appended to ``<cache_dir>/<key>.jsonl`` as they are computed, one JSON line per
-question ``{"h": <request hash>, "id": ..., "r": <raw result>}``, flushed and fsynced after each
-batch. ``<key>`` hashes (fingerprint, dataset, split, template, request kind, chat, few-shot).
-On restart, lines whose request hash matches are reused and only missing questions are scored; a
-torn last line left by ``kill -9`` is cut off before appending. Batches are planned over *all*
-questions (sorted by length, then chunked) before looking at the cache, so every question is scored
-in the same batch as in an uninterrupted run, and the final scores are bit-identical.
+question ``{"h": <request hash>, "id": ..., "r": <raw row from Task.reduce>}``, flushed after each
+question and fsynced after each batch. ``<key>`` hashes (fingerprint, dataset, split, the task's
+:meth:`~refcal.tasks.Task.cache_key`, few-shot examples). On restart, lines whose request hash matches
+and whose raw row passes the task's check (:meth:`~refcal.tasks.Task.valid`) are reused; anything else
+(``null``, a dict for a list, a list of the wrong length, a non-finite number, a torn last line left by
+``kill -9``, which is cut off before appending) is scored again.
+
+Batches are planned over *all* questions (sorted by length, then chunked) before looking at the
+cache, and a batch with any question missing is scored again as a whole (its cached rows are kept
+as they are), so every question is scored in the same batch as in an uninterrupted run with the same
+questions and the final scores are bit-identical. Backends whose results do not depend on the batch
+(``batch_invariant``, an HTTP API) only re-send what is missing. A cache warmed with another set of
+questions (another ``--limit``) is another batch plan: its rows are reused, and they can differ from
+a fresh run's in the last digits (measured on the packaged models: at most ~1e-5 nats; the answer
+picked does not change).
+
+Progress
+--------
+A tqdm bar on a terminal; off a terminal, a log line (logger ``refcal.progress``, INFO, shown by
+default) every 10% of the questions and at least every 30 s, so a stalled server is visible.
 """
 
 from __future__ import annotations
@@ -32,23 +36,26 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ._paths import cache_root
-from .backends.base import ClozeRequest, ClozeResult, LetterRequest
+from .backends.base import call_iter
 from .data.base import Question
 from .errors import InputError, ModelError
-from .options import SCORINGS
-from .prompts import cloze_requests, letter_requests
 from .scores import ScoreSet
+from .tasks import KIND_CALLS, Task, make_task, request_json, request_text_length
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("refcal.progress")
+progress_log.setLevel(logging.INFO)  # progress lines are shown under the CLI's default WARNING level
 
 _CACHE_VERSION = 1
+#: a progress line off a terminal at least this often (seconds), and at every 10% of the questions
+PROGRESS_EVERY_S = 30.0
 
 
 def score_questions(
@@ -64,18 +71,20 @@ def score_questions(
     cache: bool = True,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
+    task: Task | None = None,
 ) -> ScoreSet:
     """Score every question with ``backend`` and return the option scores.
 
     Parameters
     ----------
     backend : Backend
-        Anything with ``fingerprint``, ``score_letters`` and ``score_cloze``; optional
-        ``score_letters_iter`` / ``score_cloze_iter`` (yield ``(index, result)`` as each finishes, so
-        finished items are saved even if a later one fails) and ``request_length(request)``
-        (a token count used to sort batches; the text length is used otherwise).
+        See :class:`refcal.backends.base.Backend`: ``fingerprint`` and the call the task needs
+        (``score_letters`` / ``score_cloze``, preferably with its ``*_iter`` variant so finished items
+        are saved even if a later one fails); optional ``request_length(request)`` (a token count
+        used to sort batches; the text length otherwise), ``batch_invariant`` and ``meta``.
     questions : sequence of Question, length n
-    scoring : {"letter", "cloze", "cloze-norm", "cloze-token"}
+    scoring : {"letter", "cloze", "cloze-norm", "cloze-token", "cape"}
+        The scoring mode (:data:`refcal.options.SCORINGS`); ignored when ``task`` is given.
     template : int
         Instruction 1..5 for letter scoring (cloze prompts have no instruction; meta records None).
     chat : bool
@@ -84,94 +93,104 @@ def score_questions(
         Solved examples shared as a prefix; a mapping gives each subject its own examples (MMLU's
         dev split), questions whose subject is not a key get none.
     batch_size : int
-        Questions per backend call (and per cache flush).
+        Requests per backend call (and per cache flush); a question's requests are never split.
     cache_dir : path, optional
         Where the resumable result files live; default ``<cache root>/scores``
         (:func:`refcal._paths.cache_root`).
     cache : bool
         ``False`` scores everything in memory without reading or writing a cache.
     progress : bool
-        Show a tqdm bar (only when stderr is a terminal).
+        A tqdm bar on a terminal, progress log lines otherwise.
     meta : mapping, optional
         Extra provenance stored in the ScoreSet's meta; ``dataset`` and ``split`` also key the cache.
+    task : Task, optional
+        A task object (:mod:`refcal.tasks`) to use instead of the one ``scoring`` names.
 
     Returns
     -------
     ScoreSet
         ``logits`` (n, k) float64 with k the largest option count (-inf pads shorter rows),
-        ``labels`` from the questions, ``columns["subject"]`` when any question has a subject,
-        ``meta`` with model fingerprint, scoring, template, chat, few-shot count and ``meta``.
+        ``labels`` from the questions, ``columns["subject"]`` when any question has a subject (and the
+        task's own columns, e.g. ``n_floored``), ``meta`` with model fingerprint, scoring, template,
+        chat, few-shot count and ``meta``.
     """
-    if scoring not in SCORINGS:
-        raise InputError(f"scoring {scoring!r} is not known; choose one of {', '.join(SCORINGS)}")
+    if task is None:
+        task = make_task(scoring, template=template, chat=chat)
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     if not questions:
         raise InputError("no questions to score; check the data set, split, subjects and --limit")
-    kind = "letter" if scoring == "letter" else "cloze"
-    if chat and kind == "cloze":
-        raise InputError("the chat template applies to letter scoring only; use --chat-template off with cloze")
     shots = _shots_for(questions, fewshot)
-    requests: list[Any] = []
-    for q, ex in zip(questions, shots, strict=True):
-        if kind == "letter":
-            requests += letter_requests([q], template=template, chat=chat, fewshot=ex)
-        else:
-            requests += cloze_requests([q], fewshot=ex)
+    requests = [task.requests(q, ex) for q, ex in zip(questions, shots, strict=True)]
     meta = dict(meta or {})
     fingerprint = str(backend.fingerprint)
     key = {
         "v": _CACHE_VERSION, "fingerprint": fingerprint, "dataset": meta.get("dataset"),
-        "split": meta.get("split"), "template": template if kind == "letter" else None, "kind": kind,
-        "chat": bool(chat),
+        "split": meta.get("split"), **task.cache_key(),
         "fewshot": _hash(json.dumps(sorted({json.dumps([[e.id, e.question, list(e.choices), e.label] for e in ex])
                                             for ex in shots}))),
     }
-    hashes = [_hash(_req_json(r)) for r in requests]
+    hashes = [_request_hash(rs) for rs in requests]
     store = _Store(Path(cache_dir) if cache_dir is not None else cache_root() / "scores", key) if cache else None
-    results: dict[str, Any] = store.load() if store else {}
+    cached = store.load() if store else {}
+    rows: dict[int, Any] = {}
+    n_bad = 0
+    for i, (q, h) in enumerate(zip(questions, hashes, strict=True)):
+        if h in cached:
+            if task.valid(q, cached[h]):
+                rows[i] = cached[h]
+            else:
+                n_bad += 1
+    if n_bad:
+        log.warning("%d malformed line(s) in the score cache %s are scored again", n_bad, store.path if store else "")
+    if rows:
+        log.info("resuming: %d of %d questions already scored in %s", len(rows), len(questions),
+                 store.path if store else "")
     plan = _plan(backend, requests, int(batch_size))
-    todo = sum(h not in results for h in set(hashes))
-    if store and todo < len(set(hashes)):
-        log.info("resuming: %d of %d questions already scored in %s", len(set(hashes)) - todo, len(hashes), store.path)
-    bar = _bar(len(requests), len(requests) - sum(h not in results for h in hashes), progress)
+    invariant = bool(getattr(backend, "batch_invariant", False))
+    call = KIND_CALLS[task.kind]
+    bar = _Progress(len(questions), len(rows), progress)
     try:
         for batch in plan:
-            missing = [i for i in batch if hashes[i] not in results]
-            if not missing:
+            if all(i in rows for i in batch):
                 continue
-            for i, res in _run(backend, kind, [requests[i] for i in missing]):
-                raw = _raw(kind, res, requests[missing[i]])
-                q = missing[i]
-                results[hashes[q]] = raw
+            # the whole planned batch, so that its new rows equal an uninterrupted run's
+            run = [i for i in batch if i not in rows] if invariant else batch
+            owner = [(i, p) for i in run for p in range(len(requests[i]))]
+            got: dict[int, dict[int, Any]] = {i: {} for i in run}
+            for j, res in call_iter(backend, call, [requests[i][p] for i, p in owner]):
+                i, p = owner[j]
+                got[i][p] = res
+                if len(got[i]) < len(requests[i]) or i in rows:
+                    continue  # incomplete, or a cached row of a re-scored batch (kept as it was)
+                rows[i] = task.reduce(questions[i], [got[i][p] for p in range(len(requests[i]))])
                 if store:
-                    store.append(hashes[q], questions[q].id, raw)
-                if bar is not None:
-                    bar.update(1)
+                    store.append(hashes[i], questions[i].id, rows[i])
+                bar.update(1)
             if store:
                 store.sync()
+            short = [questions[i].id for i in run if i not in rows]
+            if short:
+                raise ModelError(f"the backend returned no result for {len(short)} question(s), first {short[0]!r}")
     finally:
         if store:
             store.close()
-        if bar is not None:
-            bar.close()
-    rows = [_finish(scoring, results[h]) for h in hashes]
-    columns = {}
+        bar.close()
+    raws = [rows[i] for i in range(len(questions))]
+    columns: dict[str, list[Any]] = {}
     if any(q.subject is not None for q in questions):
         columns["subject"] = [q.subject for q in questions]
-    if kind == "letter" and any(isinstance(results[h], dict) for h in hashes):
-        # letters an API's top-k left out, per question (cached answers included)
-        columns["n_floored"] = [int(results[h]["f"]) if isinstance(results[h], dict) else 0 for h in hashes]
+    columns.update(task.columns(raws))
     out_meta = {
-        **meta, "model": meta.get("model", fingerprint), "fingerprint": fingerprint, "scoring": scoring,
-        "template": template if kind == "letter" else None, "chat": bool(chat), "fewshot": max(len(ex) for ex in shots),
+        **meta, "model": meta.get("model", fingerprint), "fingerprint": fingerprint, **task.meta(),
+        "fewshot": max(len(ex) for ex in shots),
     }
     backend_meta = getattr(backend, "meta", None)
     if isinstance(backend_meta, Mapping):
         out_meta["backend"] = dict(backend_meta)
     labels = [q.label if q.label >= 0 else None for q in questions]
-    return ScoreSet.from_rows([q.id for q in questions], rows, labels, meta=out_meta, columns=columns,
-                              source="scored questions")
+    return ScoreSet.from_rows([q.id for q in questions], [task.finish(r) for r in raws], labels, meta=out_meta,
+                              columns=columns, source="scored questions")
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -182,79 +201,83 @@ def _shots_for(questions: Sequence[Question], fewshot: Any) -> list[tuple[Questi
     return [shared] * len(questions)
 
 
-def _plan(backend: Any, requests: Sequence[Any], batch_size: int) -> list[list[int]]:
-    """Chunks of request indices, longest first (ties by index): independent of what is cached."""
+def _plan(backend: Any, requests: Sequence[Sequence[Any]], batch_size: int) -> list[list[int]]:
+    """Chunks of question indices, longest first (ties by index), each with at most ``batch_size``
+    requests (or one question's): independent of what is cached."""
     length = getattr(backend, "request_length", None)
-    lens = [int(length(r)) if length else _text_len(r) for r in requests]
+    measure = (lambda r: int(length(r))) if length else request_text_length
+    lens = [max(measure(r) for r in rs) for rs in requests]
     order = sorted(range(len(requests)), key=lambda i: (-lens[i], i))
-    return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    plan: list[list[int]] = []
+    cur: list[int] = []
+    n = 0
+    for i in order:
+        if cur and n + len(requests[i]) > batch_size:
+            plan.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += len(requests[i])
+    if cur:
+        plan.append(cur)
+    return plan
 
 
-def _text_len(r: Any) -> int:
-    if isinstance(r, LetterRequest):
-        return len(r.prefix) + len(r.prompt)
-    return len(r.context) + max(len(c) for c in r.continuations)
-
-
-def _run(backend: Any, kind: str, reqs: list[Any]) -> Iterable[tuple[int, Any]]:
-    if kind == "letter" and hasattr(backend, "score_letters_iter_detailed"):
-        yield from backend.score_letters_iter_detailed(reqs)
-        return
-    it = getattr(backend, f"score_{'letters' if kind == 'letter' else 'cloze'}_iter", None)
-    if it is not None:
-        yield from it(reqs)
-        return
-    out = backend.score_letters(reqs) if kind == "letter" else backend.score_cloze(reqs)
-    if len(out) != len(reqs):
-        raise ModelError(f"the backend returned {len(out)} results for {len(reqs)} requests")
-    yield from enumerate(out)
-
-
-def _raw(kind: str, res: Any, req: Any) -> Any:
-    """JSON-ready raw result; -inf (an option absent from an API's top-k) is stored as None."""
-    if kind == "letter":
-        floored = getattr(res, "floored", None)  # API backends: letters absent from the top-k
-        arr = np.asarray(res.logprobs if floored is not None else res, dtype=np.float64).reshape(-1)
-        if arr.shape != (len(req.letters),):
-            raise ModelError(f"the backend returned {arr.size} letter scores for {len(req.letters)} options")
-        row = [None if np.isneginf(v) else float(v) for v in arr]
-        return row if floored is None else {"l": row, "f": int(sum(bool(f) for f in floored))}
-    if not isinstance(res, ClozeResult) or len(res.logprob) != len(req.continuations):
-        raise ModelError("the backend returned a malformed cloze result")
-    return {"lp": [float(v) for v in res.logprob], "nt": [int(v) for v in res.n_tokens],
-            "nc": [int(v) for v in res.n_chars]}
-
-
-def _finish(scoring: str, raw: Any) -> list[float | None]:
-    if scoring == "letter":
-        return list(raw["l"]) if isinstance(raw, dict) else list(raw)
-    lp, nt, nc = raw["lp"], raw["nt"], raw["nc"]
-    if scoring == "cloze":
-        return list(lp)
-    den = nc if scoring == "cloze-norm" else nt
-    return [v / max(d, 1) for v, d in zip(lp, den, strict=True)]
-
-
-def _req_json(r: Any) -> str:
-    if isinstance(r, LetterRequest):
-        obj: Any = ["L", r.prefix, r.prompt, list(r.letters), r.chat]
-    elif isinstance(r, ClozeRequest):
-        obj = ["C", r.context, list(r.continuations)]
-    else:  # pragma: no cover - internal
-        raise TypeError(type(r))
-    return json.dumps(obj, ensure_ascii=False)
+def _request_hash(reqs: Sequence[Any]) -> str:
+    obj = request_json(reqs[0]) if len(reqs) == 1 else [request_json(r) for r in reqs]
+    return _hash(json.dumps(obj, ensure_ascii=False))
 
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def _bar(total: int, initial: int, progress: bool):
-    if not progress or not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """A tqdm bar on a terminal; off a terminal, log lines every 10% and at least every 30 s."""
 
-    return tqdm(total=total, initial=initial, unit="q", desc="scoring", leave=False)
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.total, self.done = total, initial
+        self._bar = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not enabled or initial >= total:
+            return
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="q", desc="scoring", leave=False)
+            return
+        self._t0 = time.monotonic()
+        self._step = max(1, -(-total // 10))
+        self._next = (initial // self._step + 1) * self._step
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._heartbeat, name="refcal-progress", daemon=True)
+        self._thread.start()
+
+    def _line(self) -> None:
+        progress_log.info("scoring: %d/%d questions (%.0f%%), %.0f s", self.done, self.total,
+                          100.0 * self.done / self.total, time.monotonic() - self._t0)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(PROGRESS_EVERY_S):
+            with self._lock:
+                self._line()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._thread is not None and self.done >= self._next:
+            with self._lock:
+                self._next = (self.done // self._step + 1) * self._step
+                self._line()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
 
 # ---------------------------------------------------------------------------------------------- cache

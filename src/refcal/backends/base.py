@@ -1,64 +1,97 @@
-"""The scoring contract between prompts and models.
+"""The contract between tasks and models: the :class:`Backend` protocol.
 
-A backend turns requests into numbers and nothing else; batching order, caching and resume live
-in :mod:`refcal.scoring`.
+A backend turns requests (:mod:`refcal.tasks.requests`, re-exported here) into numbers or text and
+nothing else; batching order, caching and resume live in :mod:`refcal.scoring`, prompts in
+:mod:`refcal.prompts`, what a scoring mode asks for in :mod:`refcal.tasks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import BackendError
+from ..tasks.requests import ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
-@dataclass(frozen=True)
-class LetterRequest:
-    """Next-token scores of option letters after a prompt.
-
-    The full prompt is ``prefix + prompt``; ``prefix`` is shared by many requests (few-shot
-    examples, instruction) so a backend may compute its key-value cache once. With
-    ``chat=True`` the text ``prefix + prompt`` is the user message and the model's chat template
-    is applied (generation prompt added) before scoring.
-    ``letters`` are the option labels, e.g. ``("A", "B", "C", "D")`` or ``("True", "False")``.
-    """
-
-    prefix: str
-    prompt: str
-    letters: tuple[str, ...]
-    chat: bool = False
+__all__ = ["Backend", "ClozeRequest", "ClozeResult", "GenerateRequest", "LetterRequest", "NotSupportedError",
+           "call_iter"]
 
 
-@dataclass(frozen=True)
-class ClozeRequest:
-    """Log-likelihood of each continuation after a shared context (lm-evaluation-harness style)."""
-
-    context: str
-    continuations: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ClozeResult:
-    """Per continuation: summed log-probability, its token count and its character count."""
-
-    logprob: tuple[float, ...]
-    n_tokens: tuple[int, ...]
-    n_chars: tuple[int, ...]
+class NotSupportedError(BackendError):
+    """The backend cannot serve this kind of request (e.g. cloze scoring through a chat API)."""
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What every model backend provides."""
+    """What every model backend provides (:class:`~refcal.backends.transformers.TransformersBackend`,
+    :class:`~refcal.backends.openai.OpenAIBackend`, :class:`~refcal.backends.fake.FakeBackend`).
 
-    #: Stable string identifying model weights + scoring-relevant settings; keys caches.
+    Results of the ``*_iter`` variants are ``(index into requests, result)`` pairs yielded as each
+    request finishes (in any order), so the scorer saves finished work even if a later request fails.
+    """
+
+    #: Stable string naming the model weights and every scoring-relevant setting; keys the score cache.
     fingerprint: str
+    #: True when a request's result does not depend on the other requests of its call (an HTTP API):
+    #: the scorer then re-sends only missing questions on resume instead of their whole planned batch.
+    batch_invariant: bool
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        """Settings worth recording with the scores (stored in ``ScoreSet.meta["backend"]``)."""
+        ...
+
+    @property
+    def stats(self) -> Any:
+        """Request counters of this process (a dataclass with ``as_dict()``), or None when none are kept."""
+        ...
+
+    def request_length(self, request: LetterRequest | ClozeRequest | GenerateRequest) -> int:
+        """Size of a request (tokens when known) used to sort and batch similar requests together."""
+        ...
 
     def score_letters(self, requests: Sequence[LetterRequest]) -> list[np.ndarray]:
         """One float64 array of shape (k,) per request: the letters' next-token logits
         (or log-probabilities; only differences within a row matter)."""
         ...
 
-    def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
-        """One :class:`ClozeResult` per request."""
+    def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
         ...
+
+    def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
+        """One :class:`ClozeResult` per request (:class:`NotSupportedError` where impossible)."""
+        ...
+
+    def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
+        ...
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Greedy continuation of each request, without its stop string."""
+        ...
+
+    def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
+        ...
+
+
+def call_iter(backend: Any, call: str, requests: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """``(index, result)`` pairs of ``backend.<call>`` on ``requests``.
+
+    Prefers ``<call>_iter_detailed`` (API letters with their floored flags), then ``<call>_iter``, then
+    the list method; a list of the wrong length is a :class:`~refcal.errors.ModelError`.
+    """
+    from ..errors import ModelError
+
+    for name in (f"{call}_iter_detailed", f"{call}_iter"):
+        it = getattr(backend, name, None)
+        if it is not None:
+            yield from it(requests)
+            return
+    fn = getattr(backend, call, None)
+    if fn is None:
+        raise NotSupportedError(f"the backend {type(backend).__name__} has no {call}; use another scoring mode")
+    out = fn(list(requests))
+    if len(out) != len(requests):
+        raise ModelError(f"the backend returned {len(out)} results for {len(requests)} requests")
+    yield from enumerate(out)

@@ -1,0 +1,41 @@
+"""Scoring tasks: the request types and one protocol (:class:`Task`) for turning questions into rows.
+
+``letter`` (:class:`LetterTask`), ``cloze`` / ``cloze-norm`` / ``cloze-token`` (:class:`ClozeTask`) and
+``cape`` (:class:`PermutedLetterTask`); :func:`make_task` builds one from a scoring mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from ..errors import InputError
+from .base import KIND_CALLS, Task
+from .multiple_choice import CLOZE_MODES, ClozeTask, LetterTask, PermutedLetterTask, rotate
+from .requests import (
+    ClozeRequest,
+    ClozeResult,
+    GenerateRequest,
+    LetterRequest,
+    request_json,
+    request_text_length,
+)
+
+__all__ = [
+    "KIND_CALLS", "TASKS", "ClozeRequest", "ClozeResult", "ClozeTask", "GenerateRequest", "LetterRequest",
+    "LetterTask", "PermutedLetterTask", "Task", "make_task", "request_json", "request_text_length", "rotate",
+]
+
+#: scoring mode -> task class
+TASKS: dict[str, Callable[..., Task]] = {
+    "letter": LetterTask, **{m: partial(ClozeTask, m) for m in CLOZE_MODES}, "cape": PermutedLetterTask,
+}
+
+
+def make_task(scoring: str, *, template: int = 1, chat: bool = False) -> Task:
+    """The task of scoring mode ``scoring`` (one of :data:`refcal.options.SCORINGS`)."""
+    from ..options import SCORINGS
+
+    if scoring not in SCORINGS or scoring not in TASKS:
+        raise InputError(f"scoring {scoring!r} is not known; choose one of {', '.join(SCORINGS)}")
+    return TASKS[scoring](template=template, chat=chat)

@@ -1,0 +1,195 @@
+"""The multiple-choice tasks: letter scoring, cloze scoring, and letter scoring over all cyclic
+permutations of the options (CAPE)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import prompts  # a module, not names: prompts imports tasks.requests (import order)
+from .._math import log_softmax
+from ..data.base import Question
+from ..errors import InputError, ModelError
+from .base import is_count_list, is_score_list, keys_are
+from .requests import ClozeResult
+
+CLOZE_MODES = ("cloze", "cloze-norm", "cloze-token")
+
+
+def _letter_row(result: Any, k: int) -> Any:
+    """JSON-ready letter scores: a list (minus infinity as None), or ``{"l": list, "f": n floored}``
+    when the backend says which letters it floored (API top-k)."""
+    floored = getattr(result, "floored", None)  # API backends: letters absent from the top-k
+    arr = np.asarray(result.logprobs if floored is not None else result, dtype=np.float64).reshape(-1)
+    if arr.shape != (k,):
+        raise ModelError(f"the backend returned {arr.size} letter scores for {k} options")
+    if np.isnan(arr).any() or np.isposinf(arr).any():
+        raise ModelError("the backend returned NaN or +inf letter scores")
+    row = [None if np.isneginf(v) else float(v) for v in arr]
+    return row if floored is None else {"l": row, "f": int(sum(bool(f) for f in floored))}
+
+
+def _letter_valid(raw: Any, k: int) -> bool:
+    if isinstance(raw, dict):
+        f = raw.get("f")
+        return (keys_are(raw, {"l", "f"}) and is_score_list(raw["l"], k, none_ok=True)
+                and isinstance(f, int) and not isinstance(f, bool) and 0 <= f <= k)
+    return is_score_list(raw, k, none_ok=True)
+
+
+def _letter_values(raw: Any) -> list[float | None]:
+    return list(raw["l"]) if isinstance(raw, dict) else list(raw)
+
+
+class LetterTask:
+    """``letter``: next-token logits of the option letters, one request per question (the paper's way)."""
+
+    kind = "letter"
+    name = "letter"
+
+    def __init__(self, *, template: int = 1, chat: bool = False):
+        self.template = template
+        self.chat = bool(chat)
+
+    def requests(self, question: Question, fewshot: Sequence[Question] = ()) -> list[Any]:
+        return prompts.letter_requests([question], template=self.template, chat=self.chat, fewshot=fewshot)
+
+    def reduce(self, question: Question, results: Sequence[Any]) -> Any:
+        return _letter_row(results[0], len(question.choices))
+
+    def valid(self, question: Question, raw: Any) -> bool:
+        return _letter_valid(raw, len(question.choices))
+
+    def finish(self, raw: Any) -> list[float | None]:
+        return _letter_values(raw)
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"template": self.template, "kind": "letter", "chat": self.chat}
+
+    def columns(self, raws: Sequence[Any]) -> dict[str, list[Any]]:
+        if not any(isinstance(r, dict) for r in raws):
+            return {}
+        # letters an API's top-k left out, per question (cached answers included)
+        return {"n_floored": [int(r["f"]) if isinstance(r, dict) else 0 for r in raws]}
+
+    def meta(self) -> dict[str, Any]:
+        return {"scoring": self.name, "template": self.template, "chat": self.chat}
+
+
+class ClozeTask:
+    """``cloze`` (summed log-probability of each option's text), ``cloze-norm`` (per character) and
+    ``cloze-token`` (per token): one backend computation and one cache file, only :meth:`finish` differs."""
+
+    kind = "cloze"
+
+    def __init__(self, mode: str = "cloze", *, template: int | None = None, chat: bool = False):
+        # cloze prompts have no instruction: ``template`` is accepted (every task takes it) and ignored
+        if mode not in CLOZE_MODES:
+            raise InputError(f"cloze mode {mode!r} is not known; choose one of {', '.join(CLOZE_MODES)}")
+        if chat:
+            raise InputError("the chat template applies to letter scoring only; use --chat-template off with cloze")
+        self.name = mode
+
+    def requests(self, question: Question, fewshot: Sequence[Question] = ()) -> list[Any]:
+        return prompts.cloze_requests([question], fewshot=fewshot)
+
+    def reduce(self, question: Question, results: Sequence[Any]) -> Any:
+        res = results[0]
+        if not isinstance(res, ClozeResult) or not (
+                len(res.logprob) == len(res.n_tokens) == len(res.n_chars) == len(question.choices)):
+            raise ModelError("the backend returned a malformed cloze result")
+        return {"lp": [float(v) for v in res.logprob], "nt": [int(v) for v in res.n_tokens],
+                "nc": [int(v) for v in res.n_chars]}
+
+    def valid(self, question: Question, raw: Any) -> bool:
+        k = len(question.choices)
+        return (keys_are(raw, {"lp", "nt", "nc"}) and is_score_list(raw["lp"], k)
+                and is_count_list(raw["nt"], k) and is_count_list(raw["nc"], k))
+
+    def finish(self, raw: Any) -> list[float | None]:
+        lp = raw["lp"]
+        if self.name == "cloze":
+            return list(lp)
+        den = raw["nc"] if self.name == "cloze-norm" else raw["nt"]
+        return [v / max(d, 1) for v, d in zip(lp, den, strict=True)]
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"template": None, "kind": "cloze", "chat": False}
+
+    def columns(self, raws: Sequence[Any]) -> dict[str, list[Any]]:
+        return {}
+
+    def meta(self) -> dict[str, Any]:
+        return {"scoring": self.name, "template": None, "chat": False}
+
+
+def rotate(question: Question, shift: int) -> Question:
+    """``question`` with its options cyclically shifted left by ``shift``: option ``j`` of the result
+    is option ``(j + shift) % k`` of the original (the label follows its option)."""
+    k = len(question.choices)
+    s = shift % k
+    label = (question.label - s) % k if 0 <= question.label < k else question.label
+    return dataclasses.replace(question, choices=tuple(question.choices[(j + s) % k] for j in range(k)),
+                               label=label)
+
+
+class PermutedLetterTask:
+    """``cape``: letter scoring of all ``k`` cyclic shifts of the option order (CAPE, Jiang et al. 2023).
+
+    A question with ``k`` options makes ``k`` letter requests; request ``s`` shows option
+    ``(j + s) % k`` at position ``j``. Each request's scores are mapped back to the original option
+    order, and the raw row keeps the ``k`` mapped rows (``{"shifts": [row_0, ..., row_{k-1}]}``), so other
+    aggregations can be computed later from the cache. :meth:`finish` gives the log of the average of
+    the ``k`` per-shift softmax distributions, which does not depend on the order the options came in.
+    """
+
+    kind = "letter"
+    name = "cape"
+
+    def __init__(self, *, template: int = 1, chat: bool = False):
+        self.template = template
+        self.chat = bool(chat)
+
+    def requests(self, question: Question, fewshot: Sequence[Question] = ()) -> list[Any]:
+        return [prompts.letter_requests([rotate(question, s)], template=self.template, chat=self.chat, fewshot=fewshot)[0]
+                for s in range(len(question.choices))]
+
+    def reduce(self, question: Question, results: Sequence[Any]) -> Any:
+        k = len(question.choices)
+        if len(results) != k:
+            raise ModelError(f"the backend returned {len(results)} results for {k} permuted requests")
+        shifts = []
+        for s, res in enumerate(results):
+            row = _letter_row(res, k)
+            vals = _letter_values(row)
+            # position j of shift s shows original option (j + s) % k, so option i sits at (i - s) % k
+            mapped = [vals[(i - s) % k] for i in range(k)]
+            shifts.append({"l": mapped, "f": row["f"]} if isinstance(row, dict) else mapped)
+        return {"shifts": shifts}
+
+    def valid(self, question: Question, raw: Any) -> bool:
+        k = len(question.choices)
+        return (keys_are(raw, {"shifts"}) and isinstance(raw["shifts"], list) and len(raw["shifts"]) == k
+                and all(_letter_valid(r, k) for r in raw["shifts"]))
+
+    def finish(self, raw: Any) -> list[float | None]:
+        rows = np.array([[-np.inf if v is None else v for v in _letter_values(r)] for r in raw["shifts"]])
+        logp = log_softmax(rows, axis=1)
+        top = logp.max(axis=0)
+        with np.errstate(divide="ignore"):
+            avg = top + np.log(np.exp(logp - np.where(np.isfinite(top), top, 0.0)).mean(axis=0))
+        return [None if np.isneginf(v) else float(v) for v in avg]
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"template": self.template, "kind": "cape", "chat": self.chat}
+
+    def columns(self, raws: Sequence[Any]) -> dict[str, list[Any]]:
+        if not any(isinstance(s, dict) for r in raws for s in r["shifts"]):
+            return {}
+        return {"n_floored": [sum(int(s["f"]) if isinstance(s, dict) else 0 for s in r["shifts"]) for r in raws]}
+
+    def meta(self) -> dict[str, Any]:
+        return {"scoring": self.name, "template": self.template, "chat": self.chat}
