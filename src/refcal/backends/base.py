@@ -8,15 +8,16 @@ nothing else; batching order, caching and resume live in :mod:`refcal.scoring`, 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 from ..tasks.requests import ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
-__all__ = ["Backend", "ClozeRequest", "ClozeResult", "GenerateRequest", "LetterRequest", "NotSupportedError",
-           "call_iter"]
+__all__ = ["Backend", "BackendOptions", "ClozeRequest", "ClozeResult", "GenerateRequest", "LetterRequest",
+           "NotSupportedError", "call_iter"]
 
 
 class NotSupportedError(BackendError):
@@ -95,3 +96,37 @@ def call_iter(backend: Any, call: str, requests: Sequence[Any]) -> Iterator[tupl
     if len(out) != len(requests):
         raise ModelError(f"the backend returned {len(out)} results for {len(requests)} requests")
     yield from enumerate(out)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Base of each backend's options dataclass: builds from a mapping and refuses unknown keys."""
+
+    #: the backend's name in messages (``"transformers"``, ``"openai"``, ...)
+    backend = "model"
+
+    @classmethod
+    def build(cls, options: Any = None, **overrides: Any) -> Any:
+        """``options`` (an instance of this class, a mapping or None) updated with ``overrides``.
+
+        Raises :class:`~refcal.errors.InputError` for an option this backend does not have, or an
+        options object of another backend.
+        """
+        if options is None:
+            values: dict[str, Any] = {}
+        elif isinstance(options, cls):
+            values = asdict(options)
+        elif is_dataclass(options) and not isinstance(options, type):
+            raise InputError(f"{type(options).__name__} does not apply to {cls.backend} models; "
+                             f"pass {cls.__name__} or a dict of options")
+        elif isinstance(options, Mapping):
+            values = dict(options)
+        else:
+            raise InputError(f"backend options must be {cls.__name__} or a dict, got {type(options).__name__}")
+        values.update(overrides)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in values if k not in known)
+        if unknown:
+            raise InputError(f"option {unknown[0]!r} does not apply to {cls.backend} models; "
+                             f"known options: {', '.join(known)}")
+        return cls(**values)

@@ -20,7 +20,7 @@ import math
 import os
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import BackendError, InputError, MissingDependencyError
 from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
-from .base import ClozeRequest, ClozeResult, LetterRequest
+from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, NotSupportedError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,46 @@ class APIStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class OpenAIOptions(BackendOptions):
+    """Settings of :class:`OpenAIBackend` (see its parameters); unknown keys are refused."""
+
+    backend = "openai:"
+
+    api_base: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    mode: str = "chat"
+    top_logprobs: int = MAX_TOP_LOGPROBS
+    concurrency: int = 4
+    timeout: float = 30.0
+    max_retries: int = 5
+    floor_margin: float = math.log(2.0)
+    seed: int | None = 0
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    max_wait: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not _is_int(self.top_logprobs) or not 1 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}")
+        if not _is_int(self.concurrency) or self.concurrency < 1:
+            raise InputError(f"concurrency must be a positive integer, got {self.concurrency!r}")
+        if not _is_int(self.max_retries) or self.max_retries < 0:
+            raise InputError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
+        if not (_is_num(self.timeout) and self.timeout > 0 and _is_num(self.floor_margin) and self.floor_margin > 0):
+            raise InputError("timeout and floor_margin must be positive numbers")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 class OpenAIBackend:
     """Score option letters with an OpenAI-compatible chat or completions endpoint.
 
@@ -69,6 +109,8 @@ class OpenAIBackend:
     ----------
     model : str
         Model name sent in each request.
+    options : OpenAIOptions or dict, optional
+        The settings below, as one object; keyword arguments override them.
     api_base : str, optional
         Base URL up to and including ``/v1``; default ``$OPENAI_BASE_URL`` or the OpenAI API.
     api_key_env : str
@@ -96,35 +138,15 @@ class OpenAIBackend:
         Back-off schedule (see :mod:`.api_http`).
     """
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        api_base: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        mode: str = "chat",
-        top_logprobs: int = MAX_TOP_LOGPROBS,
-        concurrency: int = 4,
-        timeout: float = 30.0,
-        max_retries: int = 5,
-        floor_margin: float = math.log(2.0),
-        seed: int | None = 0,
-        backoff_base: float = 0.5,
-        backoff_max: float = 20.0,
-        max_wait: float = 120.0,
-    ):
+    #: each request is its own HTTP call: results do not depend on what else is in a batch
+    batch_invariant = True
+
+    def __init__(self, model: str, options: OpenAIOptions | Mapping[str, Any] | None = None, **kwargs: Any):
         if not model or not isinstance(model, str):
             raise InputError("the API model name is empty; pass it as openai:MODEL")
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-        if not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise InputError(f"concurrency must be a positive integer, got {concurrency!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise InputError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-        if not timeout > 0 or not floor_margin > 0:
-            raise InputError("timeout and floor_margin must be positive numbers")
+        opts = OpenAIOptions.build(options, **kwargs)  # not kept: api_base may hold credentials
+        api_base, api_key_env, mode, top_logprobs = opts.api_base, opts.api_key_env, opts.mode, opts.top_logprobs
+        seed, floor_margin = opts.seed, opts.floor_margin
         base = (api_base or os.environ.get("OPENAI_BASE_URL") or DEFAULT_API_BASE).rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise InputError(f"--api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {public_url(base)!r}")
@@ -135,11 +157,11 @@ class OpenAIBackend:
         self.api_base = public_url(base)
         self.mode = mode
         self.top_logprobs = top_logprobs
-        self.concurrency = concurrency
-        self.timeout = float(timeout)
+        self.concurrency = opts.concurrency
+        self.timeout = float(opts.timeout)
         self.floor_margin = float(floor_margin)
         self.seed = seed
-        self.policy = RetryPolicy(max_retries, backoff_base, backoff_max, max_wait)
+        self.policy = RetryPolicy(opts.max_retries, opts.backoff_base, opts.backoff_max, opts.max_wait)
         self._key = Secret(os.environ.get(api_key_env))
         if not self._key and base.startswith("https://api.openai.com"):
             raise BackendError(f"the OpenAI API needs a key; set the environment variable {api_key_env}")
@@ -176,7 +198,7 @@ class OpenAIBackend:
     def score_letters_detailed(self, requests: Sequence[LetterRequest]) -> list[LetterScores]:
         """Like :meth:`score_letters`, with which letters were floored and the floor of each request."""
         out: list[LetterScores | None] = [None] * len(requests)
-        for i, scores in self._iter(requests):
+        for i, scores in self.score_letters_iter_detailed(requests):
             out[i] = scores
         return out  # type: ignore[return-value]
 
@@ -186,30 +208,48 @@ class OpenAIBackend:
         If a request fails for good, the others stop retrying, those already answered are still
         yielded, and then the :class:`BackendError` is raised.
         """
-        for i, scores in self._iter(requests):
+        for i, scores in self.score_letters_iter_detailed(requests):
             yield i, scores.logprobs
 
     def score_letters_iter_detailed(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, LetterScores]]:
         """Like :meth:`score_letters_iter`, with which letters were floored (kept in the score cache, so
         the floor counts of a resumed run cover every question)."""
-        yield from self._iter(requests)
-
-    def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
-        raise BackendError(
-            "cloze scoring needs the log-probabilities of the prompt's own tokens, which chat-completion "
-            "APIs do not return; score API models with letter scoring (--scoring letter)"
-        )
-
-    # -- internals ----------------------------------------------------------------------------
-    def _iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, LetterScores]]:
-        try:
-            import httpx
-        except ImportError as exc:  # pragma: no cover - httpx is in the api extra
-            raise MissingDependencyError("httpx", "api") from exc
         requests = list(requests)
         for r in requests:
             if not isinstance(r, LetterRequest) or len(set(r.letters)) < 2 or len(set(r.letters)) != len(r.letters):
                 raise InputError("each request needs at least two distinct option letters")
+        yield from self._iter(requests, self._score_one)
+
+    def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
+        raise NotSupportedError(
+            "cloze scoring needs the log-probabilities of the prompt's own tokens, which chat-completion "
+            "APIs do not return; score API models with letter scoring (--scoring letter)"
+        )
+
+    def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
+        yield from enumerate(self.score_cloze(requests))
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Greedy (temperature 0) answer of each request, cut before its first stop string."""
+        out: list[str | None] = [None] * len(requests)
+        for i, text in self.generate_iter(requests):
+            out[i] = text
+        return out  # type: ignore[return-value]
+
+    def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
+        """Like :meth:`score_letters_iter`, for generation."""
+        requests = list(requests)
+        for r in requests:
+            if not isinstance(r, GenerateRequest) or not _is_int(r.max_new_tokens) or r.max_new_tokens < 1:
+                raise InputError("each generation request needs a positive max_new_tokens")
+        yield from self._iter(requests, self._generate_one)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _iter(self, requests: list[Any], worker: Callable[..., Any]) -> Iterator[tuple[int, Any]]:
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - httpx is in the api extra
+            raise MissingDependencyError("httpx", "api") from exc
         if not requests:
             return
         stop = threading.Event()
@@ -218,7 +258,7 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="refcal-api")
-        futures = {pool.submit(self._score_one, client, r, i, stop): i for i, r in enumerate(requests)}
+        futures = {pool.submit(worker, client, r, i, stop): i for i, r in enumerate(requests)}
         error: BackendError | None = None
         try:
             for fut in as_completed(futures):
@@ -243,30 +283,30 @@ class OpenAIBackend:
             pool.shutdown(wait=True)
             client.close()
 
-    def _score_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
-        text = req.prefix + req.prompt
-        common: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0, "n": 1, "stream": False}
+    def _post(self, client: Any, text: str, chat: bool, index: int, stop: threading.Event,
+              **extra: Any) -> tuple[dict, str]:
+        """POST one prompt (raw to /completions, or as a user message to /chat/completions); (body, url)."""
+        common: dict[str, Any] = {"model": self.model, "temperature": 0, "n": 1, "stream": False, **extra}
         if self.seed is not None:
             common["seed"] = self.seed
-        if self.mode == "completions" and not req.chat:
-            url = self._endpoint("completions")
-            payload = {**common, "prompt": text, "logprobs": self.top_logprobs}
-        else:
-            if not req.chat and not self._warned_raw:
-                self._warned_raw = True
-                log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
-            url = self._endpoint("chat/completions")
-            payload = {
-                **common,
-                "messages": [{"role": "user", "content": text}],
-                "logprobs": True,
-                "top_logprobs": self.top_logprobs,
-            }
+        raw = self.mode == "completions" and not chat
+        if not raw and not chat and not self._warned_raw:
+            self._warned_raw = True
+            log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
+        url = self._endpoint("completions" if raw else "chat/completions")
+        payload = {**common, "prompt": text} if raw else {**common, "messages": [{"role": "user", "content": text}]}
         headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
         body = post_json(
             client, url, payload, headers=headers, policy=self.policy, secret=self._key,
             rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=stop, on_retry=self._count_retry,
         )
+        return body, url
+
+    def _score_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
+        raw = self.mode == "completions" and not req.chat
+        logprobs: dict[str, Any] = {"logprobs": self.top_logprobs} if raw else {
+            "logprobs": True, "top_logprobs": self.top_logprobs}
+        body, url = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1, **logprobs)
         top = self._top_pairs(body, url)
         if top is None:
             # The model ended its answer at once (no first token): every letter is absent and the
@@ -283,6 +323,23 @@ class OpenAIBackend:
             self.stats.n_requests_with_floor += scores.n_floored > 0
             self.stats.n_no_token += top is None
         return scores
+
+    def _generate_one(self, client: Any, req: GenerateRequest, index: int, stop: threading.Event) -> str:
+        extra: dict[str, Any] = {"max_tokens": req.max_new_tokens}
+        if req.stop:
+            extra["stop"] = list(req.stop)
+        body, url = self._post(client, req.prompt, req.chat, index, stop, **extra)
+        try:
+            choice = body["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"POST {public_url(url)} answered without generated text "
+                               f"({scrub(repr(exc), self._key, 60)})") from None
+        text = str(text or "")
+        cut = [text.find(s) for s in req.stop if s and s in text]  # servers may keep the stop string
+        with self._lock:
+            self.stats.n_requests += 1
+        return text[: min(cut)] if cut else text
 
     def _endpoint(self, name: str) -> str:
         parts = urlsplit(self._base.get())

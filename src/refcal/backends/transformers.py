@@ -33,17 +33,19 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelError
-from .base import ClozeRequest, ClozeResult, LetterRequest
+from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
 log = logging.getLogger(__name__)
 
 LETTER_STYLES = ("auto", "space", "bare")
+DTYPES = ("float32", "bfloat16", "float16")
 #: shared prefixes shorter than this are not worth a separate forward pass
 _MIN_PREFIX = 4
 
@@ -57,8 +59,34 @@ def _torch():
     return torch
 
 
+@dataclass(frozen=True)
+class TransformersOptions(BackendOptions):
+    """Settings of a local model (:meth:`TransformersBackend.from_spec`); unknown keys are refused.
+
+    ``device=None`` picks CUDA when available, else CPU; ``dtype=None`` picks bfloat16 on CUDA and
+    float32 on CPU; ``batch_size`` sequences per forward pass; ``letter_style`` see the module docstring.
+    """
+
+    backend = "local (transformers)"
+
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 8
+    letter_style: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise InputError(f"dtype {self.dtype!r} is not supported; use {', '.join(DTYPES)}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.letter_style not in LETTER_STYLES:
+            raise InputError(f"letter style {self.letter_style!r} is not known; choose one of {', '.join(LETTER_STYLES)}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise InputError(f"device {self.device!r} is not valid; use cpu, cuda or cuda:N")
+
+
 class TransformersBackend:
-    """A causal LM scoring letters and cloze continuations.
+    """A causal LM scoring letters and cloze continuations, and generating greedily.
 
     Parameters
     ----------
@@ -72,6 +100,11 @@ class TransformersBackend:
     name : str
         Short label for logs and metadata.
     """
+
+    #: padding and batch composition change the last digits of a score (see the README on resume)
+    batch_invariant = False
+    #: no request counters are kept (an API backend's ``stats`` counts requests sent)
+    stats = None
 
     def __init__(self, model: Any, tokenizer: Any, *, identity: str, batch_size: int = 8,
                  letter_style: str = "auto", name: str = "model"):
@@ -108,27 +141,27 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_spec(cls, spec: str, *, device: str | None = None, dtype: str | None = None,
-                  batch_size: int = 8, letter_style: str = "auto") -> TransformersBackend:
+    def from_spec(cls, spec: str, options: TransformersOptions | Mapping[str, Any] | None = None,
+                  **kwargs: Any) -> TransformersBackend:
         """Load a built-in alias, a ``.gguf`` file, a model folder or a Hugging Face id.
 
-        ``device=None`` picks CUDA when available, else CPU; ``dtype=None`` picks bfloat16 on CUDA and
-        float32 on CPU. GGUF files are converted once and cached (see :mod:`refcal.models`).
+        ``options`` (:class:`TransformersOptions` or a dict; keyword arguments override it) sets
+        device, dtype, batch size and letter style. GGUF files are converted once and cached (see
+        :mod:`refcal.backends.models`).
         """
+        opts = TransformersOptions.build(options, **kwargs)
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .. import models
+        from . import models
 
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             torch_device = torch.device(dev)
         except RuntimeError:
             raise InputError(f"device {dev!r} is not valid; use cpu, cuda or cuda:N") from None
-        if dtype is None:
-            dtype = "bfloat16" if torch_device.type == "cuda" else "float32"
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise InputError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16")
+        dtype = opts.dtype or ("bfloat16" if torch_device.type == "cuda" else "float32")
+        batch_size, letter_style = opts.batch_size, opts.letter_style
         resolved = models.resolve(spec)
         try:
             tok = AutoTokenizer.from_pretrained(resolved.path)
@@ -148,8 +181,10 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------------------------- tokens
     def _encode_letter(self, r: LetterRequest) -> list[int]:
-        text = r.prefix + r.prompt
-        if r.chat:
+        return self._encode_text(r.prefix + r.prompt, r.chat)
+
+    def _encode_text(self, text: str, chat: bool) -> list[int]:
+        if chat:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise InputError(f"model {self.name!r} has no chat template; use --chat-template off")
             text = self.tokenizer.apply_chat_template(
@@ -157,10 +192,12 @@ class TransformersBackend:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(text)["input_ids"]
 
-    def request_length(self, r: LetterRequest | ClozeRequest) -> int:
+    def request_length(self, r: LetterRequest | ClozeRequest | GenerateRequest) -> int:
         """Token count used to sort batches."""
         if isinstance(r, LetterRequest):
             return len(self._encode_letter(r))
+        if isinstance(r, GenerateRequest):
+            return len(self._encode_text(r.prompt, r.chat)) + r.max_new_tokens
         return len(self.tokenizer(r.context + max(r.continuations, key=len))["input_ids"])
 
     def letter_token_ids(self, letters: Sequence[str], chat: bool = False) -> list[int]:
@@ -311,6 +348,49 @@ class TransformersBackend:
                     )
                     pos += len(conts)
         return results  # type: ignore[return-value]
+
+
+    def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`score_letters` as ``(index, scores)`` pairs (all computed before the first is yielded)."""
+        yield from enumerate(self.score_letters(requests))
+
+    def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
+        """:meth:`score_cloze` as ``(index, result)`` pairs (all computed before the first is yielded)."""
+        yield from enumerate(self.score_cloze(requests))
+
+    # ------------------------------------------------------------------------------------- generation
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Greedy continuation of each prompt: at most ``max_new_tokens`` tokens, cut before the first
+        stop string (or the model's end-of-sequence token)."""
+        torch = self._torch
+        out: list[str] = []
+        eos = self.tokenizer.eos_token_id
+        with torch.inference_mode():
+            for r in requests:
+                if isinstance(r.max_new_tokens, bool) or not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
+                    raise InputError("each generation request needs a positive max_new_tokens")
+                ids = self._encode_text(r.prompt, r.chat)
+                _, mask, kv = self._forward([ids[:-1]]) if len(ids) > 1 else (None, None, None)
+                last, new = ids[-1], []
+                for _ in range(r.max_new_tokens):
+                    h, own, kv = self._forward([[last]], kv, mask)
+                    mask = own if mask is None else torch.cat([mask, own], 1)
+                    last = int(self._head(h[0, -1]).argmax())
+                    if last == eos:
+                        break
+                    new.append(last)
+                    text = self.tokenizer.decode(new, skip_special_tokens=True)
+                    if any(s and s in text for s in r.stop):
+                        break
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                cut = [text.find(s) for s in r.stop if s and s in text]
+                out.append(text[: min(cut)] if cut else text)
+        return out
+
+    def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
+        """:meth:`generate` as ``(index, text)`` pairs, each yielded as soon as it is done."""
+        for i, r in enumerate(requests):
+            yield i, self.generate([r])[0]
 
 
 #: Largest share of padding a batch may carry. On a CPU a padded token costs as much as a real one and

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._paths import cache_root
-from .errors import MissingDependencyError, ModelError
+from .._paths import cache_root
+from ..errors import MissingDependencyError, ModelError
 
 log = logging.getLogger(__name__)
 
