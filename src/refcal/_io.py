@@ -1,8 +1,13 @@
-"""Small file helpers: every output is written atomically (temporary file + rename)."""
+"""Small file helpers: every output is written atomically (temporary file + rename).
+
+Permissions follow the process umask like every other tool: files get ``0666 & ~umask`` and folders
+``0777 & ~umask`` (``tempfile`` alone would leave them 0600 / 0700 whatever the umask).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,14 +15,91 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows, else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a new regular file: ``0666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Mode of a new folder: ``0777 & ~umask``."""
+    return 0o777 & ~current_umask()
+
+
+def make_temp_dir(prefix: str, parent: str | os.PathLike | None = None) -> Path:
+    """``tempfile.mkdtemp`` whose folder then gets the umask's mode (mkdtemp always makes it 0700).
+
+    For folders that are renamed into place once complete (run folders, converted models).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
+
+
+def ensure_parent(path: str | os.PathLike, *, what: str = "the output") -> Path:
+    """Create the missing folders above ``path`` (like ``mkdir -p``), with one clean error when that fails.
+
+    A missing folder directly under the file-system root (``/newdir/out.json``) is refused rather than
+    created: that is almost always a typo for a relative path.
+
+    Raises
+    ------
+    InputError
+        The folder cannot be created (permissions, a file in the way, the file-system root).
+    """
+    path = Path(path)
+    parent = path.parent
+    if parent.is_dir():
+        return path
+    missing = parent
+    while not missing.parent.exists() and missing.parent != missing.parent.parent:
+        missing = missing.parent
+    if missing.parent == missing.parent.parent and missing.parent.is_absolute() and not missing.exists():
+        raise InputError(f"cannot write {what} to {path}: refusing to create the folder {missing} at the file-system "
+                         "root; create it first, or pass a path inside an existing folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"cannot write {what} to {path}: {parent} exists and is not a folder; "
+                         "choose another path") from None
+    except NotADirectoryError:
+        raise InputError(f"cannot write {what} to {path}: a part of {parent} is a file, not a folder; "
+                         "choose another path") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {what} to {path}: cannot create the folder {parent} ({exc.strerror}); "
+                         "choose a folder you can write to") from None
+    return path
+
 
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; when the block ends normally it replaces ``path``,
-    otherwise it is removed, so readers never see a half-written file. The folder must exist."""
+    otherwise it is removed, so readers never see a half-written file. The folder must exist.
+
+    The file ends with mode ``0666 & ~umask``, like a file created by ``open``.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -27,22 +109,23 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` so that readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` to ``path`` so that readers never see a half-written file (missing folders are created)."""
+    path = ensure_parent(path)
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON (indented, no NaN: non-finite floats become null) written atomically."""
-    return atomic_write_text(path, json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, strict: bool = False) -> Path:
+    """JSON (indented) written atomically.
+
+    By default non-finite floats become null (metrics may be undefined). ``strict=True`` refuses them
+    instead (``ValueError``): for files whose every number must round-trip, such as calibrators.
+    """
+    return atomic_write_text(path, json.dumps(obj if strict else _finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def _finite(obj: Any) -> Any:
-    import math
-
     import numpy as np
 
     if isinstance(obj, dict):

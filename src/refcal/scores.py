@@ -27,6 +27,7 @@ JSON Lines is accepted as input (and can be written), one object per question::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -37,12 +38,46 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_output
+from ._io import atomic_output, ensure_parent
 from .errors import MismatchError, ScoreFileError
 
 FORMAT_VERSION = 1
 _META_KEY = b"refcal"
 _RESERVED = ("id", "logits", "label")
+
+#: Largest magnitude of a finite logit: differences of larger values overflow to inf (then NaN) in the
+#: softmax and the solvers. Every consumer (``fit``, ``apply``, ``evaluate``, the calibrators) uses it.
+LOGIT_LIMIT = 1e100
+
+#: Per-question column holding :func:`question_hash` of the question text; :func:`join_scores` refuses
+#: to join two files whose rows with the same id hold different questions.
+QUESTION_HASH = "question_hash"
+
+
+def question_hash(text: str) -> str:
+    """Short, stable fingerprint of a question's text (first 12 hex digits of SHA-256 of its UTF-8)."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:12]
+
+
+def bad_logits(x: np.ndarray) -> np.ndarray:
+    """Mask of values no consumer accepts: NaN, +inf, and finite values with ``|x| > LOGIT_LIMIT``.
+
+    -inf is allowed: it marks a missing option.
+    """
+    return np.isnan(x) | (x > LOGIT_LIMIT) | ((x < -LOGIT_LIMIT) & (x != -np.inf))
+
+
+def describe_logit(v: float) -> str:
+    """Why one value flagged by :func:`bad_logits` is refused, in words."""
+    if math.isnan(v):
+        return "NaN"
+    if v == math.inf:
+        return "+inf"
+    return f"{v:g}, beyond the allowed range |x| <= {LOGIT_LIMIT:g}"
+
+
+LOGIT_RULE = (f"only finite values with |x| <= {LOGIT_LIMIT:g} (rescale larger scores) or -inf (missing option) "
+              "are allowed")
 
 
 @dataclass
@@ -156,12 +191,13 @@ class ScoreSet:
                 f"{source}: question {self.ids[r]!r} has {self.n_options[r]} option(s); every question needs at least 2"
             )
         x = self.logits
-        nonfinite = ~np.isfinite(x) & ~np.isneginf(x)
-        if nonfinite.any():
-            r, j = np.argwhere(nonfinite)[0]
+        bad = bad_logits(x)
+        if bad.any():
+            r, j = np.argwhere(bad)[0]
+            more = f" ({int(bad.sum())} such values in all)" if bad.sum() > 1 else ""
             raise ScoreFileError(
-                f"{source}: question {self.ids[r]!r} option {j} has logit {x[r, j]}; only finite values "
-                "or -inf (missing option) are allowed — re-score that question"
+                f"{source}: question {self.ids[r]!r} option {j} has logit {describe_logit(float(x[r, j]))}{more}; "
+                f"{LOGIT_RULE} — re-score that question"
             )
         allmissing = ~np.isfinite(x).any(axis=1)
         if allmissing.any():
@@ -190,6 +226,12 @@ class ScoreSet:
         for name, col in self.columns.items():
             if len(col) != n:
                 raise ScoreFileError(f"{source}: column {name!r} has {len(col)} values for {n} questions")
+        if QUESTION_HASH in self.columns:
+            bad_hash = [r for r, h in enumerate(self.columns[QUESTION_HASH]) if h is not None and not isinstance(h, str)]
+            if bad_hash:
+                r = bad_hash[0]
+                raise ScoreFileError(f"{source}: question {self.ids[r]!r}: {QUESTION_HASH} must be a string or null; "
+                                     "re-create the file with `refcal score`")
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -244,9 +286,9 @@ class ScoreSet:
         suffix = path.suffix.lower()
         if path.is_dir():
             raise ScoreFileError(f"{path}: is a directory; pass a file name ending in .parquet or .jsonl")
+        ensure_parent(path, what="the scores")
         writing = False
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(path) as tmp:
                 writing = True
                 if suffix in (".jsonl", ".json", ".ndjson"):
@@ -357,6 +399,9 @@ def _read_jsonl(path: Path) -> ScoreSet:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ScoreFileError(f"{src}:{ln}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        except RecursionError:
+            raise ScoreFileError(f"{src}:{ln}: JSON nested too deeply; each line must be one flat JSON object "
+                                 "like {\"id\": ..., \"logits\": [...]}") from None
         if not isinstance(obj, dict):
             raise ScoreFileError(f"{src}:{ln}: expected a JSON object like {{\"id\": ..., \"logits\": [...]}}")
         missing = [k for k in ("id", "logits") if k not in obj]
@@ -474,8 +519,23 @@ def join_scores(base: ScoreSet, chat: ScoreSet) -> JoinedScores:
     if conflict.any():
         r = np.flatnonzero(conflict)[0]
         raise MismatchError(f"question {c_ids[r]!r} has label {bl[r]} in {b_src} but {cl[r]} in {c_src}")
+    _check_same_questions(base.columns.get(QUESTION_HASH), order, chat.columns.get(QUESTION_HASH), c_ids, b_src, c_src)
     labels = np.where(cl >= 0, cl, bl)
     return JoinedScores(chat.ids.copy(), b, c, labels, chat, base.subset(order))
+
+
+def _check_same_questions(b_hash: np.ndarray | None, order: np.ndarray, c_hash: np.ndarray | None,
+                          c_ids: list[str], b_src: str, c_src: str) -> None:
+    """Refuse a join where one id names different question texts in the two files (when both record them)."""
+    if b_hash is None or c_hash is None:
+        return
+    for r, (hb, hc) in enumerate(zip(b_hash[order], c_hash, strict=True)):
+        if hb is not None and hc is not None and hb != hc:
+            raise MismatchError(
+                f"question {c_ids[r]!r} has different question texts in {b_src} and {c_src} (their {QUESTION_HASH} "
+                "values differ): the files were scored on different data, or ids were assigned differently "
+                "(row numbers of differently ordered copies); score both models on the same file, keyed by an id column"
+            )
 
 
 def _pad(x: np.ndarray, k: int) -> np.ndarray:

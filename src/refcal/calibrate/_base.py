@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import json
 import logging
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_output
+from .._io import atomic_write_json, ensure_parent
 from .._math import log_softmax
 from ..errors import FitError, InputError, NotFittedError
 from ._maps import SCALINGS, apply_affine, apply_temperature
@@ -64,24 +65,27 @@ class _Calibrator:
     def _hyperparameters(self) -> dict[str, Any]:
         return {
             "scaling": self.scaling,
-            "l2": self.l2,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "temperature_bounds": list(self.temperature_bounds),
+            "l2": _plain_number(self.l2),
+            "max_iter": _plain_number(self.max_iter),
+            "tol": _plain_number(self.tol),
+            "temperature_bounds": [_plain_number(b) for b in self.temperature_bounds],
             "on_bound": self.on_bound,
         }
 
     def _check_params(self) -> None:
         if self.scaling not in SCALINGS:
             raise InputError(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
-        if not (isinstance(self.l2, int | float) and math.isfinite(self.l2) and self.l2 >= 0):
+        if not (_is_real(self.l2) and math.isfinite(self.l2) and self.l2 >= 0):
             raise InputError(f"l2 must be a finite number >= 0, got {self.l2!r}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+        if not (isinstance(self.max_iter, int | np.integer) and not isinstance(self.max_iter, bool | np.bool_)
+                and self.max_iter >= 1):
             raise InputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.tol, int | float) and 0 < self.tol < 1):
+        if not (_is_real(self.tol) and 0 < self.tol < 1):
             raise InputError(f"tol must be a number in (0, 1), got {self.tol!r}")
-        lo, hi = (tuple(self.temperature_bounds) + (None, None))[:2]
-        if not (isinstance(lo, int | float) and isinstance(hi, int | float) and 0 < lo < hi < math.inf):
+        bounds = self.temperature_bounds
+        lo, hi = (tuple(bounds) + (None, None))[:2] if isinstance(bounds, list | tuple) else (None, None)
+        if not (isinstance(bounds, list | tuple) and len(bounds) == 2 and _is_real(lo) and _is_real(hi)
+                and 0 < lo < hi < math.inf):
             raise InputError(f"temperature_bounds must be (low, high) with 0 < low < high, got {self.temperature_bounds!r}")
         if self.on_bound not in ("warn", "raise"):
             raise InputError(f"on_bound must be 'warn' or 'raise', got {self.on_bound!r}")
@@ -110,11 +114,12 @@ class _Calibrator:
             if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(intercept)) and math.isfinite(res.objective)):
                 raise FitError(f"{self.scaling} scaling diverged ({res.message}); set l2 > 0 to regularise the fit")
             self.coef_, self.intercept_ = coef, intercept
-        self.n_iter_ = res.n_iter
-        self.converged_ = res.converged
-        self.objective_ = res.objective
-        self.solver_message_ = res.message
-        self.at_bound_ = res.at_bound
+        # plain Python types only: every fitted attribute is written to JSON (a numpy bool is not JSON)
+        self.n_iter_ = int(res.n_iter)
+        self.converged_ = bool(res.converged)
+        self.objective_ = float(res.objective)
+        self.solver_message_ = str(res.message)
+        self.at_bound_ = None if res.at_bound is None else str(res.at_bound)
         if res.at_bound is not None:
             msg = self._bound_message(res)
             if self.on_bound == "raise":
@@ -150,7 +155,19 @@ class _Calibrator:
         self._check_fitted()
         g = check_logits(logits, "logits")
         if self.scaling == "temperature":
-            return apply_temperature(g, self.temperature_)
+            t = self.temperature_
+            if not (_is_real(t) and math.isfinite(t) and t > 0):
+                raise InputError(f"temperature_ must be a finite number > 0, got {t!r}; fit the calibrator again")
+            with np.errstate(over="ignore"):  # an overflow is reported just below, as an error
+                z = apply_temperature(g, float(t))
+            overflow = np.isinf(z) & np.isfinite(g)
+            if overflow.any():
+                raise InputError(
+                    f"temperature {t:g} scales {int(overflow.sum())} logit(s) beyond the floating-point range "
+                    f"(first in row {int(np.argmax(overflow.any(axis=1)))}); such a temperature cannot come from "
+                    "`fit` (see temperature_bounds): fit the calibrator again"
+                )
+            return z
         if g.shape[1] != self.n_options_:
             raise InputError(
                 f"logits have {g.shape[1]} options but this {self.scaling} scaling was fitted on {self.n_options_}; "
@@ -204,23 +221,40 @@ class _Calibrator:
             "message": self.solver_message_,
             "at_bound": self.at_bound_,
         }
-        out["inputs"] = json.loads(json.dumps(inputs or {}, default=str))
+        try:
+            out["inputs"] = json.loads(json.dumps(inputs or {}, default=str))
+        except RecursionError:
+            raise InputError("inputs is nested too deeply to be saved; pass a flat dict of provenance") from None
         return out
 
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
-        """Write :meth:`to_dict` as JSON atomically (temporary file in the same folder + ``os.replace``)."""
-        text = json.dumps(self.to_dict(inputs=inputs), indent=2, allow_nan=False) + "\n"
-        writing = False
+        """Write :meth:`to_dict` as JSON atomically (temporary file in the same folder + ``os.replace``).
+
+        Missing folders above ``path`` are created (not directly under the file-system root). The file
+        gets the usual ``0666 & ~umask`` permissions.
+
+        Raises
+        ------
+        InputError
+            The file or its folder cannot be written (one sentence naming the path and what to do).
+        """
+        doc = self.to_dict(inputs=inputs)
+        ensure_parent(path, what="the calibrator")
         try:
-            with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                writing = True
-                fh.write(text)
+            atomic_write_json(path, doc, strict=True)
         except OSError as exc:
-            if writing:
-                hint = "pass a file path with free disk space"
-            else:
-                hint = "create the folder first" if isinstance(exc, FileNotFoundError) else "choose a folder you can write to"
+            hint = "free some disk space" if exc.errno == errno.ENOSPC else "choose a folder you can write to"
             raise InputError(f"cannot write the calibrator to {os.fspath(path)}: {exc.strerror}; {hint}") from None
+
+
+def _is_real(x: object) -> bool:
+    """A real number in a JSON-compatible sense: int or float (numpy too), never a bool or a string."""
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool | np.bool_)
+
+
+def _plain_number(x: object) -> object:
+    """numpy scalars -> the Python int / float JSON can write; anything else unchanged."""
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _version() -> str:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError, MismatchError
-
-_BIG = 1e100
+from ..scores import LOGIT_RULE, bad_logits, describe_logit
 
 
 def check_logits(x: object, name: str = "logits") -> np.ndarray:
@@ -38,13 +37,14 @@ def check_logits(x: object, name: str = "logits") -> np.ndarray:
     if k < 2:
         raise InputError(f"{name} has {k} option(s) per question; calibration needs at least 2")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    # |x| > 1e100 would overflow differences of logits to inf and then NaN inside the solvers.
-    bad = np.isnan(arr) | (arr > _BIG) | ((arr < -_BIG) & (arr != -np.inf))
+    # the same rule as score files (refcal.scores.bad_logits): |x| > 1e100 would overflow differences of
+    # logits to inf and then NaN inside the solvers
+    bad = bad_logits(arr)
     if bad.any():
-        row = int(np.argmax(bad.any(axis=1)))
+        row, col = (int(v) for v in np.argwhere(bad)[0])
         raise InputError(
-            f"{name} holds {int(bad.sum())} NaN/+inf value(s) (first in row {row}); "
-            "only finite values (|x| <= 1e100) and -inf (missing option) are allowed"
+            f"{name} holds {int(bad.sum())} value(s) that are not allowed (first in row {row}, option {col}: "
+            f"{describe_logit(float(arr[row, col]))}); {LOGIT_RULE}"
         )
     empty = np.all(arr == -np.inf, axis=1)
     if empty.any():

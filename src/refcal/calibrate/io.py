@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CalibratorFileError, InputError
-from ._base import FORMAT, _Calibrator
-from .alignment import DACA, NaiveAlignment
+from ._base import FORMAT, FORMAT_VERSION, _Calibrator, _is_real
+from .alignment import DACA, NaiveAlignment, _AlignmentCalibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 
 #: method name saved in the file -> class
@@ -42,6 +42,8 @@ def load_calibrator(path: str | os.PathLike) -> _Calibrator:
         raise CalibratorFileError(f"{src}: cannot read it ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CalibratorFileError(f"{src}: {_not_json_hint(src, exc)}") from None
+    except RecursionError:
+        raise CalibratorFileError(f"{src}: JSON nested too deeply to be a calibrator; re-create it with `refcal fit`") from None
     return from_dict(data, source=src)
 
 
@@ -58,7 +60,11 @@ def _not_json_hint(src: str, exc: Exception) -> str:
 
 
 def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
-    """Inverse of ``to_dict``; see :func:`load_calibrator`."""
+    """Inverse of ``to_dict``; see :func:`load_calibrator`.
+
+    Every field is checked against its type and bounds before use: a file that was edited by hand or
+    written by another build is refused with one sentence, never applied with surprising values.
+    """
     if isinstance(data, dict) and "logits" in data and "format" not in data:
         raise CalibratorFileError(
             f"{source}: this is a score file, not a calibrator; pass the JSON written by `refcal fit -o`"
@@ -68,61 +74,111 @@ def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
             f"{source}: not a refcal calibrator file (no \"format\": \"{FORMAT}\"); pass the JSON written by "
             "`refcal fit -o`"
         )
+    version = data.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        got = "has no format_version" if "format_version" not in data else f"has format_version {version!r}"
+        raise CalibratorFileError(
+            f"{source}: {got}, but this build of refcal reads format_version {FORMAT_VERSION} only; re-create it "
+            "with this version's `refcal fit`"
+        )
     method = data.get("method")
     if not isinstance(method, str) or method not in METHODS:
         raise CalibratorFileError(
             f"{source}: unknown calibration method {method!r} (expected one of {', '.join(METHODS)}); "
             "re-create it with `refcal fit`"
         )
-    for key, kind in (("hyperparameters", dict), ("parameters", dict), ("solver", dict), ("agreement", dict)):
-        if key in data and not isinstance(data[key], kind):
-            raise CalibratorFileError(
-                f"{source}: {key!r} must be a JSON object, got {type(data[key]).__name__}; "
-                "re-create it with `refcal fit`"
-            )
-    allowed = set(METHODS[method]()._hyperparameters())
-    unknown = sorted(set(data.get("hyperparameters") or {}) - allowed)
-    if unknown:
-        raise CalibratorFileError(
-            f"{source}: malformed value (unknown hyperparameter {unknown[0]!r} for method {method!r}; known: "
-            f"{', '.join(sorted(allowed))}); re-create it with `refcal fit`"
-        )
     try:
-        hp = dict(data["hyperparameters"])
-        if "temperature_bounds" in hp:
-            hp["temperature_bounds"] = tuple(hp["temperature_bounds"])
-        obj = METHODS[method](**hp)
-        try:
-            obj._check_params()
-        except InputError as exc:
-            raise CalibratorFileError(f"{source}: {exc}; re-create it with `refcal fit`") from None
-        params, solver = data["parameters"], data["solver"]
-        obj.n_options_ = int(data["n_options"])
-        obj.n_ = int(data["n"])
-        if "agreement" in data:
-            obj.n_agree_ = int(data["agreement"]["n_agree"])
-            obj.agreement_rate_ = float(data["agreement"]["agreement_rate"])
-        if obj.scaling == "temperature":
-            obj.temperature_ = float(params["temperature"])
-            ok = math.isfinite(obj.temperature_) and obj.temperature_ > 0
-        else:
-            k = obj.n_options_
-            obj.coef_ = np.asarray(params["coef"], dtype=np.float64)
-            obj.intercept_ = np.asarray(params["intercept"], dtype=np.float64)
-            shape = (k,) if obj.scaling == "vector" else (k, k)
-            ok = obj.coef_.shape == shape and obj.intercept_.shape == (k,)
-            ok = ok and bool(np.all(np.isfinite(obj.coef_)) and np.all(np.isfinite(obj.intercept_)))
-        obj.n_iter_ = int(solver["n_iter"])
-        obj.converged_ = bool(solver["converged"])
-        obj.objective_ = float(solver["objective"])
-        obj.solver_message_ = str(solver["message"])
-        obj.at_bound_ = solver.get("at_bound")
-    except CalibratorFileError:
-        raise  # already worded (it is a ValueError too, so it must not reach the clause below)
+        return _build(data, METHODS[method], source)
     except KeyError as exc:
         raise CalibratorFileError(f"{source}: missing key {exc.args[0]!r}; re-create it with `refcal fit`") from None
-    except (TypeError, ValueError) as exc:
-        raise CalibratorFileError(f"{source}: malformed value ({exc}); re-create it with `refcal fit`") from None
-    if not ok:
-        raise CalibratorFileError(f"{source}: the fitted parameters are malformed; re-create it with `refcal fit`")
+
+
+def _bad(source: str, what: str) -> CalibratorFileError:
+    return CalibratorFileError(f"{source}: malformed value ({what}); re-create it with `refcal fit`")
+
+
+def _obj(data: dict, key: str, source: str) -> dict:
+    value = data[key]
+    if not isinstance(value, dict):
+        raise CalibratorFileError(
+            f"{source}: {key!r} must be a JSON object, got {type(value).__name__}; re-create it with `refcal fit`"
+        )
+    return value
+
+
+def _int(value: Any, name: str, source: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(source, f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _real(value: Any, name: str, source: str) -> float:
+    if not _is_real(value) or not math.isfinite(value):
+        raise _bad(source, f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _matrix(value: Any, shape: tuple[int, ...], name: str, source: str) -> np.ndarray:
+    """A nested list of finite numbers (no strings, no bools) of exactly ``shape``."""
+    def walk(v: Any, depth: int) -> bool:
+        if depth == len(shape):
+            return _is_real(v) and math.isfinite(v)
+        return isinstance(v, list) and len(v) == shape[depth] and all(walk(x, depth + 1) for x in v)
+
+    if not walk(value, 0):
+        dims = " x ".join(map(str, shape))
+        raise _bad(source, f"{name} must be a {dims} array of finite numbers for n_options = {shape[-1]}")
+    return np.asarray(value, dtype=np.float64)
+
+
+def _build(data: dict, cls: type[_Calibrator], source: str) -> _Calibrator:
+    hp = dict(_obj(data, "hyperparameters", source))
+    params, solver = _obj(data, "parameters", source), _obj(data, "solver", source)
+    allowed = set(cls()._hyperparameters())
+    unknown = sorted(set(hp) - allowed)
+    if unknown:
+        raise _bad(source, f"unknown hyperparameter {unknown[0]!r} for method {data['method']!r}; known: "
+                           f"{', '.join(sorted(allowed))}")
+    if isinstance(hp.get("temperature_bounds"), list):
+        hp["temperature_bounds"] = tuple(hp["temperature_bounds"])
+    try:
+        obj = cls(**hp)
+        obj._check_params()
+    except InputError as exc:
+        raise CalibratorFileError(f"{source}: {exc}; re-create it with `refcal fit`") from None
+    if data["scaling"] != obj.scaling:
+        raise _bad(source, f"scaling {data['scaling']!r} does not match the hyperparameters' {obj.scaling!r}")
+    obj.n_options_ = k = _int(data["n_options"], "n_options", source, low=2)
+    obj.n_ = _int(data["n"], "n", source, low=1)
+    if isinstance(obj, _AlignmentCalibrator):
+        agreement = _obj(data, "agreement", source)
+        obj.n_agree_ = _int(agreement["n_agree"], "agreement.n_agree", source, low=0)
+        obj.agreement_rate_ = _real(agreement["agreement_rate"], "agreement.agreement_rate", source)
+        if obj.n_agree_ > obj.n_ or not 0 <= obj.agreement_rate_ <= 1:
+            raise _bad(source, f"agreement {obj.n_agree_} of {obj.n_} questions, rate {obj.agreement_rate_}")
+    if obj.scaling == "temperature":
+        t = params["temperature"]
+        lo, hi = obj.temperature_bounds
+        # the solver works on beta = 1/tau, so a temperature at a bound may differ from it by an ulp or so
+        if not (_is_real(t) and math.isfinite(t) and lo * (1 - 1e-12) <= t <= hi * (1 + 1e-12)):
+            raise _bad(source, f"temperature must be a number within the solver's bounds [{lo:g}, {hi:g}], got {t!r}")
+        if "temperature" in data and data["temperature"] != t:
+            raise _bad(source, f"temperature {data['temperature']!r} differs from parameters.temperature {t!r}")
+        obj.temperature_ = float(t)
+    else:
+        shape = (k,) if obj.scaling == "vector" else (k, k)
+        obj.coef_ = _matrix(params["coef"], shape, "coef", source)
+        obj.intercept_ = _matrix(params["intercept"], (k,), "intercept", source)
+    obj.n_iter_ = _int(solver["n_iter"], "solver.n_iter", source, low=0)
+    if not isinstance(solver["converged"], bool):
+        raise _bad(source, f"solver.converged must be true or false, got {solver['converged']!r}")
+    obj.converged_ = solver["converged"]
+    obj.objective_ = _real(solver["objective"], "solver.objective", source)
+    if not isinstance(solver["message"], str):
+        raise _bad(source, f"solver.message must be a string, got {solver['message']!r}")
+    obj.solver_message_ = solver["message"]
+    at_bound = solver.get("at_bound")
+    if at_bound not in (None, "max_temperature", "min_temperature"):
+        raise _bad(source, f"solver.at_bound must be null, \"max_temperature\" or \"min_temperature\", got {at_bound!r}")
+    obj.at_bound_ = at_bound
     return obj
