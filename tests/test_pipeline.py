@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from refcal import pipeline
 from refcal.backends.base import ClozeResult
 from refcal.cli import main
 from refcal.data.base import Question
 from refcal.errors import InputError
+from refcal.run import RunConfig, protocol, run
+from refcal.run import evaluate as E
 
 
 class FakeBackend:
@@ -62,14 +63,14 @@ def fake_models(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("scoring", ["letter", "cloze"])
 def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
-    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(200))
-    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
-    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring=scoring,
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(200))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring=scoring,
                              templates=[1, 2] if scoring == "letter" else [1], progress=False)
     if scoring != "letter":  # templates change only letter prompts; several with cloze is refused
         with pytest.raises(InputError, match="letter scoring only"):
-            pipeline.RunConfig(dataset="toy", scoring=scoring, templates=[1, 2]).validate()
-    out = pipeline.run(cfg, tmp_path / "run", report=False)
+            RunConfig(dataset="toy", scoring=scoring, templates=[1, 2]).validate()
+    out = run(cfg, tmp_path / "run", report=False)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["has_labels"]
     assert set(doc["methods"]) == {"chat", "base", "daca", "naive", "ts"}
@@ -87,7 +88,7 @@ def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
     assert json.loads((out / "calibrator.json").read_text())["temperature"] == pytest.approx(3.0, rel=1e-8)
     # a second run is served from the cache: no backend call at all
     calls = {k: b.calls for k, b in fake_models.items()}
-    pipeline.run(cfg, tmp_path / "run2", report=False)
+    run(cfg, tmp_path / "run2", report=False)
     assert {k: b.calls for k, b in fake_models.items()} == calls
 
 
@@ -96,9 +97,9 @@ def test_run_per_subject(tmp_path, monkeypatch, fake_models):
         n = 12 if split == "validation" else 30
         return [q for s in ("algebra", "virology") for q in _questions(n, subject=s)]
 
-    monkeypatch.setattr(pipeline, "_load_questions", load)
-    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", progress=False)
-    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    monkeypatch.setattr(protocol, "load_questions", load)
+    cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", progress=False)
+    out = run(cfg, tmp_path / "run", report=False)
     doc = json.loads((out / "metrics.json").read_text())
     assert [f["group"] for f in doc["fits"]["daca"]] == ["algebra", "virology"]
     assert "per-subject" in doc["protocol"]
@@ -106,10 +107,10 @@ def test_run_per_subject(tmp_path, monkeypatch, fake_models):
 
 
 def test_run_without_labels(tmp_path, monkeypatch, fake_models):
-    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(100, labelled=False))
-    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
-    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False)
-    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(100, labelled=False))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False)
+    out = run(cfg, tmp_path / "run", report=False)
     doc = json.loads((out / "metrics.json").read_text())
     assert not doc["has_labels"] and "ts" not in doc["methods"]
     assert "ece" not in doc["methods"]["daca"] and "mean_confidence" in doc["methods"]["daca"]
@@ -118,8 +119,8 @@ def test_run_without_labels(tmp_path, monkeypatch, fake_models):
 
 
 def test_existing_run_folder_is_kept(tmp_path, monkeypatch, fake_models, capsys):
-    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(50))
-    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(50))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
     rc = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", "toy", "--no-report",
@@ -165,20 +166,20 @@ class InterruptingBackend(FakeBackend):
 
 def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(120))
-    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
-    cfg = pipeline.RunConfig(base="b", chat="c", dataset="toy", scoring="cloze", progress=False)
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(120))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    cfg = RunConfig(base="b", chat="c", dataset="toy", scoring="cloze", progress=False)
     # reference: an uninterrupted run in its own cache
     ref_backends = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: ref_backends[spec])
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "ref-cache"))
-    ref = json.loads((pipeline.run(cfg, tmp_path / "ref", report=False) / "metrics.json").read_text())
+    ref = json.loads((run(cfg, tmp_path / "ref", report=False) / "metrics.json").read_text())
 
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     first = {"b": FakeBackend("base", 1.0), "c": InterruptingBackend("chat", 3.0, budget=50)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: first[spec])
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(cfg, tmp_path / "run", report=False)
+        run(cfg, tmp_path / "run", report=False)
     assert not (tmp_path / "run").exists()  # no half-written run folder
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
     done_chat = first["c"].calls
@@ -186,7 +187,7 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
 
     second = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: second[spec])
-    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run", report=False)
     assert second["b"].calls == 0  # the base model finished before the interruption
     assert second["c"].calls == 120 - done_chat  # only what was missing
     doc = json.loads((out / "metrics.json").read_text())
@@ -211,8 +212,8 @@ def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     backends = {"b": BiasedBackend("base", 0), "c": BiasedBackend("chat", 1)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: backends[spec])
-    monkeypatch.setattr(pipeline, "_load_questions", lambda cfg, split: _questions(80))
-    monkeypatch.setattr(pipeline, "_default_split", lambda name: "test")
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(80))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     rc = main(["run", "--base", "b", "--chat", "c", "--dataset", "toy", "--scoring", "letter", "--no-progress",
                "-o", str(tmp_path / "run")])
     out = capsys.readouterr().out
@@ -229,19 +230,19 @@ def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
 
 
 def test_calibration_split_must_differ_from_evaluation_split(tmp_path, fake_models):
-    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="validation", progress=False)
+    cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="validation", progress=False)
     with pytest.raises(InputError, match="fitted on"):
-        pipeline.run(cfg, tmp_path / "run", report=False)
+        run(cfg, tmp_path / "run", report=False)
 
 
 def test_nll_survives_exp_underflow_and_aggregation_keeps_inf():
     lp = {"chat": np.log(np.array([[0.5, 0.5], [0.9, 0.1]]))}
     lp["sharp"] = np.array([[0.0, -800.0], [0.0, -900.0]])  # exp(-800) underflows to 0
-    res = pipeline._evaluate(lp, np.array([1, 0]), 10)
+    res = E._unit_metrics(lp, np.array([1, 0]), 10)
     assert res["sharp"]["nll"] == pytest.approx(400.0)
-    agg = pipeline._aggregate([{"m": {"nll": 1.0, "auroc": float("nan")}}, {"m": {"nll": float("inf"), "auroc": 0.5}}])
-    assert agg["m"]["nll"]["mean"] == float("inf")
-    assert agg["m"]["auroc"]["mean"] == 0.5 and agg["m"]["auroc"]["n_undefined"] == 1
+    agg = E.aggregate([{"m": {"nll": 1.0, "auroc": float("nan")}}, {"m": {"nll": float("inf"), "auroc": 0.5}}])
+    assert agg["m"]["nll"].mean == float("inf")
+    assert agg["m"]["auroc"].mean == 0.5 and agg["m"]["auroc"].n_undefined == 1
 
 
 def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
@@ -255,11 +256,11 @@ def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
         return [Question(id=f"dev-{subject}-{i}", question=f"example {i} #0", choices=("a", "b", "c", "d"),
                          label=0, subject=subject) for i in range(k)]
 
-    monkeypatch.setattr(pipeline, "_load_questions", load)
+    monkeypatch.setattr(protocol, "load_questions", load)
     monkeypatch.setattr("refcal.data.fewshot_examples", shots)
-    cfg = pipeline.RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", fewshot=3,
+    cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", fewshot=3,
                              scoring="letter", progress=False)
-    out = pipeline.run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run", report=False)
     assert sorted(set(asked)) == ["algebra", "virology"]
     from refcal.scores import load_scores
 

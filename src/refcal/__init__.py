@@ -23,7 +23,7 @@ _LAZY = {
     "load_dataset": "data", "list_datasets": "data",
     "make_synthetic": "synthetic",
 }
-_SUBMODULES = ("metrics", "plots", "report", "pipeline", "scoring", "prompts", "backends", "data", "calibrate")
+_SUBMODULES = ("metrics", "plots", "report", "run", "scoring", "prompts", "backends", "data", "calibrate")
 
 __all__ = sorted([*_LAZY, "metrics", "__version__"])
 

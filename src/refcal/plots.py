@@ -28,14 +28,15 @@ __all__ = [
     "plot_selective_accuracy", "plot_risk_coverage", "plot_group_values", "save_figure", "method_color",
 ]
 
-_COLORS = {"chat": "#d62728", "base": "#2ca02c", "daca": "#1f77b4", "naive": "#ff7f0e", "ts": "#9467bd"}
-_CYCLE = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _FS = 9  # base font size, set per artist
 
 
 def method_color(name: str, index: int = 0) -> str:
-    """Fixed colour per method (chat red, base green, DACA blue, naive orange, TS purple)."""
-    return _COLORS.get(name, _CYCLE[index % len(_CYCLE)])
+    """The method's colour from the registry (:mod:`refcal.calibrate.methods`: chat red, base green, DACA
+    blue, naive orange, TS purple, ...); a method it does not know gets a colour from a fixed cycle."""
+    from .calibrate.methods import method_color as registry_color
+
+    return registry_color(name, index)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -14,23 +14,23 @@ import html
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._io import atomic_write_text
-from .errors import InputError, ScoreFileError
+from .calibrate.methods import METHODS, ordered_keys
+from .errors import ScoreFileError
+from .run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
 
-__all__ = ["write_report", "METHOD_ORDER"]
+__all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("chat", "base", "naive", "daca", "ts")
-_LABELS = {"chat": "chat model (vanilla)", "base": "base model", "naive": "naive alignment", "daca": "DACA",
-           "ts": "temperature scaling (labelled oracle)"}
 #: (key, header, scale, decimals, lower is better)
 _COLUMNS = [
     ("ece", "ECE %", 100, 3, True), ("mce", "MCE %", 100, 3, True), ("aece", "AECE %", 100, 3, True),
@@ -68,20 +68,11 @@ def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
     return str(v)
 
 
-def _entry(e: Any) -> tuple[float | None, float | None, int]:
-    """``{"mean", "std", "values"}`` or a plain number -> (mean, std, number of values)."""
-    if isinstance(e, Mapping):
-        mean, std = e.get("mean"), e.get("std")
-        n = len(e.get("values") or []) or 1
-        return (None if mean is None else float(mean)), (None if std is None else float(std)), n
-    if isinstance(e, (int, float)) and not isinstance(e, bool):
-        return float(e), None, 1
-    return None, None, 0
-
-
-def _comparison(methods: Mapping[str, Any], labels: Mapping[str, str], has_labels: bool) -> _Table:
-    """Methods × metrics, mean ± std over templates/splits; best mean per column in bold (base excluded)."""
-    order = [m for m in METHOD_ORDER if m in methods] + sorted(m for m in methods if m not in METHOD_ORDER)
+def _comparison(result: RunResult, names: Mapping[str, str]) -> _Table:
+    """Methods × metrics, mean ± std over templates/splits; best mean per column in bold (base excluded).
+    A method that could not apply to the run is listed with its reason."""
+    methods, has_labels = result.methods, result.has_labels
+    order = ordered_keys(methods)
     if has_labels:
         cols = [c for c in _COLUMNS if any(c[0] in methods[m] for m in order)]
     else:
@@ -89,12 +80,13 @@ def _comparison(methods: Mapping[str, Any], labels: Mapping[str, str], has_label
         cols = [(k, k.replace("_", " "), 1, 4, True) for k in keys]
     rows, bold, means = [], set(), {}
     for r, m in enumerate(order):
-        row = [labels.get(m, m)]
+        row = [names.get(m, m)]
         for c, (key, _, scale, nd, _) in enumerate(cols, 1):
-            mean, std, n = _entry(methods[m].get(key))
+            e: MetricSummary | None = methods[m].get(key)
+            mean = None if e is None or np.isnan(e.mean) else e.mean
             cell = _fmt(mean, scale, nd)
-            if mean is not None and std is not None and n > 1 and np.isfinite(mean):
-                cell += f" ± {_fmt(std, scale, nd)}"
+            if e is not None and mean is not None and len(e.values) > 1 and np.isfinite(mean):
+                cell += f" ± {_fmt(e.std, scale, nd)}"
             row.append(cell)
             if mean is not None and np.isfinite(mean):
                 means[(r, c)] = round(mean * scale, nd)  # compare what is shown: ties in print tie here
@@ -105,6 +97,8 @@ def _comparison(methods: Mapping[str, Any], labels: Mapping[str, str], has_label
             if cand:
                 best = min(cand.values()) if lower else max(cand.values())
                 bold |= {(r, c) for r, v in cand.items() if v == best}
+    for m in ordered_keys(set(result.unavailable) - set(methods)):
+        rows.append([names.get(m, m)] + [f"not applicable: {result.unavailable[m]}"] + [""] * (len(cols) - 1))
     return _Table(["method"] + [c[1] for c in cols], rows, bold)
 
 
@@ -125,53 +119,6 @@ def _kv_table(d: Mapping[str, Any], collapsed: str | None = None) -> _Table:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
-    if not path.exists():
-        if required:
-            raise InputError(f"{path}: not found; pass a run folder written by `refcal run`")
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot be read as JSON ({e}); re-create the run with `refcal run`") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object; re-create the run with `refcal run`")
-    return data
-
-
-def _check_doc(doc: Mapping[str, Any], config: Any, path: Path) -> None:
-    """Refuse a metrics.json whose known keys have the wrong JSON type, before anything is written."""
-
-    def bad(what: str) -> InputError:
-        return InputError(f"{path}: {what}; re-create the run with `refcal run`")
-
-    def is_num(v: Any) -> bool:
-        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-    for key in ("methods", "fits", "diagnostics", "method_labels", "config"):
-        if doc.get(key) is not None and not isinstance(doc[key], dict):
-            raise bad(f"{key!r} must be a JSON object, got {type(doc[key]).__name__}")
-    for m, entry in (doc.get("methods") or {}).items():
-        if not isinstance(entry, dict):
-            raise bad(f"methods[{m!r}] must be an object of metrics, got {type(entry).__name__}")
-        for name, v in entry.items():
-            stats = [v.get("mean"), v.get("std")] if isinstance(v, dict) else [v]
-            if not all(is_num(x) for x in stats):
-                raise bad(f"methods[{m!r}][{name!r}] must be a number or {{\"mean\", \"std\"}} numbers")
-    for m, recs in (doc.get("fits") or {}).items():
-        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
-            raise bad(f"fits[{m!r}] must be a list of objects")
-    diag = doc.get("diagnostics") or {}
-    for sub in ("agree", "disagree"):
-        if diag.get(sub) is not None and not isinstance(diag[sub], dict):
-            raise bad(f"diagnostics[{sub!r}] must be a JSON object")
-    if not isinstance(config, dict):
-        raise bad(f"the configuration must be a JSON object, got {type(config).__name__}")
-    n_bins = config.get("n_bins")
-    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1):
-        raise bad(f"config n_bins must be a positive integer, got {n_bins!r}")
-
-
 def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{method: (probs (n, k), labels (n,))}`` from ``predictions/*.parquet`` (log-probabilities)."""
     from ._math import softmax
@@ -181,7 +128,7 @@ def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     found = {f.stem: f for f in files}
     out = {}
-    for m in [m for m in METHOD_ORDER if m in found] + sorted(set(found) - set(METHOD_ORDER)):
+    for m in ordered_keys(found):
         try:
             s = load_scores(found[m])
         except ScoreFileError as e:
@@ -193,7 +140,7 @@ def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 # ---------------------------------------------------------------------------------------------- plots
-def _plots(preds, labels_ok: bool, fits: Mapping[str, Any], names: Mapping[str, str], n_bins: int,
+def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], n_bins: int,
            plot_dir: Path) -> tuple[list[_Image], dict[str, Path]]:
     from . import metrics
     from . import plots as P
@@ -218,16 +165,18 @@ def _plots(preds, labels_ok: bool, fits: Mapping[str, Any], names: Mapping[str, 
              "hatched band is the gap to the bin's mean confidence, numbers are questions per bin.")
         fig = P.new_figure(11.0, 4.0)
         a1, a2 = fig.subplots(1, 2)
-        P.plot_selective_accuracy({m: metrics.selective_accuracy(p, y) for m, (p, y) in preds.items()}, ax=a1,
-                                  labels=names, title="Selective accuracy")
+        # the curves run computed (metrics.json), recomputed only for a method it did not store
+        curves = {m: result.selective.get(m) or metrics.selective_accuracy(p, y) for m, (p, y) in preds.items()}
+        P.plot_selective_accuracy(curves, ax=a1, labels=names, title="Selective accuracy")
         P.plot_risk_coverage({m: metrics.risk_coverage(p, y) for m, (p, y) in preds.items()}, ax=a2,
                              labels=names, title="Risk–coverage")
         save(fig, "selective", "Left: accuracy on the questions whose confidence reaches the threshold "
              "(solid) and the fraction kept (dotted). Right: error rate against coverage (lower is better).")
-    groups = {m: P.group_values(fits.get(m) or []) for m in ("daca", "naive", "ts")}
-    if len(groups["daca"].groups) > 1:
-        others = {m: groups[m] for m in ("naive", "ts") if groups[m].groups}
-        ax = P.plot_group_values(groups["daca"], markers=others, labels=names, label=names.get("daca", "DACA"),
+    groups = {m: P.group_values([asdict(r) for r in recs]) for m, recs in result.fits.items()}
+    main = groups.get("daca")
+    if main is not None and len(main.groups) > 1:
+        others = {m: g for m, g in groups.items() if m != "daca" and g.groups}
+        ax = P.plot_group_values(main, markers=others, labels=names, label=names.get("daca", "DACA"),
                                  title="Fitted temperature per group")
         save(ax.figure, "temperatures", "Temperature fitted per group (subject or split; averaged over templates), "
              "sorted by the DACA value (bars; n = agreeing questions its fit used); markers: the other "
@@ -236,17 +185,16 @@ def _plots(preds, labels_ok: bool, fits: Mapping[str, Any], names: Mapping[str, 
 
 
 # ---------------------------------------------------------------------------------------------- document
-def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[str, Any] | None,
-              preds: Mapping[str, Any], images: list[_Image]) -> list[Any]:
-    has_labels = bool(doc.get("has_labels"))
-    names = {**_LABELS, **(doc.get("method_labels") or {})}
+def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] | None,
+              preds: Mapping[str, Any], images: list[_Image], names: Mapping[str, str]) -> list[Any]:
+    has_labels = res.has_labels
     img = {i.stem: i for i in images}
     out: list[Any] = [("h1", "refcal calibration report")]
     ds, chat, base = config.get("dataset"), config.get("chat"), config.get("base")
     summary = [f"chat model: {chat}" if chat else None, f"base model: {base}" if base else None,
-               f"data set: {ds}" if ds else None, f"questions: {doc.get('n_questions', 'n/a')}",
-               f"evaluated: {doc.get('n_eval', 'n/a')}", f"protocol: {doc.get('protocol') or 'n/a'}",
-               f"refcal {doc.get('refcal_version', '?')}"]
+               f"data set: {ds}" if ds else None, f"questions: {_fmt(res.n_questions)}",
+               f"evaluated: {_fmt(res.n_eval)}", f"protocol: {res.protocol or 'n/a'}",
+               f"refcal {res.refcal_version}"]
     out.append(("p", " · ".join(s for s in summary if s)))
     if not has_labels:
         out.append(("note", "This run has no labels. The metrics that need labels — " + _LABEL_METRICS + " — "
@@ -254,19 +202,18 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
                     "calibrator, the agreement diagnostics and the confidence distributions."))
 
     out.append(("h2", "Comparison of methods"))
-    methods = doc.get("methods") or {}
-    if methods:
-        out.append(_comparison(methods, names, has_labels))
+    if res.methods or res.unavailable:
+        out.append(_comparison(res, names))
         out.append(("p", ("Mean ± standard deviation over prompt templates / splits / subjects "
-                          f"({doc.get('n_units', 'n/a')} units). ECE, MCE and AECE in percent; bold marks the best "
+                          f"({_fmt(res.n_units)} units). ECE, MCE and AECE in percent; bold marks the best "
                           "value among the chat-model calibrations (the base model is another model and is not "
                           "ranked). The oracle uses labels; DACA and naive alignment do not.")
                    if has_labels else "Label-free quantities only (mean over units)."))
     else:
         out.append(("p", "metrics.json holds no per-method results."))
 
-    if has_labels and isinstance(doc.get("bootstrap"), Mapping):
-        out += _bootstrap_section(doc["bootstrap"], names)
+    if has_labels and res.bootstrap is not None:
+        out += _bootstrap_section(res.bootstrap, names)
 
     out.append(("h2", "Confidence distributions"))
     out.append(img["confidence_histogram"] if "confidence_histogram" in img
@@ -281,12 +228,12 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
         out.append(("p", "Plots use the evaluation questions of the first split and template "
                     f"({len(next(iter(preds.values()))[0])} questions); the table averages over all units."))
     out.append(("h2", "Agreement diagnostics: can the label-free fit be trusted?"))
-    out += _diagnostics(doc.get("diagnostics") or {}, doc.get("fits") or {}, has_labels)
+    out += _diagnostics(res.diagnostics, res.fits, has_labels)
     if "temperatures" in img:
         out.append(img["temperatures"])
 
-    if doc.get("api_stats"):
-        out += _api_section(doc["api_stats"])
+    if res.api_stats:
+        out += _api_section(res.api_stats)
 
     out.append(("h2", "Fitted calibrator (calibrator.json)"))
     if cal:
@@ -296,10 +243,10 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
         if cal.get("inputs"):
             out.append(_kv_table(cal["inputs"], collapsed="inputs the calibrator was fitted on"))
     else:
-        why = (doc.get("calibrator") or {}).get("error") if isinstance(doc.get("calibrator"), Mapping) else None
+        why = res.calibrator.error if res.calibrator is not None else None
         out.append(("note", f"No deployable calibrator: {why}") if why
                    else ("p", "No calibrator.json in this run folder."))
-    fallbacks = {m: n for m, n in (doc.get("fallbacks") or {}).items() if isinstance(n, int) and n}
+    fallbacks = {m: n for m, n in res.fallbacks.items() if n}
     if fallbacks:
         out.append(("note", "Some units could not be fitted and were evaluated uncalibrated (temperature 1): "
                     + ", ".join(f"{names.get(m, m)}: {n}" for m, n in fallbacks.items())
@@ -310,24 +257,20 @@ def _document(doc: Mapping[str, Any], config: Mapping[str, Any], cal: Mapping[st
     return out
 
 
-def _bootstrap_section(boot: Mapping[str, Any], names: Mapping[str, str]) -> list[Any]:
+def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:
     """Sampling uncertainty of the headline metrics on the plotted questions."""
     rows = []
-    for m, d in (boot.get("methods") or {}).items():
-        if not isinstance(d, Mapping):
-            continue
+    for m in ordered_keys(boot.methods):
         cells = [names.get(m, m)]
         for key, scale in (("ece", 100), ("brier", 1), ("nll", 1)):
-            e = d.get(key) if isinstance(d.get(key), Mapping) else {}
-            est, lo, hi = e.get("estimate"), e.get("low"), e.get("high")
-            cells.append(f"{_fmt(est, scale, 3)} [{_fmt(lo, scale, 3)}, {_fmt(hi, scale, 3)}]"
-                         if est is not None else "n/a")
+            ci = boot.methods[m].get(key)
+            cells.append(f"{_fmt(ci.estimate, scale, 3)} [{_fmt(ci.low, scale, 3)}, {_fmt(ci.high, scale, 3)}]"
+                         if ci is not None else "n/a")
         rows.append(cells)
-    level = boot.get("level", 0.95)
     return [
         _Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
-               collapsed=f"{100 * float(level):.0f} % bootstrap intervals ({boot.get('n_boot', '?')} resamples of "
-                         f"the {boot.get('n', '?')} plotted questions)"),
+               collapsed=f"{100 * boot.level:.0f} % bootstrap intervals ({boot.n_boot} resamples of "
+                         f"the {boot.n} plotted questions)"),
     ]
 
 
@@ -355,27 +298,28 @@ def _api_section(stats: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-def _diagnostics(d: Mapping[str, Any], fits: Mapping[str, Any], has_labels: bool) -> list[Any]:
-    if not d:
+def _diagnostics(d: Diagnostics | None, fits: Mapping[str, list[FitRecord]], has_labels: bool) -> list[Any]:
+    if d is None:
         return [("p", "metrics.json holds no agreement diagnostics.")]
-    rate = d.get("agreement_rate")
-    out: list[Any] = [("p", f"The two models pick the same answer on {d.get('n_agree', 'n/a')} of "
-                       f"{d.get('n', 'n/a')} questions (agreement rate {_fmt(rate, 1, 3)}). DACA fits only on "
+    out: list[Any] = [("p", f"The two models pick the same answer on {_fmt(d.n_agree)} of "
+                       f"{_fmt(d.n)} questions (agreement rate {_fmt(d.agreement_rate, 1, 3)}). DACA fits only on "
                        "these agreeing questions.")]
-    n_agree = d.get("n_agree")
+    n_agree = d.n_agree
     if isinstance(n_agree, (int, float)) and n_agree < 30:
         out.append(("note", f"Only {n_agree} agreeing questions: the fitted calibrator is noisy; score more "
                     "questions before trusting it."))
     keys = ["n"] + [f"{m}_{s}" for m in ("chat", "base") for s in (("accuracy", "confidence") if has_labels
                                                                     else ("confidence",))]
-    rows = [[name] + [_fmt((d.get(name) or {}).get(k), 1, 4) for k in keys] for name in ("agree", "disagree")]
+    rows = [[name] + [_fmt(sub.get(k), 1, 4) for k in keys] for name, sub in (("agree", d.agree),
+                                                                               ("disagree", d.disagree))]
     out.append(_Table(["subset"] + [k.replace("_", " ") for k in keys], rows))
     if has_labels:
         out.append(("p", "A trustworthy fit shows the base model's confidence close to its accuracy on the "
                     "agreeing questions, and the chat model over-confident there."))
-    for m, recs in fits.items():
-        if not recs:
+    for m, fit_recs in fits.items():
+        if not fit_recs:
             continue
+        recs = [{k: v for k, v in asdict(r).items() if v is not None} for r in fit_recs]
         cols = [c for c in ("template", "group", "temperature", "n_agree", "agreement_rate", "n", "n_iter",
                             "converged") if any(c in r for r in recs)]
         counts = ("n_agree", "n", "n_iter")  # may arrive as floats (199.0): shown as integers
@@ -429,8 +373,16 @@ def _html(blocks: list[Any], plot_dir: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+_MD_LINE_START = re.compile(r"^(\s*(?:\d+)?)([#>]|[-+=](?=\s|$)|(?<=\d)[.)](?=\s|$))")
+
+
 def _md_cell(s: str) -> str:
-    return html.escape(s, quote=False).replace("|", "\\|").replace("\n", " ")
+    """Text as inert Markdown: every character Markdown could read as inline markup (links, images,
+    emphasis, code, HTML, table pipes) is backslash-escaped, as is a block marker (heading, quote, list)
+    at its start; ``&`` becomes an entity and newlines become spaces."""
+    text = _MD_SPECIAL.sub(r"\\\1", str(s).replace("&", "&amp;")).replace("\n", " ").replace("\r", " ")
+    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
 
 
 def _markdown(blocks: list[Any]) -> str:
@@ -473,19 +425,18 @@ def write_report(run_dir: str | os.PathLike) -> dict[str, Path]:
     MissingDependencyError
         matplotlib is not installed (``pip install 'refcal[plots]'``).
     """
+    from .run.folder import load_config, load_result, read_json_object
+
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a folder; pass the output folder of `refcal run`")
-    doc = _read_json(run_dir / "metrics.json", required=True)
-    config = _read_json(run_dir / "config.json", required=False) or doc.get("config") or {}
-    _check_doc(doc, config, run_dir / "metrics.json")
-    cal = _read_json(run_dir / "calibrator.json", required=False)
+    res = load_result(run_dir)
+    config = load_config(run_dir, res)
+    cal = read_json_object(run_dir / "calibrator.json", required=False)
     preds = _predictions(run_dir)
-    labels_ok = bool(doc.get("has_labels")) and bool(preds) and all((y >= 0).all() for _, y in preds.values())
-    names = {**_LABELS, **(doc.get("method_labels") or {})}
-    n_bins = int((config or {}).get("n_bins") or 10)
-    images, files = _plots(preds, labels_ok, doc.get("fits") or {}, names, n_bins, run_dir / "plots")
-    blocks = _document(doc, config, cal, preds, images)
+    labels_ok = res.has_labels and bool(preds) and all((y >= 0).all() for _, y in preds.values())
+    names = {**{k: m.label for k, m in METHODS.items()}, **res.method_labels}
+    n_bins = int(config.get("n_bins") or 10)
+    images, files = _plots(preds, labels_ok, res, names, n_bins, run_dir / "plots")
+    blocks = _document(res, config, cal, preds, images, names)
     files["report.html"] = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir / "plots"))
     files["report.md"] = atomic_write_text(run_dir / "report.md", _markdown(blocks))
     log.info("wrote %s and %s", files["report.html"], files["report.md"])

@@ -1,0 +1,189 @@
+"""The method registry: every way of turning option logits into probabilities that a run compares.
+
+One :class:`Method` entry per method says how it is named (``key`` in ``metrics.json["methods"]``,
+``label`` in tables, ``color`` in plots), what it needs (labels of the calibration questions, the base
+model's logits), and how it is fitted and applied::
+
+    fitted = method.fit(base_logits, chat_logits, labels, scaling=...)   # None for fit-free methods
+    log_probs = method.apply(fitted, base_logits, chat_logits)          # (n, k) log-probabilities
+
+``run``, the report, the plots and the command line read :data:`METHODS`; adding a method is one entry.
+A method that cannot apply to a run says why through :meth:`Method.why_not`, and the run lists it with
+that reason instead of leaving it out silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._math import log_softmax
+from ..errors import InputError
+
+__all__ = ["Method", "MethodContext", "METHODS", "DEFAULT_METHODS", "get_method", "parse_methods",
+           "ordered_keys", "method_label", "method_color"]
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a run offers the methods: labels on the calibration questions, a base model's logits, and the
+    ``--scaling`` family chosen for the methods that follow it."""
+
+    has_labels: bool
+    has_base: bool = True
+    scaling: str = "temperature"
+
+
+#: ``fit(base_logits, chat_logits, labels, *, scaling) -> fitted calibrator`` (labels is None without labels)
+FitFn = Callable[..., Any]
+#: ``apply(fitted, base_logits, chat_logits) -> log-probabilities``
+ApplyFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One calibration method (or reference model) as a run compares it.
+
+    Attributes
+    ----------
+    key : str
+        Name in ``metrics.json["methods"]``, ``predictions/<key>.parquet`` and ``--methods``.
+    label : str
+        Human-readable name for tables and plot legends.
+    color : str
+        Plot colour (hex), fixed per method so every figure agrees.
+    needs_labels : bool
+        Fitting uses the labels of the calibration questions (a labelled oracle).
+    needs_base : bool
+        Fitting or applying uses the base model's logits.
+    fit : callable or None
+        ``fit(base, chat, labels, *, scaling)`` -> fitted object; ``None`` when nothing is fitted. May raise
+        :class:`~refcal.errors.FitError`; the run then evaluates that unit with the chat model unchanged.
+    apply : callable
+        ``apply(fitted, base, chat)`` -> (n, k) log-probabilities of the evaluation questions.
+    default : bool
+        Part of the default selection of ``refcal run``.
+    """
+
+    key: str
+    label: str
+    color: str
+    needs_labels: bool
+    needs_base: bool
+    fit: FitFn | None
+    apply: ApplyFn
+    default: bool = False
+
+    def why_not(self, ctx: MethodContext) -> str | None:
+        """The reason this method cannot apply to a run offering ``ctx``, or ``None`` when it can."""
+        if self.needs_labels and not ctx.has_labels:
+            return "needs labels, and some questions have none"
+        if self.needs_base and not ctx.has_base:
+            return "needs the base model's scores"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- fit / apply
+def _chat(_fitted: Any, base: np.ndarray, chat: np.ndarray) -> np.ndarray:
+    return log_softmax(chat)
+
+
+def _base(_fitted: Any, base: np.ndarray, chat: np.ndarray) -> np.ndarray:
+    return log_softmax(base)
+
+
+def _calibrated_chat(fitted: Any, base: np.ndarray, chat: np.ndarray) -> np.ndarray:
+    return fitted.predict_log_proba(chat)
+
+
+def _alignment(cls_name: str, fixed: str | None = None) -> FitFn:
+    """A label-free calibrator fitted on (base, chat); ``fixed`` pins its scaling family."""
+
+    def fit(base: np.ndarray, chat: np.ndarray, labels: np.ndarray | None, *, scaling: str = "temperature") -> Any:
+        from . import alignment
+
+        return getattr(alignment, cls_name)(scaling=fixed or scaling).fit(base, chat)
+
+    return fit
+
+
+_ORACLES = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "matrix": "MatrixScaling"}
+
+
+def _oracle(fixed: str | None = None) -> FitFn:
+    """A labelled calibrator fitted on (chat, labels); ``fixed`` pins its family, else ``--scaling``'s."""
+
+    def fit(base: np.ndarray, chat: np.ndarray, labels: np.ndarray | None, *, scaling: str = "temperature") -> Any:
+        from . import labelled
+
+        if labels is None:
+            raise InputError("a labelled oracle needs the labels of the calibration questions")
+        return getattr(labelled, _ORACLES[fixed or scaling])().fit(chat, labels)
+
+    return fit
+
+
+#: Every method, in table order. Default selection: chat, base, naive, daca, ts (the paper's comparison).
+METHODS: dict[str, Method] = {m.key: m for m in (
+    Method("chat", "chat model (vanilla)", "#d62728", False, False, None, _chat, default=True),
+    Method("base", "base model", "#2ca02c", False, True, None, _base, default=True),
+    Method("naive", "naive alignment", "#ff7f0e", False, True, _alignment("NaiveAlignment"), _calibrated_chat,
+           default=True),
+    Method("daca", "DACA", "#1f77b4", False, True, _alignment("DACA"), _calibrated_chat, default=True),
+    Method("ts", "temperature scaling (labelled oracle)", "#9467bd", True, False, _oracle(), _calibrated_chat,
+           default=True),
+    Method("daca_vector", "DACA (vector scaling)", "#17becf", False, True, _alignment("DACA", "vector"),
+           _calibrated_chat),
+    Method("daca_matrix", "DACA (matrix scaling)", "#8c564b", False, True, _alignment("DACA", "matrix"),
+           _calibrated_chat),
+    Method("vs", "vector scaling (labelled oracle)", "#e377c2", True, False, _oracle("vector"), _calibrated_chat),
+    Method("ms", "matrix scaling (labelled oracle)", "#7f7f7f", True, False, _oracle("matrix"), _calibrated_chat),
+)}
+
+DEFAULT_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if m.default)
+
+
+def get_method(key: str) -> Method:
+    """The registry entry of ``key``; :class:`~refcal.errors.InputError` naming the known keys otherwise."""
+    try:
+        return METHODS[key]
+    except KeyError:
+        raise InputError(f"unknown method {key!r}; choose from {', '.join(METHODS)} (or all)") from None
+
+
+def parse_methods(value: str | Iterable[str] | None) -> list[str]:
+    """``--methods``: ``None`` -> the defaults; ``"all"``; or a comma-separated list (kept in table order)."""
+    if value is None:
+        return list(DEFAULT_METHODS)
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    items = [v for v in items if v]
+    if items == ["all"]:
+        return list(METHODS)
+    if not items:
+        raise InputError(f"--methods is empty; choose from {', '.join(METHODS)} (or all)")
+    chosen = {get_method(v).key for v in items}
+    return [k for k in METHODS if k in chosen]
+
+
+def ordered_keys(keys: Iterable[str]) -> list[str]:
+    """``keys`` in registry (table) order, then any key the registry does not know, alphabetically."""
+    keys = set(keys)
+    return [k for k in METHODS if k in keys] + sorted(keys - set(METHODS))
+
+
+def method_label(key: str, labels: dict[str, str] | None = None) -> str:
+    """``labels[key]`` if given (a run's own labels), else the registry's label, else ``key`` itself."""
+    if labels and key in labels:
+        return labels[key]
+    return METHODS[key].label if key in METHODS else key
+
+
+_CYCLE: Sequence[str] = ("#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+
+
+def method_color(key: str, index: int = 0) -> str:
+    """The registry's colour of ``key``; a method it does not know gets a colour from a fixed cycle."""
+    return METHODS[key].color if key in METHODS else _CYCLE[index % len(_CYCLE)]

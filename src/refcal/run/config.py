@@ -1,0 +1,83 @@
+"""The configuration of a run (:class:`RunConfig`), its defaults and its validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..calibrate.methods import DEFAULT_METHODS, parse_methods
+from ..errors import InputError
+from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, is_api_model
+
+#: The embedded default: the packaged cross-family pair on a data set where both are above chance.
+DEFAULT_BASE = "gemma-3-270m"
+DEFAULT_CHAT = "smollm2-135m-instruct"
+DEFAULT_DATASET = "sciq"
+DEFAULT_LIMIT = 400
+SCALINGS: tuple[str, ...] = ("temperature", "vector", "matrix")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; written to ``config.json`` (and ``metrics.json["config"]``).
+
+    ``methods`` are keys of :data:`refcal.calibrate.methods.METHODS` (default: chat, base, naive, daca,
+    ts); ``limit`` ``None`` scores every question; ``cache_dir`` ``None`` uses the default score cache.
+    """
+
+    base: str = DEFAULT_BASE
+    chat: str = DEFAULT_CHAT
+    dataset: str = DEFAULT_DATASET
+    split: str | None = None
+    calib_split: str | None = None
+    subjects: list[str] | None = None
+    templates: list[int] = field(default_factory=lambda: [1])
+    scoring: str = "cloze"
+    chat_template: bool = False
+    fewshot: int = 0
+    limit: int | None = DEFAULT_LIMIT
+    n_splits: int = 5
+    calib_frac: float = 0.3
+    scaling: str = "temperature"
+    n_bins: int = 10
+    seed: int = 0
+    batch_size: int = 8
+    api_base: str | None = None
+    device: str | None = None
+    progress: bool = True
+    columns: dict[str, Any] = field(default_factory=dict)  # column mapping for user data files
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    dtype: str | None = None
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""
+        if not 0.0 < self.calib_frac < 1.0:
+            raise InputError(f"--calib-frac must be strictly between 0 and 1, got {self.calib_frac}")
+        if self.n_splits < 1:
+            raise InputError(f"--n-splits must be at least 1, got {self.n_splits}")
+        bad = [t for t in self.templates if t not in TEMPLATE_IDS]
+        if bad:
+            raise InputError(f"--template must be 1..5 or 'all', got {bad[0]}")
+        if self.scoring not in SCORINGS:
+            raise InputError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.scoring in CLOZE_SCORINGS and len(self.templates) > 1:
+            raise InputError("prompt templates apply to letter scoring only (cloze prompts have no instruction); "
+                             "use --scoring letter with --template all, or one template")
+        api = [m for m in (self.base, self.chat) if is_api_model(m)]
+        if api and self.scoring != "letter":
+            raise InputError(f"{api[0]} is an API model: APIs return next-token log-probabilities only, so use "
+                             "--scoring letter")
+        if api and self.dtype:
+            raise InputError("--dtype applies to local models, not openai:MODEL")
+        if self.limit is not None and self.limit < 2:
+            raise InputError(f"--limit must be at least 2 (or 0 for every question), got {self.limit}")
+        if self.scaling not in SCALINGS:
+            raise InputError(f"--scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self.methods = parse_methods(self.methods)
+
+
+__all__ = ["RunConfig", "DEFAULT_BASE", "DEFAULT_CHAT", "DEFAULT_DATASET", "DEFAULT_LIMIT", "SCALINGS", "DTYPES"]

@@ -1,0 +1,226 @@
+"""Fit every selected method of the registry on each unit, evaluate it, aggregate: a :class:`RunResult`.
+
+Metrics come from :mod:`refcal.metrics` on ``exp`` of each method's log-probabilities, except the NLL,
+taken from the log-probabilities themselves (``exp`` underflows below -745 and would make it infinite).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._math import log_softmax
+from ..calibrate.methods import METHODS, MethodContext
+from ..errors import FitError
+from .config import RunConfig
+from .protocol import Plan
+from .result import (
+    Bootstrap,
+    DeployedCalibrator,
+    Diagnostics,
+    FitRecord,
+    MetricSummary,
+    RunResult,
+)
+
+log = logging.getLogger(__name__)
+
+N_BOOT = 1000
+ALPHA = 0.05  # 95 % intervals
+
+
+class Unfitted:
+    """Stand-in when a fit is impossible on one unit (e.g. no agreeing question in a small subject): that
+    unit is evaluated with the chat model unchanged (τ = 1), and its fit record says so."""
+
+    temperature_ = 1.0
+    n_iter_ = 0
+    converged_ = False
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def predict_log_proba(self, chat: np.ndarray) -> np.ndarray:
+        return log_softmax(chat)
+
+
+@dataclass
+class Evaluation:
+    """The result, plus what the run folder stores beside ``metrics.json``.
+
+    ``predictions``: ``{method: (ids, log-probabilities (n, k), labels)}`` on the plotted questions;
+    ``calibrator``: the deployable DACA (``None`` when it could not be fitted) and the inputs it records.
+    """
+
+    result: RunResult
+    predictions: dict[str, tuple[list, np.ndarray, list[int | None]]] = field(default_factory=dict)
+    calibrator: Any = None
+    calibrator_inputs: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
+    """Fit, evaluate and aggregate every method of ``cfg.methods`` on the units of ``plan``."""
+    from dataclasses import asdict
+
+    from ..calibrate import DACA, agreement_diagnostics
+
+    ctx = MethodContext(has_labels=plan.has_labels, scaling=cfg.scaling)
+    selected = [METHODS[k] for k in cfg.methods]
+    unavailable = {m.key: why for m in selected if (why := m.why_not(ctx))}
+    usable = [m for m in selected if m.key not in unavailable]
+    for key, why in unavailable.items():
+        log.warning("%s is not evaluated: %s", METHODS[key].label, why)
+
+    per_unit: list[dict[str, dict[str, float]]] = []
+    fits: dict[str, list[FitRecord]] = {}
+    plotted: dict[str, list[np.ndarray]] = {}
+    plotted_ids: list = []
+    plotted_labels: list[int] = []
+    for unit in plan.units:
+        labels = unit.calib.labels if plan.has_labels else None
+        logp: dict[str, np.ndarray] = {}
+        for m in usable:
+            fitted = None
+            if m.fit is not None:
+                try:
+                    fitted = m.fit(unit.calib.base, unit.calib.chat, labels, scaling=cfg.scaling)
+                except FitError as e:
+                    log.warning("%s: %s; this unit is evaluated uncalibrated", m.label, e)
+                    fitted = Unfitted(str(e))
+                fits.setdefault(m.key, []).append(_fit_record(unit.template, unit.group, fitted))
+            logp[m.key] = m.apply(fitted, unit.test.base, unit.test.chat)
+        per_unit.append(_unit_metrics(logp, unit.test.labels if plan.has_labels else None, cfg.n_bins))
+        if unit.plotted:
+            for key, lp in logp.items():
+                plotted.setdefault(key, []).append(lp)
+            plotted_ids.extend(unit.test.ids)
+            plotted_labels.extend(unit.test.labels.tolist())
+
+    pool = plan.pool
+    inputs = {"base": cfg.base, "chat": cfg.chat, "dataset": cfg.dataset, "split": plan.pool_split,
+              "template": cfg.templates[0], "scoring": cfg.scoring, "n_questions": int(len(pool.ids))}
+    try:
+        deployed = DACA(scaling=cfg.scaling).fit(pool.base, pool.chat)
+    except FitError as e:
+        # the evaluation is still worth writing (its diagnostics show why); there is just nothing to deploy
+        log.warning("no deployable calibrator: %s", e)
+        deployed, calibrator = None, DeployedCalibrator(error=str(e))
+    else:
+        calibrator = DeployedCalibrator(temperature=float(getattr(deployed, "temperature_", float("nan"))),
+                                        n_agree=int(deployed.n_agree_),
+                                        agreement_rate=float(deployed.agreement_rate_))
+    pool_labels = pool.labels if bool((pool.labels >= 0).all()) else None
+    diag = agreement_diagnostics(pool.base, pool.chat, pool_labels)
+
+    result = RunResult(
+        refcal_version=__version__,
+        config=asdict(cfg),
+        has_labels=plan.has_labels,
+        n_questions=n_questions,
+        n_eval=len(plotted_ids),
+        n_units=len(per_unit),
+        protocol=plan.description,
+        methods=aggregate(per_unit),
+        method_labels={k: METHODS[k].label for k in cfg.methods},
+        unavailable=unavailable,
+        diagnostics=Diagnostics(**diag),
+        fits=fits,
+        calibrator=calibrator,
+        fallbacks={m: sum(r.error is not None for r in recs) for m, recs in fits.items()},
+    )
+    preds = {m: pad_concat(parts) for m, parts in plotted.items()}
+    if plan.has_labels and preds:
+        y = np.asarray(plotted_labels)
+        result.selective = selective(preds, y)
+        result.bootstrap = bootstrap(preds, y, n_bins=cfg.n_bins, seed=cfg.seed)
+    labels_out = [int(v) if v >= 0 else None for v in plotted_labels]
+    predictions = {m: (list(plotted_ids), lp, labels_out) for m, lp in preds.items()}
+    return Evaluation(result, predictions, deployed, inputs)
+
+
+def _fit_record(template: int, group: str, cal: Any) -> FitRecord:
+    rec = FitRecord(group=group, template=template, n_iter=int(getattr(cal, "n_iter_", 0)),
+                    converged=bool(getattr(cal, "converged_", True)))
+    if isinstance(cal, Unfitted):
+        rec.error, rec.fallback = cal.error, "uncalibrated (temperature 1)"
+    if hasattr(cal, "temperature_"):
+        rec.temperature = float(cal.temperature_)
+    for attr in ("n_agree_", "agreement_rate_", "n_"):
+        if hasattr(cal, attr):
+            setattr(rec, attr.rstrip("_"), float(getattr(cal, attr)))
+    return rec
+
+
+def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins: int) -> dict[str, dict[str, float]]:
+    """Every metric of every method on one unit's evaluation questions."""
+    from .. import metrics
+
+    res: dict[str, dict[str, float]] = {}
+    for name, lp in logp.items():
+        p = np.exp(lp)
+        row = {"mean_confidence": float(p.max(axis=1).mean())}
+        if labels is not None:
+            row.update(metrics.evaluate(p, labels, n_bins=n_bins))
+            row["nll"] = metrics.nll_from_log_proba(lp, labels)
+        res[name] = row
+    return res
+
+
+def aggregate(per_unit: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, MetricSummary]]:
+    """Mean ± std of each metric over units. NaN marks an undefined value (e.g. AUROC when every answer of
+    a unit is right): left out and counted; an infinite value is real and makes the mean infinite."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for unit in per_unit:
+        for method, row in unit.items():
+            for key, v in row.items():
+                values.setdefault(method, {}).setdefault(key, []).append(float(v))
+    out: dict[str, dict[str, MetricSummary]] = {}
+    for method, rows in values.items():
+        for key, vals_list in rows.items():
+            vals = np.asarray(vals_list, dtype=float)
+            kept = vals[~np.isnan(vals)]
+            spread = kept.size > 1 and bool(np.isfinite(kept).all())
+            out.setdefault(method, {})[key] = MetricSummary(
+                mean=float(kept.mean()) if kept.size else float("nan"),
+                std=float(kept.std(ddof=1)) if spread else float("nan"),
+                values=vals_list, n_undefined=int(vals.size - kept.size))
+    return out
+
+
+def selective(preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    """Selective-accuracy curves of every method on the plotted questions."""
+    from .. import metrics
+
+    return {m: metrics.selective_accuracy(np.exp(lp), labels) for m, lp in preds.items()}
+
+
+def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, seed: int) -> Bootstrap:
+    """95 % percentile-bootstrap intervals of ECE, Brier and NLL (1000 resamples of the plotted questions;
+    the same resamples for every metric and method). The NLL comes from the log-probabilities, as in the
+    table, so its interval is finite whenever the NLL is."""
+    from .. import metrics
+
+    out = Bootstrap(n_boot=N_BOOT, level=0.95, n=int(len(labels)))
+    alpha = ALPHA
+    for m, lp in preds.items():
+        p = np.exp(lp)
+        out.methods[m] = {
+            "ece": metrics.bootstrap_ci(lambda q, y: metrics.ece(q, y, n_bins=n_bins), p, labels,
+                                        n_boot=N_BOOT, alpha=alpha, seed=seed),
+            "brier": metrics.bootstrap_ci(metrics.brier, p, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
+            "nll": metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
+        }
+    return out
+
+
+def pad_concat(parts: list[np.ndarray]) -> np.ndarray:
+    """Stack (n_i, k_i) log-probabilities, padding narrower ones with -inf (a missing option)."""
+    k = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, k - p.shape[1])), constant_values=-np.inf) for p in parts])
+
+
+__all__ = ["Evaluation", "Unfitted", "evaluate", "aggregate", "selective", "bootstrap", "pad_concat"]

@@ -1,0 +1,108 @@
+"""``refcal run`` end to end: load the questions, score both models (cached, resumable), evaluate every
+selected method, write the run folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..options import is_api_model
+from ..scores import ScoreSet
+from . import protocol
+from .config import RunConfig
+from .evaluate import evaluate
+from .folder import write_run_folder
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, report: bool = True) -> Path:
+    """Run the whole job and write the run folder ``out_dir`` (atomically: built aside, then renamed).
+
+    Returns the run folder; its ``metrics.json`` is read back with :func:`refcal.run.load_result`.
+    """
+    from ..backends import load_backend
+
+    cfg.validate()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # before any slow work
+        from ..errors import InputError
+
+        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
+    test_split, calib_split = protocol.splits(cfg)
+    splits = [test_split] + ([calib_split] if calib_split else [])
+    questions = {s: protocol.load_questions(cfg, s) for s in splits}
+    t0 = time.perf_counter()
+
+    # one model at a time, so only one is in memory
+    scores: dict[tuple[str, int, str | None], ScoreSet] = {}
+    api_stats: dict[str, Any] = {}
+    for role, spec in (("base", cfg.base), ("chat", cfg.chat)):
+        log.info("loading %s model %s", role, spec)
+        kwargs: dict[str, Any] = {}
+        if not is_api_model(spec):
+            kwargs["batch_size"] = cfg.batch_size
+            if cfg.device:
+                kwargs["device"] = cfg.device
+            if cfg.dtype:
+                kwargs["dtype"] = cfg.dtype
+        backend = load_backend(spec, api_base=cfg.api_base, **kwargs)
+        for t in cfg.templates:
+            for s in splits:
+                scores[(role, t, s)] = _score(backend, questions[s], cfg, t, s, role)
+        stats = getattr(backend, "stats", None)
+        if stats is not None:
+            api_stats[role] = dict(stats) if isinstance(stats, dict) else asdict(stats)
+            api_stats[role].update(_floor_counts([sc for (r, _, _), sc in scores.items() if r == role]))
+        del backend
+    score_seconds = time.perf_counter() - t0
+
+    plan = protocol.plan(cfg, scores, test_split, calib_split)
+    n_questions = int(sum(len(scores[("chat", cfg.templates[0], s)]) for s in {test_split, calib_split} if s))
+    evaluation = evaluate(cfg, plan, n_questions=n_questions)
+    evaluation.result.timing = {"scoring_seconds": round(score_seconds, 2)}
+    evaluation.result.api_stats = api_stats
+    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report)
+
+
+def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str | None, role: str) -> ScoreSet:
+    from ..scoring import score_questions
+
+    fewshot: Any = ()
+    if cfg.fewshot:
+        from ..data import fewshot_examples
+
+        subjects = sorted({q.subject for q in questions if q.subject})
+        if subjects:  # one shared few-shot prefix per subject (MMLU: from its dev split)
+            fewshot = {s: fewshot_examples(cfg.dataset, subject=s, k=cfg.fewshot) for s in subjects}
+        else:
+            fewshot = fewshot_examples(cfg.dataset, k=cfg.fewshot)
+    meta = {"role": role, "dataset": cfg.dataset, "split": split}
+    return score_questions(
+        backend, questions, scoring=cfg.scoring, template=template, chat=cfg.chat_template,
+        fewshot=fewshot, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, progress=cfg.progress, meta=meta,
+    )
+
+
+def _floor_counts(sets: list[ScoreSet]) -> dict[str, int]:
+    """Floored letters over every scored question, cached ones included (the backend's own counters
+    cover only the requests it sent in this process)."""
+    n_letters = n_floored = n_rows = 0
+    for sc in sets:
+        if "n_floored" not in sc.columns:
+            continue
+        f = np.asarray(sc.columns["n_floored"], dtype=np.int64)
+        n_letters += int(sc.n_options.sum())
+        n_floored += int(f.sum())
+        n_rows += int((f > 0).sum())
+    return {"n_letters": n_letters, "n_floored_letters": n_floored, "n_requests_with_floor": n_rows,
+            "n_scored_questions": int(sum(len(sc) for sc in sets))}
+
+
+__all__ = ["run"]
