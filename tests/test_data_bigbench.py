@@ -18,6 +18,7 @@ TQA = {"examples": [
     {"input": "Do fish fly?", "target_scores": {"Mostly not.": 1, "Yes.": 0}},
 ]}
 MQA = {"examples": [{"input": "1 + 1 = ?", "target_scores": {"1": 0, "2": 1, "3": 0, "4": 0, "5": 0}}]}
+TQG = {"examples": [{"Question": "Is the sky green?", "True answers": ["No"], "False answers": ["Yes"]}]}
 
 
 def _fake_sdist(path, files):
@@ -51,6 +52,7 @@ def test_missing_files_tell_the_setup_command(data_home):
 def test_fetch_from_sdist_then_noop_and_load(tmp_path, data_home):
     sdist = _fake_sdist(tmp_path / "bb.tar.gz", {
         "truthful_qa/task_mc.json": TQA, "elementary_math_qa/question_only/task.json": MQA,
+        "truthful_qa/questions.json": TQG,
         "other_task/task.json": {"examples": []}})
     root = bigbench.fetch(sdist=sdist)
     assert root == data_home / "bigbench" and bigbench.is_fetched()
@@ -70,7 +72,8 @@ def test_fetch_from_sdist_then_noop_and_load(tmp_path, data_home):
 
 def test_download_checks_the_hash(tmp_path, data_home, monkeypatch):
     sdist = _fake_sdist(tmp_path / "bb.tar.gz", {"truthful_qa/task_mc.json": TQA,
-                                                 "elementary_math_qa/question_only/task.json": MQA})
+                                                 "elementary_math_qa/question_only/task.json": MQA,
+                                                 "truthful_qa/questions.json": TQG})
     url = sdist.as_uri()
     with pytest.raises(DatasetError, match="has SHA-256 .* retry, or pass a verified copy with --sdist"):
         bigbench.fetch(url=url)
@@ -121,7 +124,8 @@ def test_cli_table_json_and_subjects(data_home, capsys):
 
 def test_cli_setup_bigbench(tmp_path, data_home, capsys):
     sdist = _fake_sdist(tmp_path / "bb.tar.gz", {"truthful_qa/task_mc.json": TQA,
-                                                 "elementary_math_qa/question_only/task.json": MQA})
+                                                 "elementary_math_qa/question_only/task.json": MQA,
+                                                 "truthful_qa/questions.json": TQG})
     assert main(["datasets", "--setup-bigbench", "--sdist", str(sdist)]) == 0
     assert "ready in" in capsys.readouterr().out and bigbench.is_fetched()
     assert main(["datasets", "--sdist", str(sdist)]) == 2  # --sdist alone is a usage error

@@ -38,8 +38,9 @@ SDIST_URL = (
 )
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 _PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-#: the task files refcal reads, relative to ``benchmark_tasks/`` (also their place in the cache)
-FILES = ("truthful_qa/task_mc.json", "elementary_math_qa/question_only/task.json")
+#: the task files refcal reads, relative to ``benchmark_tasks/`` (also their place in the cache);
+#: ``truthful_qa/questions.json`` holds the true and false reference answers of ``truthfulqa-gen``
+FILES = ("truthful_qa/task_mc.json", "elementary_math_qa/question_only/task.json", "truthful_qa/questions.json")
 SETUP_COMMAND = "refcal datasets --setup-bigbench"
 
 

@@ -220,6 +220,30 @@ def _need(col: str, role: str, columns: list[str], path: Path) -> str:
     return col
 
 
+def row_ids(rows: list[dict[str, Any]], icol: str | None) -> list[str]:
+    """Question ids: the stripped values of column ``icol`` (unique, non-empty), or row numbers when None."""
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        qid = str(i) if icol is None else r.get(icol)
+        if _missing(qid):
+            raise DatasetError(f"row {i}: id column {icol!r} is empty; ids must be unique and non-empty")
+        qid = str(qid).strip()
+        if qid in seen:
+            raise DatasetError(f"rows {seen[qid]} and {i} share the id {qid!r}; ids in column {icol!r} must be unique")
+        seen[qid] = i
+        out.append(qid)
+    return out
+
+
+def questions(rows: list[dict[str, Any]], qcol: str) -> list[str]:
+    """The stripped question texts of column ``qcol``; an empty one raises :class:`DatasetError`."""
+    bad = next((i for i, r in enumerate(rows) if _missing(r.get(qcol))), None)
+    if bad is not None:
+        raise DatasetError(f"row {bad}: question column {qcol!r} is empty")
+    return [str(r[qcol]).strip() for r in rows]
+
+
 def load_file(
     path: Path,
     *,
@@ -262,20 +286,10 @@ def load_file(
             choices.append(_clean(_options(r.get(ccol), i, ccol), i, f"column {ccol!r}"))
     labels = (parse_answers([r.get(acol) for r in rows], choices, column=acol, answer_format=answer_format)
               if acol else [-1] * len(rows))
-    out, seen = [], {}
-    for i, r in enumerate(rows):
-        qid = str(i) if icol is None else r.get(icol)
-        if _missing(qid):
-            raise DatasetError(f"row {i}: id column {icol!r} is empty; ids must be unique and non-empty")
-        qid = str(qid).strip()
-        if qid in seen:
-            raise DatasetError(f"rows {seen[qid]} and {i} share the id {qid!r}; ids in column {icol!r} must be unique")
-        seen[qid] = i
-        text = r.get(qcol)
-        if _missing(text):
-            raise DatasetError(f"row {i}: question column {qcol!r} is empty")
+    out = []
+    for i, (r, qid, text) in enumerate(zip(rows, row_ids(rows, icol), questions(rows, qcol), strict=True)):
         subject = None if scol is None or _missing(r.get(scol)) else str(r.get(scol)).strip()
-        out.append(Question(qid, str(text).strip(), choices[i], labels[i], subject, {"source": str(path), "row": i}))
+        out.append(Question(qid, text, choices[i], labels[i], subject, {"source": str(path), "row": i}))
     if subjects is not None:
         out = _filter_subjects(out, subjects, scol, path)
     return out

@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import DatasetError, RefcalError
-from . import bigbench, mmlu, packaged
+from . import bigbench, freeform, mmlu, packaged
 from ._io import subsample
 from .base import Question
 
@@ -38,6 +38,8 @@ class DatasetInfo:
         False when a set-up step is still needed (see ``setup``).
     setup : str or None
         The command that makes it available, when ``available`` is False.
+    task : {"multiple-choice", "free-form"}
+        Free-form sets load as :class:`refcal.data.freeform.FreeformQuestion` (reference answers, no options).
     """
 
     name: str
@@ -50,6 +52,7 @@ class DatasetInfo:
     licence: str
     available: bool = True
     setup: str | None = None
+    task: str = "multiple-choice"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,15 @@ _SPECS = [
                       "3-10 (97.6% 5)", "test", None,
                       "bigbench 1.0.0 sdist (elementary_math_qa/question_only/task.json)", "Apache-2.0"),
           bigbench.load_mathqa, needs_bigbench=True, aliases=("elementary-math-qa",)),
+    _Spec(DatasetInfo("triviaqa", "TriviaQA open answers (aliases), no context", {"validation": 7993}, "free-form",
+                      "validation", None, _OE + "hf_datasets/trivia_qa/rc.wikipedia.nocontext)", "Apache-2.0",
+                      task="free-form"), freeform.load_triviaqa, aliases=("trivia-qa",)),
+    _Spec(DatasetInfo("nq-open", "Natural Questions, open answers", {"validation": 3610}, "free-form",
+                      "validation", None, _OE + "hf_datasets/nq_open)", "CC BY-SA 3.0", task="free-form"),
+          freeform.load_nq_open, aliases=("nq", "natural-questions")),
+    _Spec(DatasetInfo("truthfulqa-gen", "TruthfulQA generation (true and false references)", {"test": 299},
+                      "free-form", "test", None, "bigbench 1.0.0 sdist (truthful_qa/questions.json)", "Apache-2.0",
+                      task="free-form"), freeform.load_truthfulqa_gen, needs_bigbench=True),
 ]
 _BY_NAME = {s.info.name: s for s in _SPECS}
 _ALIASES = {a: s.info.name for s in _SPECS for a in s.aliases}
