@@ -170,6 +170,11 @@ def newton_temperature(
             message = f"optimum at or above the largest allowed temperature {bounds[1]:g}"
             break
         new = beta - d1 / d2 if d2 > 0 else np.nan
+        if abs(new - beta) <= tol * beta:
+            # Checked before the bracket: at the optimum the step can round to zero (new == beta == lo),
+            # which the bracket test would mistake for a step outside it and answer with a bisection.
+            beta, converged, message = new, True, "converged (relative Newton step below tol)"
+            break
         if not lo < new < hi:
             # Outside the bracket (or flat curvature): expand geometrically towards an unexplored
             # bound, else bisect the bracket geometrically (it can span many decades).
