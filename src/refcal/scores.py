@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_output, ensure_parent
-from .errors import MismatchError, ScoreFileError
+from .errors import InputError, MismatchError, ScoreFileError
 
 FORMAT_VERSION = 1
 _META_KEY = b"refcal"
@@ -355,13 +355,19 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_scores(path: str | os.PathLike) -> ScoreSet:
+def load_scores(path: str | os.PathLike, *, lmeval_metric: str | None = None) -> ScoreSet:
     """Read a score file (Parquet or JSON Lines) and validate it.
+
+    lm-evaluation-harness ``--log_samples`` files of multiple-choice tasks are recognised by their content
+    and read too (see :mod:`refcal.formats.lmeval`); ``lmeval_metric`` (``"acc"``, the default,
+    ``"acc_norm"`` or ``"acc_bytes"``) picks which of lm-eval's rankings their logits reproduce.
 
     Raises
     ------
     ScoreFileError
         The file is missing, empty, malformed, or breaks an invariant (see :class:`ScoreSet`).
+    InputError
+        ``lmeval_metric`` is given for a file that is not an lm-eval samples file, or is unknown.
     """
     path = Path(path)
     src = str(path)
@@ -376,6 +382,12 @@ def load_scores(path: str | os.PathLike) -> ScoreSet:
             magic = fh.read(4)
     except OSError as e:
         raise ScoreFileError(f"{src}: cannot read it ({e.strerror}); check its permissions") from None
+    from .formats.lmeval import is_lmeval_log, read_lmeval
+
+    if magic != b"PAR1" and is_lmeval_log(path):
+        return read_lmeval(path, metric=lmeval_metric or "acc")
+    if lmeval_metric is not None:
+        raise InputError(f"{src}: lmeval_metric applies only to lm-evaluation-harness samples files; leave it out")
     if magic == b"PAR1":
         return _read_parquet(path)
     return _read_jsonl(path)
