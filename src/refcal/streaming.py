@@ -41,7 +41,7 @@ BLOCK_ROWS = 65536
 #: the one extra column kept in blocks: :func:`refcal.scores.join_scores` checks it (same question texts)
 _HASH_COL = "question_hash"
 
-__all__ = ["BLOCK_ROWS", "NotStreamable", "OrderMismatch", "StreamedFit", "evaluate_streaming",
+__all__ = ["BLOCK_ROWS", "NotStreamable", "OrderMismatch", "StreamedFit", "StreamedMetrics", "evaluate_streaming",
            "fit_temperature_streaming", "iter_blocks", "is_streamable"]
 
 
@@ -296,7 +296,11 @@ def fit_temperature_streaming(
     """
     from .calibrate import DACA, NaiveAlignment, TemperatureScaling
     from .calibrate._solvers import (
-        centred_logits, check_not_all_tied, newton_temperature, target_sums, temperature_moments,
+        centred_logits,
+        check_not_all_tied,
+        newton_temperature,
+        target_sums,
+        temperature_moments,
     )
     from .calibrate.alignment import agreement_mask
 
@@ -510,13 +514,29 @@ class _MetricSums:
                                     "auroc", "aurc")}
 
 
+@dataclass
+class StreamedMetrics:
+    """What :func:`evaluate_streaming` found.
+
+    Attributes
+    ----------
+    n : int
+        Questions.
+    n_options : numpy integer
+        Largest number of options (``ScoreSet.n_options`` reduces to the same with ``.max()``).
+    metrics : dict
+        ``{"vanilla": {...}, "calibrated": {...}}`` with the keys of :func:`refcal.metrics.evaluate`.
+    """
+
+    n: int
+    n_options: np.integer
+    metrics: dict[str, dict[str, float]]
+
+
 def evaluate_streaming(
     path: str | Path, *, calibrator: Any = None, n_bins: int = 10, block_rows: int = BLOCK_ROWS,
-) -> tuple[int, dict[str, dict[str, float]]]:
+) -> StreamedMetrics:
     """Metrics of a labelled score file, before (``vanilla``) and after a calibrator (``calibrated``).
-
-    Returns ``(n, {"vanilla": metrics, "calibrated": metrics})`` with the keys of
-    :func:`refcal.metrics.evaluate`.
 
     Raises
     ------
@@ -530,10 +550,11 @@ def evaluate_streaming(
     if calibrator is not None:
         acc["calibrated"] = _MetricSums(n_bins)
     ids = _IdCheck()
-    n = n_missing = 0
+    n = n_missing = k = 0
     for blk in iter_blocks(path, block_rows):
         ids.add(blk.ids)
         n += len(blk)
+        k = max(k, int(blk.n_options.max()))
         missing = blk.labels < 0
         if missing.any() or n_missing:
             n_missing += int(missing.sum())
@@ -547,4 +568,4 @@ def evaluate_streaming(
             f"{path}: {n_missing} of {n} questions have no label; evaluation needs labels "
             "(use `refcal fit`/`apply` for label-free calibration)"
         )
-    return n, {name: a.result() for name, a in acc.items()}
+    return StreamedMetrics(n, np.int64(k), {name: a.result() for name, a in acc.items()})
