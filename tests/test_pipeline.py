@@ -10,7 +10,7 @@ from refcal.backends.base import ClozeResult
 from refcal.cli import main
 from refcal.data.base import Question
 from refcal.errors import InputError
-from refcal.run import RunConfig, protocol, run
+from refcal.run import SCHEMA_VERSION, RunConfig, load_result, protocol, run
 from refcal.run import evaluate as E
 
 
@@ -266,3 +266,140 @@ def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
 
     chat = load_scores(out / "scores" / "chat_test.parquet")
     assert chat.meta["fewshot"] == 3 and len(chat) == 40
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def test_method_registry_entries():
+    from refcal.calibrate.methods import DEFAULT_METHODS, METHODS, parse_methods
+
+    assert DEFAULT_METHODS == ("chat", "base", "naive", "daca", "ts")  # the default table must not move
+    assert {"daca_vector", "daca_matrix", "vs", "ms"} <= set(METHODS)
+    assert len({m.label for m in METHODS.values()}) == len({m.color for m in METHODS.values()}) == len(METHODS)
+    assert parse_methods("all") == list(METHODS)
+    assert parse_methods("ts, chat") == ["chat", "ts"]  # table order
+    with pytest.raises(InputError, match="unknown method 'dacca'.*daca_vector"):
+        parse_methods("chat,dacca")
+    from refcal.calibrate.methods import MethodContext
+
+    assert METHODS["vs"].why_not(MethodContext(has_labels=False)) == "needs labels, and some questions have none"
+    assert METHODS["daca"].why_not(MethodContext(has_labels=False)) is None
+    assert METHODS["daca"].why_not(MethodContext(has_labels=True, has_base=False)) is not None
+
+
+def test_run_all_methods_with_labels(tmp_path, monkeypatch, fake_models):
+    from refcal.calibrate import DACA, MatrixScaling, VectorScaling
+    from refcal.calibrate.methods import METHODS
+    from refcal.scores import load_scores
+
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(120))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring="letter", methods=["all"],
+                    n_splits=2, progress=False)
+    out = run(cfg, tmp_path / "run", report=True)
+    res = load_result(out)
+    assert list(res.methods) == list(METHODS) and res.unavailable == {}
+    assert set(res.fits) == set(METHODS) - {"chat", "base"}
+    # the registry's DACA (vector) is DACA(scaling="vector") fitted on the calibration part of the split
+    chat = load_scores(out / "scores" / "chat.parquet")
+    base = load_scores(out / "scores" / "base.parquet")
+    perm = np.random.default_rng(0).permutation(120)
+    ci, ti = np.sort(perm[:36]), np.sort(perm[36:])
+    for key, ref in (("daca_vector", DACA(scaling="vector").fit(base.logits[ci], chat.logits[ci])),
+                     ("vs", VectorScaling().fit(chat.logits[ci], chat.labels[ci])),
+                     ("ms", MatrixScaling().fit(chat.logits[ci], chat.labels[ci]))):
+        lp = ref.predict_log_proba(chat.logits[ti])
+        nll = float(-lp[np.arange(len(ti)), chat.labels[ti]].mean())
+        assert res.methods[key]["nll"].values[0] == pytest.approx(nll, rel=1e-12), key
+    md = (out / "report.md").read_text()
+    for m in METHODS.values():
+        assert m.label in md and (out / "predictions" / f"{m.key}.parquet").exists()
+
+
+def test_unavailable_method_is_listed_with_its_reason(tmp_path, monkeypatch, fake_models, capsys):
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(100, labelled=False))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    rc = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", "toy", "--methods", "daca,ts,vs",
+               "--no-progress", "-o", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(doc["methods"]) == {"daca"}
+    assert doc["unavailable"] == {"ts": "needs labels, and some questions have none",
+                                  "vs": "needs labels, and some questions have none"}
+    for text in (printed, (tmp_path / "run" / "report.md").read_text()):
+        assert "temperature scaling (labelled oracle)" in text and "vector scaling (labelled oracle)" in text
+        assert text.count("not applicable: needs labels") == 2
+
+
+# ---------------------------------------------------------------------------------------------- run folder
+def test_metrics_json_round_trips_through_the_typed_result(tmp_path, monkeypatch, fake_models):
+    from refcal._io import atomic_write_json
+    from refcal.run.folder import result_to_json
+
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(80))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    out = run(RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False), tmp_path / "run",
+              report=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    res = load_result(out)
+    assert res.selective["daca"].thresholds[0] == 0.5 and res.bootstrap.methods["daca"]["nll"].low > 0
+    atomic_write_json(tmp_path / "again.json", result_to_json(res))
+    assert json.loads((tmp_path / "again.json").read_text()) == doc
+
+
+@pytest.mark.parametrize("version", [99, "1", True, None])
+def test_metrics_json_of_another_schema_version_is_refused(tmp_path, version):
+    (tmp_path / "metrics.json").write_text(json.dumps({"schema_version": version, "methods": {}}))
+    with pytest.raises(InputError, match=r"schema_version .* this build of refcal reads \(1\)"):
+        load_result(tmp_path)
+
+
+def test_run_folder_respects_the_umask(tmp_path, monkeypatch, fake_models):
+    import os
+    import stat
+
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(60))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    old = os.umask(0o022)
+    try:
+        out = run(RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False), tmp_path / "run")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes["."] == 0o755 and modes["scores"] == 0o755
+    for name in ("metrics.json", "config.json", "calibrator.json", "report.md", "report.html",
+                 "predictions/daca.parquet", "scores/chat.parquet", "plots/reliability.png"):
+        assert modes[name] == 0o644, (name, oct(modes[name]))
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def test_run_options_agree_with_score(tmp_path, monkeypatch, fake_models):
+    import click
+
+    from refcal.cli.run import run as run_command
+
+    seen = {}
+
+    def load(cfg, split):
+        seen.update(limit=cfg.limit, templates=cfg.templates, dtype=cfg.dtype, cache_dir=cfg.cache_dir)
+        return _questions(40)
+
+    monkeypatch.setattr(protocol, "load_questions", load)
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    cache = tmp_path / "my-cache"
+    rc = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", "toy", "--limit", "0", "-t", "2",
+               "--scoring", "letter", "--dtype", "float32", "--cache-dir", str(cache), "--no-report",
+               "--no-progress", "-o", str(tmp_path / "run")])
+    assert rc == 0
+    assert seen == {"limit": None, "templates": [2], "dtype": "float32", "cache_dir": str(cache)}
+    assert any(cache.rglob("*")), "scores were not cached under --cache-dir"
+    undocumented = [p.name for p in run_command.params if isinstance(p, click.Option) and not p.help]
+    assert undocumented == []
+
+
+def test_run_help_documents_exit_codes(capsys):
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit codes: 0 success; 2 bad input" in text and "130 interrupted" in text
+    assert "--methods" in text and "daca_vector" in text

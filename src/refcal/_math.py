@@ -12,8 +12,9 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """
     x = np.asarray(x, dtype=np.float64)
     m = np.max(x, axis=axis, keepdims=True)
-    z = x - m
-    with np.errstate(divide="ignore"):
+    # x - m overflows to -inf only for logits ~1e308 apart: probability 0, which is the right answer
+    with np.errstate(over="ignore", divide="ignore"):
+        z = x - m
         lse = np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
     return z - lse
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_write_json
+from .._io import atomic_write_json, make_temp_dir
 from ..errors import InputError
 from ..metrics import ConfidenceInterval, SelectiveCurve
 from ..scores import ScoreSet
@@ -101,10 +100,8 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
-    parent = out_dir.parent if out_dir.parent.exists() else None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    tmp = make_temp_dir(f".{out_dir.name}.", out_dir.parent if out_dir.parent.exists() else None)
     try:
-        _respect_umask(tmp)
         templates = {t for (_, t, _) in scores}
         splits = {s for (_, _, s) in scores}
         for (role, t, s), sc in scores.items():
@@ -131,13 +128,6 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _respect_umask(path: Path) -> None:
-    """``mkdtemp`` creates 0700 folders; give the run folder the mode ``mkdir`` would (0777 less the umask)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
 
 
 # ---------------------------------------------------------------------------------------------- reading
