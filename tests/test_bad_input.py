@@ -64,7 +64,7 @@ SCORE_FILES = {
     "corrupt parquet": (lambda p: p.write_bytes(b"PAR1" + bytes(range(200))), "cannot read Parquet"),
     "csv": (lambda p: p.write_text("id,logits\na,1\n"), "not valid JSON"),
     "missing key": (lambda p: p.write_text('{"id": "a", "scores": [1, 2]}\n'), "missing key 'logits'"),
-    "nan logit": (lambda p: p.write_text('{"id": "a", "logits": [NaN, 1], "label": 0}\n'), "has logit nan"),
+    "nan logit": (lambda p: p.write_text('{"id": "a", "logits": [NaN, 1], "label": 0}\n'), "has logit NaN"),
     "label out of range": (lambda p: p.write_text('{"id": "a", "logits": [0, 1], "label": 5}\n'),
                            "has label 5 but only 2 options"),
     "one option": (lambda p: p.write_text('{"id": "a", "logits": [0], "label": 0}\n'), "at least 2"),
@@ -108,9 +108,17 @@ def test_directory_and_missing_paths(tmp_path, capsys, pair):
           match=["refcal fit: error:", "is a directory", "refcal fit --help"])
     fails(capsys, ["fit", "--base", tmp_path / "nope.jsonl", "--chat", chat, "-o", out], match="no such file")
     fails(capsys, ["fit", "--base", base, "--chat", chat, "-o", tmp_path], match="is a directory")
-    fails(capsys, ["fit", "--base", base, "--chat", chat, "-o", tmp_path / "no" / "dir" / "c.json"],
-          match=["cannot write the calibrator", "create the folder first"])
+    fails(capsys, ["fit", "--base", base, "--chat", chat, "-o", "/refcal-no-such-top-folder/c.json"],
+          match=["cannot write the calibrator", "refusing to create the folder /refcal-no-such-top-folder at the "
+                 "file-system root"])
+    assert not Path("/refcal-no-such-top-folder").exists()
+    (tmp_path / "file").write_text("x")
+    fails(capsys, ["fit", "--base", base, "--chat", chat, "-o", tmp_path / "file" / "c.json"],
+          match=["cannot write the calibrator", "exists and is not a folder"])
     assert not out.exists()
+    # a missing folder elsewhere is created, as `apply -o` and `score -o` do
+    assert main(["fit", "--base", str(base), "--chat", str(chat), "-o", str(tmp_path / "no" / "dir" / "c.json")]) == 0
+    assert (tmp_path / "no" / "dir" / "c.json").is_file()
 
 
 def test_fit_mismatched_option_counts(tmp_path, capsys, pair):
@@ -188,7 +196,7 @@ def test_vector_calibrator_on_other_option_count(tmp_path, capsys, calibrators):
     chat5 = scores(tmp_path / "chat5.jsonl", k=5)
     out, metrics = tmp_path / "out.parquet", tmp_path / "m.json"
     fails(capsys, ["apply", "--scores", chat5, "--calibrator", calibrators["vector"], "-o", out],
-          match=["5 options but this vector scaling was fitted on 4", "fit a calibrator on these scores"])
+          match=["is vector scaling fitted on 4 options but", "has 5", "fit a calibrator on scores with 5 options"])
     fails(capsys, ["evaluate", "--scores", chat5, "--calibrator", calibrators["vector"], "--json", metrics],
           match="fitted on 4")
     assert not out.exists() and not metrics.exists()
@@ -352,4 +360,4 @@ def test_logits_bigger_than_float_range(tmp_path, capsys):
     # 1e400 parses to inf in JSON: an error, not silent probabilities of NaN
     path = tmp_path / "big.jsonl"
     path.write_text('{"id": "a", "logits": [0, 1e400], "label": 0}\n')
-    fails(capsys, ["evaluate", "--scores", path], match="has logit inf")
+    fails(capsys, ["evaluate", "--scores", path], match=[str(path), "has logit +inf"])

@@ -129,7 +129,7 @@ def test_ambiguous_answers_are_refused(tmp_path):
     rows = [{"question": "n?", "choices": ["0", "1", "2"], "answer": "1"},
             {"question": "m?", "choices": ["2", "1", "0"], "answer": "0"}]
     p = _write(tmp_path, "csv", rows)
-    with pytest.raises(DatasetError, match=r"read as index or as text \(row 0: '1'.*answer_format"):
+    with pytest.raises(DatasetError, match=r"read as index or as text \(row 0: '1'.*--answer-format"):
         load_dataset(p)
     assert [q.label for q in load_dataset(p, answer_format="index")] == [1, 0]
     assert [q.label for q in load_dataset(p, answer_format="text")] == [1, 2]
@@ -155,7 +155,7 @@ def test_answers_that_fit_no_convention(tmp_path):
         load_dataset(_write(tmp_path, "jsonl", rows))
     with pytest.raises(DatasetError, match="row 0: answer 2 in column 'answer' is not a valid letter"):
         load_dataset(_write(tmp_path, "jsonl", rows), answer_format="letter")
-    with pytest.raises(DatasetError, match="answer_format must be one of letter, index, text"):
+    with pytest.raises(DatasetError, match="--answer-format must be one of letter, index, text"):
         load_dataset(_write(tmp_path, "jsonl", rows), answer_format="number")
 
 
@@ -169,7 +169,7 @@ def test_wrong_columns_name_the_column_and_list_the_found_ones(tmp_path):
     with pytest.raises(DatasetError, match="option column 'o9' not found"):
         load_dataset(p, option_cols=["question", "o9"])
     p2 = _write(tmp_path, "parquet", ROWS, list_col=False)
-    with pytest.raises(DatasetError, match="no options column in d.parquet: pass choices_col"):
+    with pytest.raises(DatasetError, match="no options column in d.parquet: pass --choices-col"):
         load_dataset(p2)
     with pytest.raises(DatasetError, match="not both"):
         load_dataset(p2, choices_col="o0", option_cols=["o1"])
@@ -209,7 +209,7 @@ def test_unreadable_files(tmp_path):
     p.write_text("question,choices\n")
     with pytest.raises(DatasetError, match="holds no rows"):
         load_dataset(p)
-    with pytest.raises(DatasetError, match=r"d.jsonl is a single split \('all'\); drop split='test'"):
+    with pytest.raises(DatasetError, match=r"d.jsonl is a single split \('all'\); drop --split test"):
         load_dataset(_write(tmp_path, "jsonl", ROWS), split="test")
 
 

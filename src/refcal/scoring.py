@@ -46,7 +46,7 @@ from ._paths import cache_root
 from .backends.base import call_iter
 from .data.base import Question
 from .errors import InputError, ModelError
-from .scores import ScoreSet
+from .scores import QUESTION_HASH, ScoreSet, question_hash
 from .tasks import KIND_CALLS, Task, make_task, request_json, request_text_length
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,8 @@ def score_questions(
             store.close()
         bar.close()
     raws = [rows[i] for i in range(len(questions))]
-    columns: dict[str, list[Any]] = {}
+    # a fingerprint of each question's text: join_scores refuses to pair different questions under one id
+    columns: dict[str, list[Any]] = {QUESTION_HASH: [question_hash(q.question) for q in questions]}
     if any(q.subject is not None for q in questions):
         columns["subject"] = [q.subject for q in questions]
     columns.update(task.columns(raws))

@@ -48,7 +48,13 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: shown at the end of ``refcal --help``; :func:`main` implements exactly these
+EXIT_CODES = ("Exit codes: 0 success; 1 operating-system error (permission denied, disk full) or internal error; "
+              "2 bad input or usage (the one-line message says what to fix); 130 interrupted (Ctrl-C: finished "
+              "work is kept, rerun the same command to resume).")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(version=__version__, prog_name="refcal")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")

@@ -17,28 +17,50 @@ _PATH = click.Path(dir_okay=False, path_type=Path)
 @click.option("--method", type=click.Choice(["daca", "naive"]), default="daca", show_default=True,
               help="daca: align on agreeing questions only; naive: on every question (baseline).")
 @click.option("--scaling", type=click.Choice(["temperature", "vector", "matrix"]), default="temperature",
-              show_default=True)
+              show_default=True,
+              help="temperature: one parameter, any number of options; vector / matrix: per-option maps, "
+                   "only for scores with the same number of options.")
 @click.option("--l2", type=float, default=0.0, show_default=True,
               help="L2 pull towards the identity (vector/matrix scaling, small data).")
-@click.option("-o", "--output", type=_PATH, default=Path("calibrator.json"), show_default=True)
-def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, output: Path) -> None:
-    """Fit a label-free calibrator of the chat model from BASE and CHAT score files (joined on id)."""
-    from ..calibrate import DACA, NaiveAlignment, agreement_diagnostics
-    from ..scores import join_scores, load_scores
+@click.option("-o", "--output", type=_PATH, default=Path("calibrator.json"), show_default=True,
+              help="Where to write the calibrator JSON (missing folders are created).")
+@click.option("--lmeval-metric", type=click.Choice(["acc", "acc_norm", "acc_bytes"]), default=None,
+              help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
+def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, output: Path,
+        lmeval_metric: str | None) -> None:
+    """Fit a label-free calibrator of the chat model from BASE and CHAT score files (joined on id).
 
-    joined = join_scores(load_scores(base_path), load_scores(chat_path))
-    cls = DACA if method == "daca" else NaiveAlignment
-    kwargs = {"l2": l2} if scaling != "temperature" else {}
-    cal = cls(scaling=scaling, **kwargs).fit(joined.base, joined.chat)
+    Temperature scaling of two refcal score files that list the questions in the same order streams
+    them block by block (bounded memory, same result); other inputs are loaded whole.
+    """
+    from ..calibrate import DACA, NaiveAlignment
+    from ..calibrate.alignment import agreement_mask
+    from ..scores import join_scores, load_scores
+    from ..streaming import OrderMismatch, fit_temperature_streaming, is_streamable
+
+    streamed = None
+    if scaling == "temperature" and lmeval_metric is None and is_streamable(base_path) and is_streamable(chat_path):
+        try:
+            streamed = fit_temperature_streaming(chat_path, base_path, method=method)
+        except OrderMismatch:
+            streamed = None  # the files list the questions in different orders: join them in memory
+    if streamed is not None:
+        cal, n, n_agree = streamed.calibrator, streamed.n, streamed.n_agree
+        base_meta, chat_meta = streamed.meta["base"], streamed.meta["chat"]
+    else:
+        joined = join_scores(load_scores(base_path, lmeval_metric=lmeval_metric),
+                             load_scores(chat_path, lmeval_metric=lmeval_metric))
+        cls = DACA if method == "daca" else NaiveAlignment
+        kwargs = {"l2": l2} if scaling != "temperature" else {}
+        cal = cls(scaling=scaling, **kwargs).fit(joined.base, joined.chat)
+        n, n_agree = len(joined.ids), int(agreement_mask(joined.base, joined.chat).sum())
+        base_meta, chat_meta = joined.base_scores.meta, joined.chat_scores.meta
     inputs = {
-        "base": str(base_path), "chat": str(chat_path), "n_questions": int(len(joined.ids)),
-        "base_meta": _short_meta(joined.base_scores.meta), "chat_meta": _short_meta(joined.chat_scores.meta),
+        "base": str(base_path), "chat": str(chat_path), "n_questions": int(n),
+        "base_meta": _short_meta(base_meta), "chat_meta": _short_meta(chat_meta),
     }
     cal.save(output, inputs=inputs)
-    labels = joined.labels if (joined.labels >= 0).all() else None
-    diag = agreement_diagnostics(joined.base, joined.chat, labels)
-    click.echo(f"{method} / {scaling} scaling on {len(joined.ids)} questions "
-               f"({diag['n_agree']} agree, rate {diag['agreement_rate']:.3f})")
+    click.echo(f"{method} / {scaling} scaling on {n} questions ({n_agree} agree, rate {n_agree / n:.3f})")
     if scaling == "temperature":
         click.echo(f"temperature = {cal.temperature_:.6g}  ({cal.n_iter_} iterations, converged: {cal.converged_})")
     else:
@@ -51,14 +73,31 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
 @click.option("--calibrator", "cal_path", type=_PATH, default=None, help="Also evaluate after calibration.")
 @click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True, help="ECE/MCE/AECE bins.")
 @click.option("--json", "json_path", type=_PATH, default=None, help="Write the metrics as JSON here.")
-def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Path | None) -> None:
+@click.option("--allow-other-k", is_flag=True,
+              help="With --calibrator: accept a temperature fitted on another number of options.")
+@click.option("--lmeval-metric", type=click.Choice(["acc", "acc_norm", "acc_bytes"]), default=None,
+              help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
+def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Path | None, allow_other_k: bool,
+             lmeval_metric: str | None) -> None:
     """Calibration metrics of a score file (needs labels); before and after a calibrator."""
     from .. import metrics
-    from .._io import atomic_write_json
     from .._math import softmax
     from ..scores import load_scores
+    from ..streaming import evaluate_streaming, is_streamable
 
-    scores = load_scores(scores_path)
+    cal = None
+    if cal_path is not None:
+        from ..calibrate import load_calibrator
+
+        cal = load_calibrator(cal_path)
+    if lmeval_metric is None and (cal is None or cal.scaling == "temperature") and is_streamable(scores_path):
+        # bounded memory: metrics accumulated block by block (same values as the in-memory path)
+        streamed = evaluate_streaming(scores_path, calibrator=cal, n_bins=bins)
+        if cal is not None:
+            _check_options(cal, streamed, scores_path, cal_path, allow_other_k)
+        _print_metrics(streamed.metrics, bins, json_path, scores_path, cal_path, streamed.n)
+        return
+    scores = load_scores(scores_path, lmeval_metric=lmeval_metric)
     if not scores.has_labels:
         n_missing = int((scores.labels < 0).sum())
         raise InputError(
@@ -66,34 +105,64 @@ def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Pat
             "(use `refcal fit`/`apply` for label-free calibration)"
         )
     results = {"vanilla": metrics.evaluate(softmax(scores.logits), scores.labels, n_bins=bins)}
-    if cal_path is not None:
-        from ..calibrate import load_calibrator
-
-        cal = load_calibrator(cal_path)
+    if cal is not None:
+        _check_options(cal, scores, scores_path, cal_path, allow_other_k)
         results["calibrated"] = metrics.evaluate(cal.predict_proba(scores.logits), scores.labels, n_bins=bins)
+    _print_metrics(results, bins, json_path, scores_path, cal_path, len(scores))
+
+
+def _print_metrics(results: dict, bins: int, json_path: Path | None, scores_path: Path, cal_path: Path | None,
+                   n: int) -> None:
+    from .._io import atomic_write_json, ensure_parent
+
     click.echo(_metrics_table(results, bins))
     if json_path is not None:
+        ensure_parent(json_path, what="the metrics")
         atomic_write_json(json_path, {"scores": str(scores_path), "calibrator": cal_path, "n_bins": bins,
-                                      "n": len(scores), "metrics": results})
+                                      "n": n, "metrics": results})
         click.echo(f"wrote {json_path}")
 
 
 @click.command()
 @click.option("--scores", "scores_path", type=_PATH, required=True, help="Chat-model score file.")
 @click.option("--calibrator", "cal_path", type=_PATH, required=True, help="calibrator.json from `refcal fit`.")
-@click.option("-o", "--output", type=_PATH, required=True, help="Calibrated score file (.parquet/.jsonl).")
-def apply(scores_path: Path, cal_path: Path, output: Path) -> None:
+@click.option("-o", "--output", type=_PATH, required=True,
+              help="Calibrated score file (.parquet/.jsonl; missing folders are created).")
+@click.option("--allow-other-k", is_flag=True,
+              help="Apply a temperature fitted on another number of options (vector/matrix scaling: never).")
+@click.option("--lmeval-metric", type=click.Choice(["acc", "acc_norm", "acc_bytes"]), default=None,
+              help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
+def apply(scores_path: Path, cal_path: Path, output: Path, allow_other_k: bool, lmeval_metric: str | None) -> None:
     """Write calibrated log-probabilities (as logits) for every question of a score file."""
     from ..calibrate import load_calibrator
     from ..scores import check_output_path, load_scores
 
     check_output_path(output)  # fail before any work, not after it
     cal = load_calibrator(cal_path)
-    scores = load_scores(scores_path)
+    scores = load_scores(scores_path, lmeval_metric=lmeval_metric)
+    _check_options(cal, scores, scores_path, cal_path, allow_other_k)
     logp = cal.predict_log_proba(scores.logits)
     out = scores.with_logits(logp, calibrated=True, calibrator=str(cal_path))
     out.save(output)
     click.echo(f"wrote {output} ({len(out)} questions, calibrated log-probabilities)")
+
+
+def _check_options(cal, scores, scores_path: Path, cal_path: Path, allow_other_k: bool) -> None:
+    """Applying a calibrator to scores with another number of options must be an explicit choice."""
+    k = int(scores.n_options.max())
+    if k == cal.n_options_:
+        return
+    if cal.scaling != "temperature":
+        raise InputError(
+            f"{cal_path} is {cal.scaling} scaling fitted on {cal.n_options_} options but {scores_path} has {k}; "
+            f"{cal.scaling} scaling has one parameter per option: fit a calibrator on scores with {k} options"
+        )
+    if not allow_other_k:
+        raise InputError(
+            f"{cal_path} was fitted on {cal.n_options_} options but {scores_path} has {k}; a temperature "
+            "transfers across option counts only approximately: pass --allow-other-k to apply it anyway, or fit "
+            f"a calibrator on scores with {k} options"
+        )
 
 
 def _short_meta(meta: dict) -> dict:

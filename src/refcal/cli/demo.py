@@ -7,11 +7,14 @@ import numpy as np
 
 
 @click.command()
-@click.option("-n", "--n-questions", type=click.IntRange(min=100), default=5000, show_default=True)
-@click.option("-k", "--n-options", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("-n", "--n-questions", type=click.IntRange(min=100), default=5000, show_default=True,
+              help="Synthetic questions to draw.")
+@click.option("-k", "--n-options", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Options per question.")
 @click.option("--chat-temperature", type=click.FloatRange(min=0, min_open=True, max=1e3), default=3.0, show_default=True,
               help="How over-confident the synthetic chat model is.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the synthetic data.")
 def demo(n_questions: int, n_options: int, chat_temperature: float, seed: int) -> None:
     """Synthetic demo: a calibrated base model, an over-confident chat model; compare calibrators.
 

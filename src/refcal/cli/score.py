@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ..options import parse_templates
+from ..options import CLOZE_SCORINGS, SCORINGS, default_scoring, parse_limit, parse_templates
 from ._options import column_options, pop_columns
 
 log = logging.getLogger(__name__)
@@ -22,18 +22,21 @@ log = logging.getLogger(__name__)
 @click.option("--dataset", "-d", required=True, help="Built-in data set name or a data file.")
 @click.option("--split", default=None, help="Split (default: the data set's evaluation split).")
 @click.option("--subjects", default=None, help="Comma-separated subjects to keep (MMLU).")
-@click.option("--template", "-t", default="1", show_default=True, help="Instruction template 1..5, or all.")
-@click.option("--scoring", type=click.Choice(["letter", "cloze", "cloze-norm", "cloze-token"]),
-              default="letter", show_default=True,
+@click.option("--template", "-t", default="1", show_default=True,
+              help="Prompt template 1..5, a list '1,3', or 'all' (letter scoring; one file per template).")
+@click.option("--scoring", type=click.Choice(list(SCORINGS)), default=None,
+              show_default="cloze; letter for openai: models",
               help="letter: next-token logits of the option letters; cloze: summed log-prob of the option text; "
                    "cloze-norm: per character; cloze-token: per token.")
 @click.option("--chat-template", type=click.Choice(["on", "off"]), default="off", show_default=True,
               help="Wrap prompts in the model's chat template (off reproduces the paper).")
 @click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
               help="Solved examples from the few-shot split (MMLU: per subject, from dev).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score at most N questions.")
+@click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Score at most N questions (a random subsample); 0 = every question.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit subsample.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Questions per forward pass (local models).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Default: bfloat16 on CUDA, float32 on CPU.")
@@ -44,21 +47,26 @@ log = logging.getLogger(__name__)
 @column_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output .parquet or .jsonl; with --template all, one file per template (name_t1.parquet, ...).")
-def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str,
+def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str | None,
           chat_template: str, fewshot: int, limit: int | None, seed: int, batch_size: int, device: str | None,
           dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str,
           **columns: Any) -> None:
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
-    from ..backends import load_backend
+    from ..backends import load_backend, options_class
     from ..data import fewshot_examples, load_dataset
     from ..scores import check_output_path
     from ..scoring import score_questions
 
     check_output_path(output)  # before any slow work
     templates = parse_templates(template)
+    limit = parse_limit(limit)
+    scoring = scoring or default_scoring(model)
     chat = chat_template == "on"
     if scoring != "letter" and chat:
         raise InputError("--chat-template on applies to --scoring letter only")
+    if scoring in CLOZE_SCORINGS and len(templates) > 1:
+        raise InputError("prompt templates apply to letter scoring only (cloze prompts have no instruction); "
+                         "use --scoring letter with --template all, or one template")
     questions = load_dataset(dataset, split=split, subjects=subjects, limit=limit, seed=seed, **pop_columns(columns))
     shots: Any = ()
     if fewshot:
@@ -67,11 +75,13 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
             shots = {s: fewshot_examples(dataset, subject=s, k=fewshot) for s in subj}
         else:
             shots = fewshot_examples(dataset, k=fewshot)
-    kwargs: dict[str, Any] = {}
-    if not model.startswith("openai:"):
-        kwargs = {"device": device, "dtype": dtype, "batch_size": batch_size}
-    elif device or dtype:
-        raise InputError("--device and --dtype apply to local models, not openai:MODEL")
+    # pass each backend only the options it has (an API or the fake backend has no device)
+    fields = options_class(model).__dataclass_fields__
+    for flag, value in (("--device", device), ("--dtype", dtype)):
+        if value is not None and flag[2:] not in fields:
+            raise InputError(f"{flag} applies to local models, not {model}")
+    local = {"device": device, "dtype": dtype, "batch_size": batch_size}
+    kwargs: dict[str, Any] = {k: v for k, v in local.items() if k in fields and v is not None}
     backend = load_backend(model, api_base=api_base, **kwargs)
     out = Path(output)
     for t in templates:
@@ -84,4 +94,5 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
         acc = ""
         if scores.has_labels:
             acc = f", accuracy {float((scores.logits.argmax(1) == scores.labels).mean()):.3f}"
-        click.echo(f"wrote {len(scores)} questions to {path} (template {t}, {scoring}{acc})")
+        how = scoring if scoring in CLOZE_SCORINGS else f"template {t}, {scoring}"  # cloze has no template
+        click.echo(f"wrote {len(scores)} questions to {path} ({how}{acc})")

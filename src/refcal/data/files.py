@@ -18,7 +18,8 @@ Columns (defaults in brackets):
   than one does (options that are themselves letters or numbers), a :class:`DatasetError` asks for
   ``answer_format``. Indices are 0-based: a 1-based column is only caught when some value equals the
   number of options;
-* id [row number, 0-based]; subject [``subject`` if present].
+* id [``id`` if present, else the row number, 0-based; duplicates are refused]; subject [``subject`` if
+  present].
 
 A plain file (or a single-``Dataset`` folder) is one split, named ``"all"``; :func:`file_default_split`
 gives the split a caller should use when none is asked for.
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
+from ..options import COLUMN_FLAGS
 from ._io import read_arrow_folder
 from .base import Question
 
@@ -73,10 +75,10 @@ def _read_folder(path: Path, split: str | None) -> list[dict[str, Any]]:
         if split is None and len(splits) == 1:
             split = splits[0]
         if split not in splits:
-            raise DatasetError(f"{path} holds splits {', '.join(splits)}; choose one with split= (--split)")
+            raise DatasetError(f"{path} holds splits {', '.join(splits)}; choose one with --split")
         return read_arrow_folder(path / split)
     if split not in (None, SINGLE_SPLIT):
-        raise DatasetError(f"{path} holds a single split; drop split={split!r}")
+        raise DatasetError(f"{path} holds a single split; drop --split {split}")
     return read_arrow_folder(path)
 
 
@@ -94,13 +96,18 @@ def read_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
     if path.is_dir():
         return _read_folder(path, split)
     if split not in (None, SINGLE_SPLIT):
-        raise DatasetError(f"{path.name} is a single split ({SINGLE_SPLIT!r}); drop split={split!r}")
+        raise DatasetError(f"{path.name} is a single split ({SINGLE_SPLIT!r}); drop --split {split}")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return _read_json(path)
-    if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    if suffix in (".jsonl", ".ndjson", ".json", ".csv", ".tsv"):
+        try:
+            if suffix in (".csv", ".tsv"):
+                with open(path, encoding="utf-8-sig", newline="") as f:
+                    return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+            return _read_json(path)
+        except UnicodeDecodeError as e:
+            raise DatasetError(_not_utf8(path, e)) from None
+        except RecursionError:
+            raise DatasetError(f"{path}: JSON nested too deeply; expected flat objects, one per question") from None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -112,6 +119,15 @@ def read_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
         return _read_arrow_file(path)
     raise DatasetError(f"cannot tell the format of {path.name}; use .jsonl, .json, .csv, .tsv, .parquet, .arrow "
                        "or a save_to_disk folder")
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    """One sentence for a text file in another encoding (typically Latin-1 / Windows-1252 from a spreadsheet)."""
+    byte = e.object[e.start:e.start + 1].hex()
+    fixed = f"{path.stem}-utf8{path.suffix}"
+    return (f"{path} is not UTF-8 text (byte 0x{byte} at offset {e.start}; probably Latin-1 / Windows-1252, as "
+            f"spreadsheets often save): convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > {fixed}`, "
+            "and pass the converted file")
 
 
 def _read_arrow_file(path: Path) -> list[dict[str, Any]]:
@@ -163,14 +179,14 @@ def parse_answers(values: list[Any], choices: list[tuple[str, ...]], *, column: 
     rows = [i for i, v in enumerate(values) if not _missing(v)]
     if answer_format is not None:
         if answer_format not in FORMATS:
-            raise DatasetError(f"answer_format must be one of {', '.join(FORMATS)}, got {answer_format!r}")
+            raise DatasetError(f"{COLUMN_FLAGS['answer_format']} must be one of {', '.join(FORMATS)}, got {answer_format!r}")
         fmts = [answer_format]
     else:
         fmts = [f for f in FORMATS if all(_parse(f, values[i], choices[i]) is not None for i in rows)]
         if len(fmts) > 1:
             i = rows[0]
             raise DatasetError(f"answers in column {column!r} read as {' or as '.join(fmts)} (row {i}: {values[i]!r} with "
-                               f"options {list(choices[i])}); say which with answer_format / --answer-format")
+                               f"options {list(choices[i])}); say which with {COLUMN_FLAGS['answer_format']}")
         if not fmts:
             why = []
             for f in FORMATS:
@@ -199,7 +215,7 @@ def _options(v: Any, i: int, column: str) -> list[Any]:
             raise DatasetError(f"row {i}: column {column!r} is not a valid JSON list ({e.msg})") from e
     if not isinstance(v, (list, tuple)):
         raise DatasetError(f"row {i}: column {column!r} holds {type(v).__name__} {v!r}, not a list of options; "
-                           "store a list (in CSV a JSON list) or give one column per option with option_cols")
+                           f"store a list (in CSV a JSON list) or give one column per option with {COLUMN_FLAGS['option_cols']}")
     return list(v)
 
 
@@ -216,7 +232,9 @@ def _clean(opts: list[Any], i: int, where: str) -> tuple[str, ...]:
 
 def _need(col: str, role: str, columns: list[str], path: Path) -> str:
     if col not in columns:
-        raise DatasetError(f"{role} column {col!r} not found in {path.name}; columns found: {', '.join(columns)}")
+        flag = COLUMN_FLAGS["option_cols" if role == "option" else f"{role}_col"]
+        raise DatasetError(f"{role} column {col!r} not found in {path.name}; columns found: {', '.join(columns)}; "
+                           f"name the right one with {flag}")
     return col
 
 
@@ -230,7 +248,8 @@ def row_ids(rows: list[dict[str, Any]], icol: str | None) -> list[str]:
             raise DatasetError(f"row {i}: id column {icol!r} is empty; ids must be unique and non-empty")
         qid = str(qid).strip()
         if qid in seen:
-            raise DatasetError(f"rows {seen[qid]} and {i} share the id {qid!r}; ids in column {icol!r} must be unique")
+            raise DatasetError(f"rows {seen[qid]} and {i} share the id {qid!r}; ids in column {icol!r} must be unique "
+                               f"(name another id column with {COLUMN_FLAGS['id_col']})")
         seen[qid] = i
         out.append(qid)
     return out
@@ -266,16 +285,18 @@ def load_file(
     if isinstance(option_cols, str):
         option_cols = [c.strip() for c in option_cols.split(",") if c.strip()]
     if option_cols is not None and choices_col is not None:
-        raise DatasetError("give either choices_col (one list column) or option_cols (one column per option), not both")
+        raise DatasetError(f"give either {COLUMN_FLAGS['choices_col']} (one list column) or {COLUMN_FLAGS['option_cols']} "
+                           "(one column per option), not both")
     if option_cols is not None:
         ocols = [_need(c, "option", columns, path) for c in option_cols]
     else:
         if choices_col is None and "choices" not in columns:
-            raise DatasetError(f"no options column in {path.name}: pass choices_col (a list column) or option_cols "
+            raise DatasetError(f"no options column in {path.name}: pass {COLUMN_FLAGS['choices_col']} (a list column) or "
+                               f"{COLUMN_FLAGS['option_cols']} "
                                f"(one column per option); columns found: {', '.join(columns)}")
         ccol = _need(choices_col or "choices", "choices", columns, path)
     acol = _need(answer_col, "answer", columns, path) if answer_col else ("answer" if "answer" in columns else None)
-    icol = _need(id_col, "id", columns, path) if id_col else None
+    icol = _need(id_col, "id", columns, path) if id_col else ("id" if "id" in columns else None)
     scol = _need(subject_col, "subject", columns, path) if subject_col else ("subject" if "subject" in columns else None)
 
     choices = []
@@ -297,7 +318,7 @@ def load_file(
 
 def _filter_subjects(qs: list[Question], subjects: Iterable[str], scol: str | None, path: Path) -> list[Question]:
     if scol is None:
-        raise DatasetError(f"subjects= needs a subject column in {path.name}; name it with subject_col")
+        raise DatasetError(f"--subjects needs a subject column in {path.name}; name it with {COLUMN_FLAGS['subject_col']}")
     want = [s.strip() for s in subjects]
     have = sorted({q.subject for q in qs if q.subject is not None})
     unknown = [s for s in want if s not in have]
