@@ -283,8 +283,14 @@ def _boom(exc):
     return f
 
 
+def _break_loading(monkeypatch, exc):
+    """Make reading score files raise ``exc``, on the in-memory and the streaming path of `fit` alike."""
+    monkeypatch.setattr("refcal.scores.load_scores", _boom(exc))
+    monkeypatch.setattr("refcal.streaming.is_streamable", _boom(exc))
+
+
 def test_unexpected_exception_is_one_line(tmp_path, capsys, monkeypatch, pair):
-    monkeypatch.setattr("refcal.scores.load_scores", _boom(TypeError("bug in here")))
+    _break_loading(monkeypatch, TypeError("bug in here"))
     argv = ["fit", "--base", pair[0], "--chat", pair[1], "-o", tmp_path / "c.json"]
     fails(capsys, argv, rc=1, match=["internal error (TypeError: bug in here)", "--debug"])
     with pytest.raises(TypeError, match="bug in here"):  # --debug shows the real traceback
@@ -292,8 +298,7 @@ def test_unexpected_exception_is_one_line(tmp_path, capsys, monkeypatch, pair):
 
 
 def test_os_error_is_one_line(tmp_path, capsys, monkeypatch, pair):
-    monkeypatch.setattr("refcal.scores.load_scores",
-                        _boom(PermissionError(13, "Permission denied", str(pair[0]))))
+    _break_loading(monkeypatch, PermissionError(13, "Permission denied", str(pair[0])))
     fails(capsys, ["fit", "--base", pair[0], "--chat", pair[1], "-o", tmp_path / "c.json"], rc=1,
           match=[f"{pair[0]}: Permission denied", "permissions"])
 
@@ -301,13 +306,13 @@ def test_os_error_is_one_line(tmp_path, capsys, monkeypatch, pair):
 def test_multiline_messages_are_folded(tmp_path, capsys, monkeypatch, pair):
     from refcal.errors import InputError
 
-    monkeypatch.setattr("refcal.scores.load_scores", _boom(InputError("first line\nsecond line")))
+    _break_loading(monkeypatch, InputError("first line\nsecond line"))
     fails(capsys, ["fit", "--base", pair[0], "--chat", pair[1], "-o", tmp_path / "c.json"],
           match="first line second line")
 
 
 def test_ctrl_c(tmp_path, capsys, monkeypatch, pair):
-    monkeypatch.setattr("refcal.scores.load_scores", _boom(KeyboardInterrupt()))
+    _break_loading(monkeypatch, KeyboardInterrupt())
     rc = main(["fit", "--base", str(pair[0]), "--chat", str(pair[1]), "-o", str(tmp_path / "c.json")])
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err
@@ -361,3 +366,201 @@ def test_logits_bigger_than_float_range(tmp_path, capsys):
     path = tmp_path / "big.jsonl"
     path.write_text('{"id": "a", "logits": [0, 1e400], "label": 0}\n')
     fails(capsys, ["evaluate", "--scores", path], match=[str(path), "has logit +inf"])
+
+
+# ---------------------------------------------------------------------------------------- issue 9 (hardening)
+def test_fit_vector_and_matrix_on_a_small_file(tmp_path, capsys):
+    # 20 x 4 scores: L-BFGS-B may stop "abnormally" (seed 7, matrix); the calibrator must still be saved
+    for seed in (0, 7):
+        d = make_synthetic(20, 4, seed=seed)
+        ids = [f"q{i}" for i in range(20)]
+        base = ScoreSet.from_rows(ids, d.base.tolist()).save(tmp_path / f"b{seed}.jsonl")
+        chat = ScoreSet.from_rows(ids, d.chat.tolist()).save(tmp_path / f"c{seed}.jsonl")
+        for scaling in ("vector", "matrix"):
+            out = tmp_path / f"{scaling}{seed}.json"
+            assert main(["fit", "--base", str(base), "--chat", str(chat), "--scaling", scaling, "-o", str(out)]) == 0
+            doc = json.loads(out.read_text())
+            assert isinstance(doc["solver"]["converged"], bool)
+            assert main(["apply", "--scores", str(chat), "--calibrator", str(out), "-o", str(tmp_path / "o.jsonl")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_other_option_count_is_an_explicit_choice(tmp_path, capsys, calibrators):
+    chat5 = scores(tmp_path / "chat5.jsonl", k=5)
+    out = tmp_path / "out.parquet"
+    fails(capsys, ["apply", "--scores", chat5, "--calibrator", calibrators["temperature"], "-o", out],
+          match=["was fitted on 4 options but", "has 5", "--allow-other-k"])
+    fails(capsys, ["evaluate", "--scores", chat5, "--calibrator", calibrators["temperature"]],
+          match="--allow-other-k")
+    assert not out.exists()
+    assert main(["apply", "--scores", str(chat5), "--calibrator", str(calibrators["temperature"]), "-o", str(out),
+                 "--allow-other-k"]) == 0
+    assert main(["evaluate", "--scores", str(chat5), "--calibrator", str(calibrators["temperature"]),
+                 "--allow-other-k"]) == 0
+    capsys.readouterr()
+    # vector scaling has one parameter per option: never, flag or not
+    fails(capsys, ["apply", "--scores", chat5, "--calibrator", calibrators["vector"], "-o", out, "--allow-other-k"],
+          match="vector scaling has one parameter per option")
+
+
+TAMPERED = {
+    "tiny temperature": (lambda d: (d.update(temperature=1e-320), d["parameters"].update(temperature=1e-320)),
+                         "temperature must be a number within the solver's bounds"),
+    "string temperature": (lambda d: d["parameters"].update(temperature="2.0"), "got '2.0'"),
+    "bool temperature": (lambda d: d["parameters"].update(temperature=True), "got True"),
+    "future version": (lambda d: d.update(format_version=99), "this build of refcal reads format_version 1"),
+    "text version": (lambda d: d.update(format_version="abc"), "format_version 'abc'"),
+    "no version": (lambda d: d.pop("format_version"), "has no format_version, but this build of refcal reads"),
+    "negative k": (lambda d: d.update(n_options=-3), "n_options must be an integer >= 2, got -3"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_calibrator_is_refused(tmp_path, capsys, calibrators, pair, case):
+    edit, message = TAMPERED[case]
+    bad = _edit(calibrators["temperature"], tmp_path / "bad.json", edit)
+    for out in (tmp_path / "out.parquet", tmp_path / "out.jsonl"):
+        fails(capsys, ["apply", "--scores", pair[1], "--calibrator", bad, "-o", out], match=[str(bad), message])
+        assert not out.exists()
+
+
+def test_deeply_nested_calibrator_is_one_line(tmp_path, capsys, pair):
+    bad = tmp_path / "deep.json"
+    bad.write_text('{"format": "refcal-calibrator", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    fails(capsys, ["apply", "--scores", pair[1], "--calibrator", bad, "-o", tmp_path / "o.parquet"],
+          match="nested too deeply")
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"id": "a", "logits": [0, 1], "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    fails(capsys, ["evaluate", "--scores", deep], match=[str(deep), "nested too deeply"])
+
+
+def test_huge_logits_one_message_for_fit_apply_and_evaluate(tmp_path, capsys, pair, calibrators):
+    # finite but beyond 1e100: named as such (not "NaN/+inf"), with the file, by every command alike
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"id": "q0", "logits": [0, 1e150, 1, 2], "label": 0}\n{"id": "q1", "logits": [0, 1, 2, 3], '
+                   '"label": 1}\n')
+    errs = [fails(capsys, ["evaluate", "--scores", big]),
+            fails(capsys, ["apply", "--scores", big, "--calibrator", calibrators["temperature"],
+                           "-o", tmp_path / "o.parquet"]),
+            fails(capsys, ["fit", "--base", big, "--chat", big, "-o", tmp_path / "c.json"])]
+    for err in errs:
+        assert f"{big}: question 'q0' option 1 has logit 1e+150, beyond the allowed range |x| <= 1e+100" in err
+        assert "NaN" not in err
+    assert len({e.split("error: ", 1)[1] for e in errs}) == 1
+
+
+def _data_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+QROWS = [{"id": f"k{i}", "question": f"Question number {i}? #{i % 3}", "choices": ["a", "b", "c"], "answer": i % 3}
+         for i in range(12)]
+
+
+def test_data_file_id_column_is_used_and_must_be_unique(tmp_path, capsys):
+    data = _data_file(tmp_path / "d.jsonl", QROWS)
+    out = tmp_path / "s.jsonl"
+    assert main(["score", "-m", "fake:x", "-d", str(data), "-o", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"k{i}" for i in range(12)]
+    assert all(len(r["question_hash"]) == 12 for r in rows)
+    dup = _data_file(tmp_path / "dup.jsonl", [*QROWS, {**QROWS[0], "question": "another"}])
+    fails(capsys, ["score", "-m", "fake:x", "-d", dup, "-o", tmp_path / "x.jsonl"],
+          match=["rows 0 and 12 share the id 'k0'", "--id-col"])
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_join_refuses_different_questions_under_one_id(tmp_path, capsys):
+    # two differently ordered copies of one file without ids: row numbers pair different questions
+    plain = [{k: v for k, v in r.items() if k != "id"} for r in QROWS]
+    a = _data_file(tmp_path / "a.jsonl", plain)
+    b = _data_file(tmp_path / "b.jsonl", plain[::-1])
+    sa, sb = tmp_path / "sa.parquet", tmp_path / "sb.parquet"
+    for data, out in ((a, sa), (b, sb)):
+        assert main(["score", "-m", "fake:x", "-d", str(data), "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    fails(capsys, ["fit", "--base", sa, "--chat", sb, "-o", tmp_path / "c.json"],
+          match=["has different question texts in", "question_hash", "keyed by an id column"])
+    assert not (tmp_path / "c.json").exists()
+    # with ids, the reordered copy joins question to question
+    c = _data_file(tmp_path / "c.jsonl", QROWS[::-1])
+    sc = tmp_path / "sc.parquet"
+    assert main(["score", "-m", "fake:y", "-d", str(_data_file(tmp_path / "i.jsonl", QROWS)), "-o", str(sa),
+                 "--no-progress"]) == 0
+    assert main(["score", "-m", "fake:x", "-d", str(c), "-o", str(sc), "--no-progress"]) == 0
+    assert main(["fit", "--base", str(sa), "--chat", str(sc), "-o", str(tmp_path / "c.json")]) == 0
+
+
+def test_latin1_csv_is_one_clean_line(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    path.write_bytes('question,choices,answer\nCaf\xe9 or th\xe9?,"[""caf\xe9"", ""th\xe9""]",0\n'.encode("latin-1"))
+    fails(capsys, ["score", "-m", "fake:x", "-d", path, "-o", tmp_path / "s.jsonl"],
+          match=[str(path), "is not UTF-8 text", "Latin-1", "iconv -f latin1 -t utf-8 d.csv > d-utf8.csv"])
+
+
+def test_column_errors_name_the_flags(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    path.write_text('q,opts,answer\nWhy?,"[""a"", ""b""]",0\n')
+    fails(capsys, ["score", "-m", "fake:x", "-d", path, "-o", tmp_path / "s.jsonl"],
+          match=["question column 'question' not found in d.csv", "--question-col"])
+    fails(capsys, ["score", "-m", "fake:x", "-d", path, "-o", tmp_path / "s.jsonl", "--question-col", "q"],
+          match=["--choices-col", "--option-cols"])
+    fails(capsys, ["score", "-m", "fake:x", "-d", path, "-o", tmp_path / "s.jsonl", "--question-col", "q",
+                   "--option-cols", "a,b"], match=["option column 'a' not found", "--option-cols"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_respect_the_umask(tmp_path, pair, umask):
+    base, chat = pair
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "out"
+        files = [out / "cal.json", out / "s.parquet", out / "s.jsonl", out / "m.json"]
+        assert main(["fit", "--base", str(base), "--chat", str(chat), "-o", str(files[0])]) == 0
+        for f in files[1:3]:
+            assert main(["apply", "--scores", str(chat), "--calibrator", str(files[0]), "-o", str(f)]) == 0
+        assert main(["evaluate", "--scores", str(chat), "--calibrator", str(files[0]), "--json", str(files[3])]) == 0
+        for f in files:
+            assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f, oct(f.stat().st_mode))
+        assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+        from refcal._io import make_temp_dir
+
+        assert make_temp_dir(".run.", tmp_path).stat().st_mode & 0o777 == 0o777 & ~umask
+    finally:
+        os.umask(old)
+
+
+def test_score_defaults_agree_with_run(tmp_path, capsys):
+    from refcal.options import default_scoring
+
+    assert default_scoring("fake:x") == "cloze" and default_scoring("openai:gpt") == "letter"
+    data = _data_file(tmp_path / "d.jsonl", QROWS)
+    out = tmp_path / "s.parquet"
+    assert main(["score", "-m", "fake:x", "-d", str(data), "-o", str(out), "--no-progress", "--limit", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 12 questions" in printed and "(cloze" in printed and "template" not in printed
+    from refcal.scores import load_scores
+
+    assert load_scores(out).meta["scoring"] == "cloze"
+    assert main(["score", "-m", "fake:x", "-d", str(data), "-o", str(out), "--no-progress", "--limit", "5",
+                 "--scoring", "letter"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 5 questions" in printed and "(template 1, letter" in printed
+    fails(capsys, ["score", "-m", "fake:x", "-d", data, "-o", out, "-t", "all"], match="letter scoring only")
+
+
+def test_help_names_exit_codes_and_every_option_has_help(capsys):
+    import click
+
+    from refcal.cli import COMMANDS, cli
+
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for code in ("0 success", "1 operating-system error", "2 bad input or usage", "130 interrupted"):
+        assert code in text
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        cmd = cli.get_command(ctx, name)
+        bare = [p.name for p in cmd.params if isinstance(p, click.Option) and not p.help]
+        assert not bare, (name, bare)

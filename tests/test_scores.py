@@ -104,3 +104,19 @@ def test_join_aligns_on_id_and_refuses_mismatches():
 def test_one_present_option_is_refused(tmp_path):
     with pytest.raises(ScoreFileError, match="only one option present"):
         load_scores(_write_jsonl(tmp_path / "one.jsonl", [{"id": "a", "logits": [1.0, None]}]))
+
+
+def test_join_checks_question_hashes_when_both_files_have_them():
+    from refcal.scores import QUESTION_HASH, question_hash
+
+    logits = [[0.0, 1.0], [1.0, 0.0]]
+    h = [question_hash("What?"), question_hash("Why?")]
+    a = ScoreSet.from_rows(["a", "b"], logits, columns={QUESTION_HASH: h})
+    assert len(join_scores(a, ScoreSet.from_rows(["b", "a"], logits[::-1], columns={QUESTION_HASH: h[::-1]})).ids) == 2
+    assert len(join_scores(a, ScoreSet.from_rows(["a", "b"], logits)).ids) == 2  # older files: no column, no check
+    assert len(join_scores(a, ScoreSet.from_rows(["a", "b"], logits, columns={QUESTION_HASH: [None, h[1]]})).ids) == 2
+    with pytest.raises(MismatchError, match="question 'a' has different question texts"):
+        join_scores(a, ScoreSet.from_rows(["a", "b"], logits, columns={QUESTION_HASH: h[::-1]}))
+    with pytest.raises(ScoreFileError, match="question_hash must be a string or null"):
+        ScoreSet.from_rows(["a", "b"], logits, columns={QUESTION_HASH: [1, 2]})
+    assert question_hash("What?") == question_hash("What?") != question_hash("What? ")

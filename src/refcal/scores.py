@@ -509,6 +509,7 @@ def join_scores(base: ScoreSet, chat: ScoreSet) -> JoinedScores:
             + "; score both models on the same data set and split"
         )
     order = np.array([b_pos[i] for i in c_ids], dtype=np.int64)
+    _check_same_questions(base.columns.get(QUESTION_HASH), order, chat.columns.get(QUESTION_HASH), c_ids, b_src, c_src)
     b_nopt = base.n_options[order]
     diff = np.flatnonzero(b_nopt != chat.n_options)
     if diff.size:
@@ -531,7 +532,6 @@ def join_scores(base: ScoreSet, chat: ScoreSet) -> JoinedScores:
     if conflict.any():
         r = np.flatnonzero(conflict)[0]
         raise MismatchError(f"question {c_ids[r]!r} has label {bl[r]} in {b_src} but {cl[r]} in {c_src}")
-    _check_same_questions(base.columns.get(QUESTION_HASH), order, chat.columns.get(QUESTION_HASH), c_ids, b_src, c_src)
     labels = np.where(cl >= 0, cl, bl)
     return JoinedScores(chat.ids.copy(), b, c, labels, chat, base.subset(order))
 

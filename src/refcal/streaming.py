@@ -79,7 +79,7 @@ def is_streamable(path: str | Path) -> bool:
             if line.strip():
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     return True  # let the block reader report the error with its line number
                 return isinstance(obj, dict) and "logits" in obj and "id" in obj
     return False
@@ -121,6 +121,9 @@ def _jsonl_blocks(path: Path, block_rows: int) -> Iterator[ScoreSet]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ScoreFileError(f"{src}:{ln}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                except RecursionError:
+                    raise ScoreFileError(f"{src}:{ln}: JSON nested too deeply; each line must be one flat JSON "
+                                         "object") from None
                 if not isinstance(obj, dict) or "id" not in obj or "logits" not in obj:
                     raise ScoreFileError(f"{src}:{ln}: expected a JSON object like {{\"id\": ..., \"logits\": [...]}}")
                 ids.append(obj["id"])
