@@ -145,3 +145,45 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_generate_sends_greedy_requests_and_cuts_at_the_stop_string():
+    import http.server
+    import json
+
+    from refcal.backends.base import GenerateRequest
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append((self.path, body))
+            text = "Paris.\nQuestion: next" if "messages" in body else " B) because"
+            choice = {"message": {"role": "assistant", "content": text}} if "messages" in body else {"text": text}
+            out = json.dumps({"choices": [choice]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        b = OpenAIBackend("m", api_base=f"http://127.0.0.1:{srv.server_address[1]}/v1", mode="completions")
+        out = b.generate([GenerateRequest("Capital of France?", max_new_tokens=8, stop=("\n",), chat=True),
+                          GenerateRequest("Answer:", max_new_tokens=3, stop=(")",))])
+    finally:
+        srv.shutdown()
+    assert out == ["Paris.", " B"]
+    by_path = {p: body for p, body in seen}
+    chat, raw = by_path["/v1/chat/completions"], by_path["/v1/completions"]
+    assert chat["max_tokens"] == 8 and chat["stop"] == ["\n"] and chat["temperature"] == 0
+    assert chat["messages"] == [{"role": "user", "content": "Capital of France?"}] and "logprobs" not in chat
+    assert raw["prompt"] == "Answer:" and raw["max_tokens"] == 3 and b.stats.n_requests == 2
+    with pytest.raises(InputError, match="max_new_tokens"):
+        b.generate([GenerateRequest("x", max_new_tokens=0)])

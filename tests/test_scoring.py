@@ -333,3 +333,27 @@ def test_cape_scoring_mode_and_task_keyword(tmp_path):
     np.testing.assert_allclose(np.exp(s.logits).sum(1), 1.0)  # ... and CAPE rows are log-probabilities
     letter = score_questions(FakeBackend(), qs, task=LetterTask(template=2), cache=False)
     assert letter.meta["template"] == 2 and letter.meta["scoring"] == "letter"
+
+
+#: Largest difference (nats) allowed between a row scored in another batch plan and a fresh run's; the
+#: measured maximum on the packaged models is ~1e-5 (float32 sums accumulated in another order).
+PLAN_BOUND = 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alias, scoring", [("smollm2-135m-instruct", "letter"), ("gemma-3-270m", "cloze")])
+def test_cache_warmed_by_another_limit_stays_within_the_bound(tmp_path, alias, scoring):
+    """A cache filled by a run on a subset (another batch plan) is reused by a run on all questions."""
+    from refcal.backends import load_backend
+    from refcal.data import load_dataset
+
+    backend = load_backend(alias, device="cpu", batch_size=8)
+    qs = load_dataset("sciq", limit=48, seed=0)
+    fresh = score_questions(backend, qs, scoring=scoring, cache=False, progress=False)
+    subset = qs[::3]  # 16 questions: other batches than in the run on all 48
+    score_questions(backend, subset, scoring=scoring, cache_dir=tmp_path, progress=False)
+    warm = score_questions(backend, qs, scoring=scoring, cache_dir=tmp_path, progress=False)
+    diff = np.abs(warm.logits - fresh.logits).max(axis=1)
+    print(f"{alias} {scoring}: {int((diff > 0).sum())} of {len(qs)} rows differ, max {diff.max():.3g} nats")
+    assert diff.max() <= PLAN_BOUND
+    np.testing.assert_array_equal(warm.logits.argmax(1), fresh.logits.argmax(1))

@@ -116,6 +116,33 @@ def test_tiny_letter_tokens_and_errors():
     assert other.fingerprint != be.fingerprint
 
 
+def _ref_generate(be: TransformersBackend, prompt: str, n: int) -> str:
+    """Independent greedy decoding: full forward passes, no cache, no padding."""
+    ids = be.tokenizer(prompt)["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(be.model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            new.append(nxt)
+    return be.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_tiny_greedy_generation_matches_full_forward_and_stops():
+    from refcal.tasks import GenerateRequest
+
+    be = _tiny_backend()
+    prompts = ["Question: 2+2=?\nAnswer:", "Hi"]
+    refs = [_ref_generate(be, p, 6) for p in prompts]
+    got = be.generate([GenerateRequest(p, max_new_tokens=6) for p in prompts])
+    assert got == refs
+    stop = refs[0][1:3]
+    cut = be.generate([GenerateRequest(prompts[0], max_new_tokens=6, stop=(stop,))])[0]
+    assert cut == refs[0][: refs[0].index(stop)]
+    assert list(be.generate_iter([GenerateRequest(prompts[1], max_new_tokens=6)])) == [(0, refs[1])]
+    with pytest.raises(InputError, match="max_new_tokens"):
+        be.generate([GenerateRequest("x", max_new_tokens=0)])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("alias", ["smollm2-135m-instruct", "gemma-3-270m"])
 def test_packaged_models(alias, monkeypatch):

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from ..errors import BackendError, InputError, MissingDependencyError
+from ..tasks.requests import request_text_length
 from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, NotSupportedError
@@ -191,6 +192,10 @@ class OpenAIBackend:
         }
 
     # -- public API ---------------------------------------------------------------------------
+    def request_length(self, request: Any) -> int:
+        """Characters of the prompt (the server's tokenizer is not known here); sorts batches."""
+        return request_text_length(request)
+
     def score_letters(self, requests: Sequence[LetterRequest]) -> list[np.ndarray]:
         """Letter log-probabilities, one float64 array of shape (k,) per request (floored where absent)."""
         return [s.logprobs for s in self.score_letters_detailed(requests)]
@@ -283,7 +288,7 @@ class OpenAIBackend:
             pool.shutdown(wait=True)
             client.close()
 
-    def _post(self, client: Any, text: str, chat: bool, index: int, stop: threading.Event,
+    def _post(self, client: Any, text: str, chat: bool, index: int, abort: threading.Event,
               **extra: Any) -> tuple[dict, str]:
         """POST one prompt (raw to /completions, or as a user message to /chat/completions); (body, url)."""
         common: dict[str, Any] = {"model": self.model, "temperature": 0, "n": 1, "stream": False, **extra}
@@ -298,7 +303,7 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
         body = post_json(
             client, url, payload, headers=headers, policy=self.policy, secret=self._key,
-            rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=stop, on_retry=self._count_retry,
+            rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=abort, on_retry=self._count_retry,
         )
         return body, url
 

@@ -4,13 +4,13 @@ permutations of the options (CAPE)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import prompts  # a module, not names: prompts imports tasks.requests (import order)
-from .._math import log_softmax
 from ..data.base import Question
 from ..errors import InputError, ModelError
 from .base import is_count_list, is_score_list, keys_are
@@ -177,11 +177,18 @@ class PermutedLetterTask:
 
     def finish(self, raw: Any) -> list[float | None]:
         rows = np.array([[-np.inf if v is None else v for v in _letter_values(r)] for r in raw["shifts"]])
-        logp = log_softmax(rows, axis=1)
-        top = logp.max(axis=0)
-        with np.errstate(divide="ignore"):
-            avg = top + np.log(np.exp(logp - np.where(np.isfinite(top), top, 0.0)).mean(axis=0))
-        return [None if np.isneginf(v) else float(v) for v in avg]
+        # log-softmax of each shift, normalised with fsum (exactly rounded): the result does not depend on
+        # the order of the options within a row nor on the order of the shifts
+        top_r = rows.max(axis=1, keepdims=True)
+        logp = rows - (top_r + np.log([[math.fsum(r)] for r in np.exp(rows - top_r)]))
+        out: list[float | None] = []
+        for col in logp.T:
+            top = col.max()
+            if np.isneginf(top):
+                out.append(None)
+                continue
+            out.append(float(top + np.log(math.fsum(np.exp(col - top)) / len(col))))
+        return out
 
     def cache_key(self) -> dict[str, Any]:
         return {"template": self.template, "kind": "cape", "chat": self.chat}
