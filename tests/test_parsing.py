@@ -218,7 +218,7 @@ def test_prompt_texts_are_verbatim():
     assert pf.P_TRUE_PROMPT.format(question="Q?", answer="X") == (
         "Question: Q?\nProposed Answer: X\nIs the proposed answer:\n (A) True\n (B) False\nThe proposed answer is:")
     assert pf.p_true_prompt(" Q? ", " X ") == pf.P_TRUE_PROMPT.format(question="Q?", answer="X") + " ("
-    assert pf.p_true_prompt("Q?", "X", scored=False).endswith("is:")
+    assert pf.p_true_prompt("Q?", "X", chat=True) == pf.P_TRUE_PROMPT.format(question="Q?", answer="X")
     assert pf.P_TRUE_LETTERS == ("B", "A")  # index 0 = False, 1 = True
     assert pf.generation_prompt("Who?") == "Question: Who?\nAnswer:"
     assert (pf.GENERATION_MAX_NEW_TOKENS, pf.GENERATION_STOP) == (32, ("\n",))
@@ -254,3 +254,23 @@ def test_template_checks():
         pf.p_true_prompt("Q", "A", template="{question} {answer")
     with pytest.raises(InputError, match="at least 2 options"):
         pf.tian_mc_prompt("Q", ["only"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alias", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_p_true_letters_are_the_tokens_after_the_suffix(alias, monkeypatch):
+    """The documented choice holds on both packaged tokenizers: prompt + " (A)" tokenises as the raw
+    prompt's tokens followed by the bare letter "A" (one token) and ")"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from refcal.backends.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(alias).path)
+    prompt = pf.p_true_prompt("What is the capital of France?", "Paris")
+    base = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert tok.decode(base[-1:]) == " ("
+    for letter in pf.P_TRUE_LETTERS:
+        (lid,) = tok(letter, add_special_tokens=False)["input_ids"]
+        full = tok(prompt + letter + ")", add_special_tokens=False)["input_ids"]
+        assert full[: len(base) + 1] == base + [lid]

@@ -28,8 +28,8 @@ P_TRUE_PROMPT = (
     "Question: {question}\nProposed Answer: {answer}\nIs the proposed answer:\n (A) True\n (B) False\n"
     "The proposed answer is:"
 )
-#: Appended before scoring: the model's reply " (A)" / " (B)" tokenises as " (" + "A" / "B" on both
-#: packaged models (SmolLM2, Gemma-3), so the letter is the next token after this suffix, bare (no space).
+#: Appended to raw (non-chat) prompts before scoring: the reply " (A)" / " (B)" tokenises as " (" + "A" / "B"
+#: on both packaged models (SmolLM2, Gemma-3), so the letter is the next token after this suffix, bare (no space).
 P_TRUE_SCORED_SUFFIX = " ("
 #: Letters in logit order: index 0 = False ("B"), index 1 = True ("A"), so the confidence is P(True).
 P_TRUE_LETTERS = ("B", "A")
@@ -95,15 +95,18 @@ def generation_prompt(question: str) -> str:
     return GENERATION_PROMPT.format(question=question.strip())
 
 
-def p_true_prompt(question: str, answer: str, *, template: str = P_TRUE_PROMPT, scored: bool = True) -> str:
-    """The P(True) judging prompt (§3.2) for one (question, proposed answer) pair.
+def p_true_prompt(question: str, answer: str, *, template: str = P_TRUE_PROMPT, chat: bool = False) -> str:
+    """The P(True) judging prompt (§3.2) for one (question, proposed answer) pair, ready for letter scoring
+    of :data:`P_TRUE_LETTERS` (logit index 0 = False, 1 = True), bare letters (no leading space).
 
-    ``scored=True`` appends :data:`P_TRUE_SCORED_SUFFIX`: score the bare letters :data:`P_TRUE_LETTERS`
-    as the next token (logit index 0 = False, 1 = True).
+    ``chat=False`` (a raw prompt, e.g. the base model): :data:`P_TRUE_SCORED_SUFFIX` ``" ("`` is
+    appended, so the letter is the next token exactly as in the reply ``" (A)"``. ``chat=True`` (the
+    text becomes the user turn of the chat template): no suffix; the letter is scored as the first
+    token of the assistant's reply.
     """
     check_template(template, ("question", "answer"), what="P(True)")
     text = template.format(question=question.strip(), answer=answer.strip())
-    return text + P_TRUE_SCORED_SUFFIX if scored else text
+    return text if chat else text + P_TRUE_SCORED_SUFFIX
 
 
 def _with_options(question: str, choices: Sequence[str]) -> str:
