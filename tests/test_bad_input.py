@@ -243,15 +243,14 @@ def test_report_not_a_run_folder(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------- datasets, demo, top level
-def test_datasets_errors(tmp_path, capsys, monkeypatch):
+def test_datasets_errors(tmp_path, capsys, refcal_dirs):
     fails(capsys, ["datasets", "--sdist", tmp_path / "x.tar.gz"], match="does not exist")
     garbage = tmp_path / "bigbench.tar.gz"
     garbage.write_bytes(b"not a tarball")
-    monkeypatch.setenv("REFCAL_DATA_DIR", str(tmp_path / "home"))
     err = fails(capsys, ["datasets", "--setup-bigbench", "--sdist", garbage],
                 match=["cannot read the BIG-bench archive", "not a valid bigbench-1.0.0.tar.gz"])
     assert "delete it" not in err  # the user's own file must not be deleted on our advice
-    assert garbage.exists() and not (tmp_path / "home" / "bigbench").exists()
+    assert garbage.exists() and not (refcal_dirs.data / "bigbench").exists()
 
 
 def test_demo_bad_options(capsys):

@@ -1,6 +1,7 @@
 """End-to-end tests of fit / evaluate / apply / demo through the real entry point."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -90,3 +91,33 @@ def test_demo(capsys):
     vanilla_ece = float(lines["chat"][-5])
     daca_ece = float(lines["DACA"][-5])
     assert daca_ece < vanilla_ece / 2
+
+
+# ---------------------------------------------------------------------------------------- test isolation
+def test_every_test_has_private_cache_and_data_folders(refcal_dirs):
+    import conftest
+
+    from refcal._paths import cache_root, data_home
+
+    assert cache_root() == refcal_dirs.cache != conftest.REAL_CACHE
+    assert data_home() == refcal_dirs.data != conftest.REAL_DATA
+    assert os.environ["XDG_CACHE_HOME"] == str(refcal_dirs.xdg)
+    assert not (refcal_dirs.cache / "models").exists()
+
+
+@pytest.mark.real_models
+def test_real_models_marker_links_only_the_converted_models(refcal_dirs):
+    import conftest
+
+    for sub in ("models", "sha"):
+        assert (refcal_dirs.cache / sub).resolve() == (conftest.REAL_CACHE / sub).resolve()
+    assert not (refcal_dirs.cache / "scores").exists()  # score caches stay private
+
+
+@pytest.mark.real_data
+def test_real_data_marker_uses_the_real_data_home(refcal_dirs):
+    import conftest
+
+    from refcal._paths import data_home
+
+    assert data_home() == conftest.REAL_DATA == refcal_dirs.data

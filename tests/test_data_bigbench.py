@@ -32,11 +32,11 @@ def _fake_sdist(path, files):
 
 
 @pytest.fixture()
-def data_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("REFCAL_DATA_DIR", str(tmp_path / "home"))
+def data_home(refcal_dirs):
+    """The test's private data home (tests/conftest.py), with the loaders' memo cleared around the test."""
     for f in (bigbench.load_truthfulqa_mc, bigbench.load_mathqa):
         f.cache_clear()
-    yield tmp_path / "home"
+    yield refcal_dirs.data
     for f in (bigbench.load_truthfulqa_mc, bigbench.load_mathqa):
         f.cache_clear()
 
@@ -95,6 +95,7 @@ def test_incomplete_or_broken_archives(tmp_path, data_home):
         bigbench.fetch(sdist=tmp_path / "nope.tar.gz")
 
 
+@pytest.mark.real_data
 def test_real_bigbench_sizes():
     for f in (bigbench.load_truthfulqa_mc, bigbench.load_mathqa):
         f.cache_clear()

@@ -38,6 +38,7 @@ def test_packaged_sizes_and_content():
     assert info["nq-open"].splits == {"validation": 3610} and info["sciq"].task == "multiple-choice"
 
 
+@pytest.mark.real_data
 def test_real_truthfulqa_gen():
     load_truthfulqa_gen.cache_clear()
     if not bigbench.is_fetched() and not os.environ.get("CI"):  # `make test` fetches them; CI must not skip

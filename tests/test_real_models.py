@@ -1,28 +1,20 @@
 """`refcal run` on the real packaged models and data (Gemma-3-270M base, SmolLM2-135M-Instruct chat, SciQ)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from refcal._paths import cache_root
 from refcal.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def fresh_score_cache(tmp_path, monkeypatch):
-    """Scores are recomputed (empty score cache) but the one-time GGUF conversion is reused."""
-    real = cache_root()
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for sub in ("models", "sha"):
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        os.symlink(real / sub, cache / sub)
-    monkeypatch.setenv("REFCAL_CACHE_DIR", str(cache))
-    return cache
+def fresh_score_cache(refcal_dirs):
+    """Scores are recomputed (empty score cache) but the one-time GGUF conversion is reused (the
+    ``slow`` marker links the real converted models into the test's cache, see tests/conftest.py)."""
+    return refcal_dirs.cache
 
 
 def test_embedded_default_run_small(tmp_path, fresh_score_cache, capsys):
