@@ -96,7 +96,6 @@ def test_demo(capsys):
 # ---------------------------------------------------------------------------------------- test isolation
 def test_every_test_has_private_cache_and_data_folders(refcal_dirs):
     import conftest
-
     from refcal._paths import cache_root, data_home
 
     assert cache_root() == refcal_dirs.cache != conftest.REAL_CACHE
@@ -117,7 +116,6 @@ def test_real_models_marker_links_only_the_converted_models(refcal_dirs):
 @pytest.mark.real_data
 def test_real_data_marker_uses_the_real_data_home(refcal_dirs):
     import conftest
-
     from refcal._paths import data_home
 
     assert data_home() == conftest.REAL_DATA == refcal_dirs.data
