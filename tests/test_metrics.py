@@ -212,6 +212,38 @@ def test_bootstrap_of_constant_metric_is_degenerate():
     assert ci == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
 
 
+def test_bootstrap_nll_from_log_probabilities_uses_the_same_resamples():
+    p, y = _random(300, 4, seed=3)
+    lp = np.log(p)
+    a, b = M.bootstrap_nll_ci(lp, y, n_boot=400, seed=5), M.bootstrap_ci(M.nll, p, y, n_boot=400, seed=5)
+    assert a == (pytest.approx(b.estimate, rel=1e-12), pytest.approx(b.low, rel=1e-12), pytest.approx(b.high, rel=1e-12))
+    assert M.nll_from_log_proba(lp, y) == pytest.approx(M.nll(p, y), rel=1e-12)
+
+
+def test_bootstrap_nll_is_finite_when_probabilities_underflow():
+    # log-probability -800 of the true option: exp() gives 0, so the NLL of probabilities is infinite
+    lp = np.log(np.tile([[0.5, 0.5]], (20, 1)))
+    lp[0] = [0.0, -800.0]
+    y = np.zeros(20, int)
+    y[0] = 1
+    ci = M.bootstrap_nll_ci(lp, y, n_boot=200, seed=0)
+    assert ci.estimate == pytest.approx((800 + 19 * np.log(2)) / 20) and np.isfinite([ci.low, ci.high]).all()
+    assert ci.low <= ci.estimate <= ci.high
+    with pytest.raises(InputError, match="log-probabilities"):
+        M.bootstrap_nll_ci(np.array([[0.2, 0.8]]), np.array([0]))
+
+
+def test_bootstrap_with_infinite_values_warns_nothing(recwarn):
+    p = np.tile([[1.0, 0.0]], (30, 1))
+    y = np.zeros(30, int)
+    y[:3] = 1  # three questions with probability 0 on the true option: every resample's NLL is inf or finite
+    with np.errstate(all="raise"):
+        ci = M.bootstrap_ci(M.nll, p, y, n_boot=300, seed=1)
+    assert ci.estimate == ci.high == np.inf and ci.low <= ci.high
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
+    assert M._quantiles(np.array([1.0, 2.0, np.inf, np.inf]), (0.0, 0.5, 0.9, 1.0)) == [1.0, np.inf, np.inf, np.inf]
+
+
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("probs", "labels", "match"),

@@ -190,6 +190,49 @@ def test_without_labels(unlabelled_run):
     assert "temperature" in md and "Fitted calibrator" in md
 
 
+MARKUP = "[x](javascript:alert(1)) **bold** `code` <b>tag</b>"
+
+
+def test_markdown_from_files_is_inert(run_dir, tmp_path):
+    folder, _ = run_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "dataset": MARKUP, f"col {MARKUP}": 1}))
+    doc = json.loads((copy / "metrics.json").read_text())
+    doc["method_labels"] = {"daca": "# **DACA**"}
+    doc["fits"]["daca"][0]["group"] = "[g](javascript:x)"
+    (copy / "metrics.json").write_text(json.dumps(doc))
+    md = write_report(copy)["report.md"].read_text()
+    assert not re.search(r"(?<!\\)\]\(javascript:", md)  # no link: every "]" before "(javascript:" is escaped
+    for raw in ("**bold**", "`code`", "<b>", "**DACA**"):
+        assert raw not in md, raw
+    assert "\\[x\\](javascript:alert(1)) \\*\\*bold\\*\\* \\`code\\` \\<b\\>tag\\</b\\>" in md
+    assert "| \\# \\*\\*DACA\\*\\* |" in md and "\\[g\\](javascript:x)" in md
+
+
+def test_report_reuses_the_selective_curves_of_the_run(run_dir, tmp_path, monkeypatch):
+    folder, _ = run_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    doc = json.loads((copy / "metrics.json").read_text())
+    from refcal.scores import load_scores
+
+    doc["selective"] = {}
+    for m in doc["methods"]:
+        s = load_scores(copy / "predictions" / f"{m}.parquet")
+        curve = metrics.selective_accuracy(np.exp(s.logits), s.labels)
+        doc["selective"][m] = {k: np.asarray(getattr(curve, k)).tolist()
+                               for k in ("thresholds", "accuracy", "coverage", "n_selected")}
+    (copy / "metrics.json").write_text(json.dumps(doc).replace("NaN", "null"))
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("selective curves recomputed")
+
+    monkeypatch.setattr(metrics, "selective_accuracy", recomputed)
+    assert "plots/selective.png" in write_report(copy)
+
+
 # ---------------------------------------------------------------------------------------------- errors, CLI
 def test_errors(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
