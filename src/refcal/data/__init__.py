@@ -6,15 +6,18 @@ through one entry point, :func:`load_dataset`.
 """
 
 from .base import Question
+from .freeform import FreeformQuestion, load_freeform
 from .mmlu import mmlu_subjects
 from .registry import DatasetInfo, default_split, fewshot_examples, list_datasets, load_dataset
 
 __all__ = [
     "DatasetInfo",
+    "FreeformQuestion",
     "Question",
     "default_split",
     "fewshot_examples",
     "list_datasets",
     "load_dataset",
+    "load_freeform",
     "mmlu_subjects",
 ]

@@ -197,7 +197,9 @@ def load_dataset(
     Returns
     -------
     list of Question
-        Ids unique within the data set and split; ``label`` is -1 when unknown.
+        Ids unique within the data set and split; ``label`` is -1 when unknown. Free-form built-ins
+        (``DatasetInfo.task == "free-form"``) give :class:`~refcal.data.freeform.FreeformQuestion`
+        instead; user files with an ``answers`` column load with :func:`~refcal.data.freeform.load_freeform`.
     """
     if isinstance(subjects, str):
         subjects = [s for s in subjects.split(",") if s.strip()]
