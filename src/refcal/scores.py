@@ -355,6 +355,28 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def score_file_magic(path: Path) -> bytes:
+    """The first 4 bytes of a score file (``b"PAR1"`` for Parquet), after checking it can be read.
+
+    Raises
+    ------
+    ScoreFileError
+        The file is missing, a directory, empty or unreadable.
+    """
+    src = str(path)
+    if not path.exists():
+        raise ScoreFileError(f"{src}: no such file; pass a .parquet or .jsonl score file (see `refcal score`)")
+    if path.is_dir():
+        raise ScoreFileError(f"{src}: is a directory; pass a .parquet or .jsonl score file")
+    if path.stat().st_size == 0:
+        raise ScoreFileError(f"{src}: the file is empty; re-create it with `refcal score`")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4)
+    except OSError as e:
+        raise ScoreFileError(f"{src}: cannot read it ({e.strerror}); check its permissions") from None
+
+
 def load_scores(path: str | os.PathLike, *, lmeval_metric: str | None = None) -> ScoreSet:
     """Read a score file (Parquet or JSON Lines) and validate it.
 
@@ -371,17 +393,7 @@ def load_scores(path: str | os.PathLike, *, lmeval_metric: str | None = None) ->
     """
     path = Path(path)
     src = str(path)
-    if not path.exists():
-        raise ScoreFileError(f"{src}: no such file; pass a .parquet or .jsonl score file (see `refcal score`)")
-    if path.is_dir():
-        raise ScoreFileError(f"{src}: is a directory; pass a .parquet or .jsonl score file")
-    if path.stat().st_size == 0:
-        raise ScoreFileError(f"{src}: the file is empty; re-create it with `refcal score`")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as e:
-        raise ScoreFileError(f"{src}: cannot read it ({e.strerror}); check its permissions") from None
+    magic = score_file_magic(path)
     from .formats.lmeval import is_lmeval_log, read_lmeval
 
     if magic != b"PAR1" and is_lmeval_log(path):

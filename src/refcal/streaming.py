@@ -32,7 +32,7 @@ import numpy as np
 
 from ._math import log_softmax
 from .errors import FitError, InputError, MismatchError, ScoreFileError
-from .scores import ScoreSet, join_scores
+from .scores import ScoreSet, join_scores, score_file_magic
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +54,15 @@ class OrderMismatch(MismatchError):
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _check_file(path: Path) -> bytes:
-    src = str(path)
-    if not path.exists():
-        raise ScoreFileError(f"{src}: no such file; pass a .parquet or .jsonl score file (see `refcal score`)")
-    if path.is_dir():
-        raise ScoreFileError(f"{src}: is a directory; pass a .parquet or .jsonl score file")
-    if path.stat().st_size == 0:
-        raise ScoreFileError(f"{src}: the file is empty; re-create it with `refcal score`")
-    with open(path, "rb") as fh:
-        return fh.read(4096)
-
-
 def is_streamable(path: str | Path) -> bool:
     """True for Parquet and for JSON Lines whose first object has ``id`` and ``logits`` keys."""
-    head = _check_file(Path(path))
-    if head[:4] == b"PAR1":
+    if score_file_magic(Path(path)) == b"PAR1":
         return True
-    first = head.lstrip(b"\xef\xbb\xbf").lstrip().split(b"\n", 1)[0]
-    if not first.startswith(b"{"):
-        return False
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for line in fh:
             if line.strip():
+                if not line.lstrip().startswith("{"):
+                    return False  # e.g. an lm-eval 0.4.0-0.4.2 JSON array: the in-memory readers know it
                 try:
                     obj = json.loads(line)
                 except (json.JSONDecodeError, RecursionError):
@@ -94,9 +80,7 @@ def iter_blocks(path: str | Path, block_rows: int = BLOCK_ROWS) -> Iterator[Scor
     path = Path(path)
     if not is_streamable(path):
         raise NotStreamable(f"{path}: not a refcal score file; it is read in memory")
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic == b"PAR1":
+    if score_file_magic(path) == b"PAR1":
         yield from _parquet_blocks(path, block_rows)
     else:
         yield from _jsonl_blocks(path, block_rows)
@@ -406,9 +390,7 @@ def _labelled_blocks(path: Path, block_rows: int) -> Iterator[ScoreSet]:
 def _file_meta(path: Path) -> dict[str, Any]:
     """File-level metadata without reading the rows (Parquet key ``refcal``), plus ``source``."""
     meta: dict[str, Any] = {}
-    with open(path, "rb") as fh:
-        parquet = fh.read(4) == b"PAR1"
-    if parquet:
+    if score_file_magic(path) == b"PAR1":
         import pyarrow.parquet as pq
 
         raw = (pq.read_schema(path).metadata or {}).get(b"refcal")
