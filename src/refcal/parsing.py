@@ -11,7 +11,7 @@ dropped: the caller counts failures (:func:`count_failures`) and applies :func:`
 
 Numbers (our reading, documented in docs/FREEFORM.md):
 
-* Tian (a probability in [0, 1]): ``0.8``, ``.8``, ``80%`` and ``80 %`` give 0.8; a number above 1
+* Tian (a probability in [0, 1]): ``0.8``, ``.8``, ``0,8``, ``80%`` and ``80 %`` give 0.8; a number above 1
   without a percent sign is read as a percentage (``80`` -> 0.8), models often write one;
 * Xiong (a 0-100 scale): ``80``, ``80%`` -> 0.8; a decimal number at most 1 without a percent sign
   (``0.8``) is read as a fraction, since "0.8 %" confidence is not what such an answer means;
@@ -56,7 +56,8 @@ class ParseResult:
 
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(%|percent\b)?"
 _GUESS = re.compile(r"guess\s*[:：]\s*(.*?)\s*(?=(?:\n|\r|probability\s*[:：]|$))", re.IGNORECASE | re.DOTALL)
-_PROB = re.compile(r"probability\s*[:：]\s*\**\s*" + _NUM, re.IGNORECASE)
+# a decimal comma ("0,8") is accepted here: the Tian format has no other use for a comma after the number
+_PROB = re.compile(r"probability\s*[:：]\s*\**\s*([-+]?(?:\d+(?:[.,]\d+|\.)?|\.\d+))\s*(%|percent\b)?", re.IGNORECASE)
 _XIONG_HEAD = re.compile(r"answer\s*(?:and|&)\s*confidence\s*(?:\(\s*0\s*-\s*100\s*\))?\s*[:：]", re.IGNORECASE)
 _XIONG_TAIL = re.compile(r"[,;]\s*\**\s*" + _NUM + r"\s*\**\s*(?:`{3})?\s*\.?\s*$", re.IGNORECASE)
 _WRAP = " \t\"'`*_[]<>"
@@ -94,7 +95,7 @@ def parse_guess_probability(text: str) -> ParseResult:
     g = _GUESS.search(text)
     p = _PROB.search(text)
     answer = _clean_answer(g.group(1)) if g else None
-    conf, clipped = _to_unit(p.group(1), p.group(2), scale_100=False) if p else (None, False)
+    conf, clipped = _to_unit(p.group(1).replace(",", "."), p.group(2), scale_100=False) if p else (None, False)
     if not answer:
         return ParseResult(None, conf, False, "no guess", clipped)
     if conf is None:
