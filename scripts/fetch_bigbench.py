@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One-time set-up of the BIG-bench data sets (truthfulqa-mc, mathqa); a no-op when already done.
 
-Downloads the bigbench 1.0.0 sdist (358 MB) from PyPI, checks its SHA-256, extracts the two task files
+Downloads the bigbench 1.0.0 sdist (358 MB) through pip's configured package index, checks its SHA-256, extracts the two task files
 refcal reads into ``$REFCAL_DATA_DIR/bigbench`` (default ``~/.cache/refcal/bigbench``) and deletes
 the archive. Same as ``refcal datasets --setup-bigbench``.
 

@@ -6,6 +6,7 @@ import json
 import os
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,76 @@ def test_cli_setup_bigbench(tmp_path, data_home, capsys):
     assert main(["datasets", "--setup-bigbench", "--sdist", str(sdist)]) == 0
     assert "ready in" in capsys.readouterr().out and bigbench.is_fetched()
     assert main(["datasets", "--sdist", str(sdist)]) == 2  # --sdist alone is a usage error
+
+
+def _fake_index(tmp_path, sdist):
+    """A PEP 503 simple index (file://) whose bigbench page links to ``sdist`` in another folder."""
+    files = tmp_path / "files"
+    files.mkdir()
+    target = files / bigbench.SDIST_NAME
+    target.write_bytes(sdist.read_bytes())
+    page = tmp_path / "index" / "bigbench"
+    page.mkdir(parents=True)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    page.joinpath("index.html").write_text(
+        '<html><body><a href="../../files/bigbench-0.9.tar.gz">bigbench-0.9.tar.gz</a>'
+        f'<a href="../../files/{bigbench.SDIST_NAME}#sha256={digest}">{bigbench.SDIST_NAME}</a></body></html>')
+    return (tmp_path / "index").as_uri(), digest
+
+
+@pytest.fixture()
+def pip_env(monkeypatch):
+    """pip sees only what a test configures (no config files, no PIP_* of this machine)."""
+    for var in [v for v in os.environ if v.startswith("PIP_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    return monkeypatch
+
+
+def test_setup_finds_the_archive_through_pips_index(tmp_path, data_home, pip_env):
+    sdist = _fake_sdist(tmp_path / "bb.tar.gz", {"truthful_qa/task_mc.json": TQA,
+                                                 "elementary_math_qa/question_only/task.json": MQA,
+                                                 "truthful_qa/questions.json": TQG})
+    index, digest = _fake_index(tmp_path, sdist)
+    pip_env.setenv("PIP_INDEX_URL", index)
+    assert bigbench.pip_config()["index-url"] == index
+    assert bigbench.find_sdist().startswith((tmp_path / "files").as_uri() + "/" + bigbench.SDIST_NAME)
+    with pytest.raises(DatasetError, match="has SHA-256"):  # the pinned hash of the real archive
+        bigbench.fetch()
+    pip_env.setattr(bigbench, "SDIST_SHA256", digest)
+    root = bigbench.fetch()
+    assert bigbench.is_fetched(root) and not list(root.glob("*.tar.gz*"))
+    assert (tmp_path / "files" / bigbench.SDIST_NAME).exists()  # the index's copy is left alone
+
+
+def test_setup_uses_find_links_and_extra_indexes_and_says_where_it_looked(tmp_path, data_home, pip_env):
+    sdist = _fake_sdist(tmp_path / "bb.tar.gz", {"truthful_qa/task_mc.json": TQA})
+    index, _ = _fake_index(tmp_path, sdist)
+    empty = tmp_path / "empty"
+    (empty / "bigbench").mkdir(parents=True)
+    (empty / "bigbench" / "index.html").write_text("<html></html>")
+    conf = {"index-url": empty.as_uri(), "extra-index-url": f"{(tmp_path / 'missing').as_uri()} {index}"}
+    assert bigbench.find_sdist(conf).startswith((tmp_path / "files").as_uri())
+    assert bigbench.find_sdist({"find-links": str(tmp_path / "files"), "no-index": "true"}) == \
+        (tmp_path / "files" / bigbench.SDIST_NAME).resolve().as_uri()
+    with pytest.raises(DatasetError, match=r"no configured package index offers bigbench-1.0.0.tar.gz \(tried: .*"
+                                           r"empty/bigbench/ \(no bigbench-1.0.0.tar.gz\); .*missing/bigbench/"):
+        bigbench.find_sdist({"index-url": empty.as_uri(), "extra-index-url": (tmp_path / "missing").as_uri()})
+
+
+def test_no_registry_address_is_written_in_the_project():
+    import re
+    import subprocess
+    from urllib.parse import urlsplit
+
+    root = Path(bigbench.__file__).resolve().parents[3]
+    host = urlsplit(bigbench.pip_default_index()).hostname  # pip's default index, named by pip only
+    archive_url = re.compile(r"https?://\S+\.tar\.gz")
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
+    assert files
+    for name in files:
+        path = root / name
+        if path.suffix not in (".py", ".md", ".toml", ".txt", ".cfg", "") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert host not in text and not archive_url.search(text), name

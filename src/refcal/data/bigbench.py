@@ -7,9 +7,13 @@ checks its SHA-256, extracts just those files into ``<data_home>/bigbench/`` (se
 when the files are already there. Run it as ``refcal datasets --setup-bigbench`` or
 ``python scripts/fetch_bigbench.py`` (both accept ``--sdist PATH`` for a copy downloaded elsewhere).
 
-Why not ``pip download``: pip >= 26 rejects this sdist ("Distributions from PyPI cannot declare direct
-URL dependencies", its metadata points at a local bleurt zip), so the archive is fetched from the same
-PyPI file-storage URL pip would use, and verified against PyPI's published hash.
+The archive is found through **pip's configured package index** (``index-url`` / ``extra-index-url``
+/ ``find-links`` from pip's configuration and ``PIP_*`` variables, else pip's own default index), so a
+mirror or a private index works, and checked against the pinned SHA-256. ``pip download`` itself cannot
+be used: pip >= 26 refuses this sdist even with ``--no-deps`` after downloading all of it ("Distributions
+from PyPI cannot declare direct URL dependencies": its metadata points at a bleurt zip inside the
+archive) and keeps nothing. So refcal asks pip for its configuration (``pip config list``), reads the
+index's simple page for ``bigbench`` (PEP 503 HTML) and downloads the file that page links to.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
+import re
 import shutil
+import ssl
+import subprocess
+import sys
 import tarfile
-import tempfile
+import urllib.parse
 import urllib.request
 from functools import lru_cache
+from html.parser import HTMLParser
 from pathlib import Path
 
+from .._io import atomic_output
 from .._paths import data_home
 from ..errors import DatasetError
 from ._io import shuffled
@@ -32,10 +41,7 @@ from .base import Question
 
 log = logging.getLogger(__name__)
 
-SDIST_URL = (
-    "https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/"
-    "bigbench-1.0.0.tar.gz"
-)
+SDIST_NAME = "bigbench-1.0.0.tar.gz"
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 _PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 #: the task files refcal reads, relative to ``benchmark_tasks/`` (also their place in the cache);
@@ -55,19 +61,112 @@ def is_fetched(root: Path | None = None) -> bool:
     return all((root / f).is_file() for f in FILES)
 
 
-def _download(url: str, dest: Path) -> None:
-    log.info("downloading %s (358 MB, once)", url)
-    tmp = dest.with_suffix(".part")
+# ---------------------------------------------------------------------------------------------- finding
+def pip_config() -> dict[str, str]:
+    """pip's effective configuration as ``pip config list`` reports it (later sources override earlier).
+
+    Keys lose their section (``global.index-url`` -> ``index-url``); environment variables (``PIP_*``)
+    come last, as pip applies them last.
+    """
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise DatasetError(f"cannot ask pip for its package index ({e}); install pip in this environment, or "
+                           f"download {SDIST_NAME} yourself and run `{SETUP_COMMAND} --sdist PATH`") from None
+    conf: dict[str, str] = {}
+    for line in out.splitlines():
+        m = re.fullmatch(r"[^.]*\.([\w-]+)='(.*)'", line.strip())
+        if m:
+            conf[m.group(1)] = m.group(2)
+    return conf
+
+
+def pip_default_index() -> str:
+    """The index pip uses when none is configured (read from pip, not written here)."""
+    try:
+        from pip._internal.models.index import PyPI
+    except ImportError:
+        raise DatasetError("pip is not importable, so its default package index is unknown; set PIP_INDEX_URL, or "
+                           f"pass an already downloaded {SDIST_NAME} with --sdist") from None
+    return PyPI.simple_url
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def _read_url(url: str, context: ssl.SSLContext | None, timeout: float = 60) -> bytes:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        path = Path(urllib.request.url2pathname(parsed.path))
+        return (path / "index.html" if path.is_dir() else path).read_bytes()
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        return resp.read()
+
+
+def find_sdist(conf: dict[str, str] | None = None) -> str:
+    """URL of ``bigbench-1.0.0.tar.gz`` on pip's configured indexes (or a ``find-links`` folder).
+
+    Raises
+    ------
+    DatasetError
+        No configured index lists the file.
+    """
+    conf = pip_config() if conf is None else conf
+    for folder in conf.get("find-links", "").split():
+        candidate = Path(urllib.request.url2pathname(urllib.parse.urlsplit(folder).path) if "://" in folder else folder)
+        if (candidate / SDIST_NAME).is_file():
+            return (candidate / SDIST_NAME).resolve().as_uri()
+    indexes = [] if conf.get("no-index", "").lower() in ("1", "true", "yes") else \
+        [conf.get("index-url") or pip_default_index(), *conf.get("extra-index-url", "").split()]
+    context = _ssl_context(conf)
+    tried = []
+    for index in indexes:
+        page = index.rstrip("/") + "/bigbench/"
+        try:
+            html = _read_url(page, context).decode("utf-8", errors="replace")
+        except (OSError, ValueError) as e:
+            tried.append(f"{page} ({getattr(e, 'reason', None) or e})")
+            continue
+        parser = _Links()
+        parser.feed(html)
+        for href in parser.hrefs:
+            url = urllib.parse.urljoin(page, href)
+            if urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1] == SDIST_NAME:
+                return url
+        tried.append(f"{page} (no {SDIST_NAME})")
+    raise DatasetError(f"no configured package index offers {SDIST_NAME} (tried: {'; '.join(tried) or 'none'}); "
+                       f"point pip at an index that has it (PIP_INDEX_URL), or run `{SETUP_COMMAND} --sdist PATH`")
+
+
+def _ssl_context(conf: dict[str, str]) -> ssl.SSLContext | None:
+    cert = conf.get("cert")
+    return ssl.create_default_context(cafile=cert) if cert and Path(cert).is_file() else None
+
+
+def _download(url: str, dest: Path, context: ssl.SSLContext | None = None) -> None:
+    log.info("downloading %s (358 MB, once)", url.split("#", 1)[0])
     digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-        while chunk := resp.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    if digest.hexdigest() != SDIST_SHA256:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"the downloaded BIG-bench archive has SHA-256 {digest.hexdigest()}, not {SDIST_SHA256}; "
-                           "retry, or pass a verified copy with --sdist")
-    tmp.replace(dest)
+    with atomic_output(dest) as tmp:
+        with open(tmp, "wb") as out:
+            if url.startswith("file:"):
+                src = open(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), "rb")  # noqa: SIM115
+            else:
+                src = urllib.request.urlopen(url.split("#", 1)[0], timeout=60, context=context)  # noqa: SIM115
+            with src:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != SDIST_SHA256:
+            raise DatasetError(f"the downloaded BIG-bench archive has SHA-256 {digest.hexdigest()}, not {SDIST_SHA256}; "
+                               "retry, or pass a verified copy with --sdist")
 
 
 def _extract(sdist: Path, root: Path) -> None:
@@ -84,9 +183,8 @@ def _extract(sdist: Path, root: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(member)
                 # write-then-rename, so an interrupted run never leaves a truncated task file behind
-                with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, src:
-                    shutil.copyfileobj(src, tmp)
-                os.replace(tmp.name, target)
+                with atomic_output(target) as tmp, open(tmp, "wb") as out, src:
+                    shutil.copyfileobj(src, out)
                 found.add(rel)
                 if len(found) == len(wanted):
                     break
@@ -99,7 +197,7 @@ def _extract(sdist: Path, root: Path) -> None:
         raise DatasetError(f"{sdist} lacks {', '.join(missing)}; it is not the bigbench 1.0.0 sdist")
 
 
-def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str = SDIST_URL) -> Path:
+def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str | None = None) -> Path:
     """Make the BIG-bench task files available; a no-op when they already are.
 
     Parameters
@@ -108,8 +206,9 @@ def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str = SDI
         Destination (default :func:`bigbench_dir`).
     sdist : Path, optional
         An already downloaded ``bigbench-1.0.0.tar.gz`` (for offline machines); it is not deleted.
-    url : str
-        Where to download the archive from when ``sdist`` is not given.
+    url : str, optional
+        Where to download the archive from when ``sdist`` is not given (default: found on pip's configured
+        package index, see :func:`find_sdist`).
 
     Returns
     -------
@@ -136,13 +235,15 @@ def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str = SDI
     return root
 
 
-def _fetch_online(url: str, root: Path) -> None:
-    archive = root / "bigbench-1.0.0.tar.gz"
+def _fetch_online(url: str | None, root: Path) -> None:
+    conf = pip_config() if url is None else {}
+    url = find_sdist(conf) if url is None else url
+    archive = root / SDIST_NAME
     try:
-        _download(url, archive)
+        _download(url, archive, _ssl_context(conf))
     except OSError as e:
-        raise DatasetError(f"cannot download {url} ({e}); download it elsewhere and run "
-                           f"`{SETUP_COMMAND} --sdist PATH`") from e
+        raise DatasetError(f"cannot download {url.split('#', 1)[0]} ({getattr(e, 'reason', None) or e}); download "
+                           f"{SDIST_NAME} elsewhere and run `{SETUP_COMMAND} --sdist PATH`") from e
     try:
         _extract(archive, root)
     finally:
