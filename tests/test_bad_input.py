@@ -563,3 +563,22 @@ def test_help_names_exit_codes_and_every_option_has_help(capsys):
         cmd = cli.get_command(ctx, name)
         bare = [p.name for p in cmd.params if isinstance(p, click.Option) and not p.help]
         assert not bare, (name, bare)
+
+
+def test_outputs_at_the_file_system_root_are_refused_before_any_work(tmp_path, capsys, pair, calibrators, monkeypatch):
+    import refcal.calibrate
+
+    def never(*a, **k):
+        raise AssertionError("work started before the output path was checked")
+
+    monkeypatch.setattr(refcal.calibrate, "load_calibrator", never)
+    monkeypatch.setattr("refcal.data.load_dataset", never)
+    top = "/refcal-no-such-top-folder"
+    fails(capsys, ["apply", "--scores", pair[1], "--calibrator", calibrators["temperature"], "-o", f"{top}/o.parquet"],
+          match=["cannot write the calibrated scores", "at the file-system root"])
+    fails(capsys, ["score", "-m", "fake:x", "-d", "sciq", "-o", f"{top}/s.parquet"],
+          match=["cannot write the scores", "at the file-system root"])
+    (tmp_path / "file").write_text("x")
+    fails(capsys, ["score", "-m", "fake:x", "-d", "sciq", "-o", tmp_path / "file" / "s.parquet"],
+          match="exists and is not a folder")
+    assert not Path(top).exists()

@@ -52,11 +52,12 @@ def make_temp_dir(prefix: str, parent: str | os.PathLike | None = None) -> Path:
     return tmp
 
 
-def ensure_parent(path: str | os.PathLike, *, what: str = "the output") -> Path:
+def ensure_parent(path: str | os.PathLike, *, what: str = "the output", create: bool = True) -> Path:
     """Create the missing folders above ``path`` (like ``mkdir -p``), with one clean error when that fails.
 
     A missing folder directly under the file-system root (``/newdir/out.json``) is refused rather than
-    created: that is almost always a typo for a relative path.
+    created: that is almost always a typo for a relative path. ``create=False`` only checks, before slow
+    work, what creating would meet: the root rule, a file in the way, a folder that cannot be written.
 
     Raises
     ------
@@ -73,6 +74,13 @@ def ensure_parent(path: str | os.PathLike, *, what: str = "the output") -> Path:
     if missing.parent == missing.parent.parent and missing.parent.is_absolute() and not missing.exists():
         raise InputError(f"cannot write {what} to {path}: refusing to create the folder {missing} at the file-system "
                          "root; create it first, or pass a path inside an existing folder")
+    if not create:
+        if missing.exists():
+            raise InputError(f"cannot write {what} to {path}: {missing} exists and is not a folder; choose another path")
+        if not os.access(missing.parent, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {what} to {path}: cannot create the folder {missing} (permission denied); "
+                             "choose a folder you can write to")
+        return path
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

@@ -33,11 +33,13 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     Temperature scaling of two refcal score files that list the questions in the same order streams
     them block by block (bounded memory, same result); other inputs are loaded whole.
     """
+    from .._io import ensure_parent
     from ..calibrate import DACA, NaiveAlignment
     from ..calibrate.alignment import agreement_mask
     from ..scores import join_scores, load_scores
     from ..streaming import OrderMismatch, fit_temperature_streaming, is_streamable
 
+    ensure_parent(output, what="the calibrator", create=False)  # before any work
     streamed = None
     if scaling == "temperature" and lmeval_metric is None and is_streamable(base_path) and is_streamable(chat_path):
         try:
@@ -134,10 +136,12 @@ def _print_metrics(results: dict, bins: int, json_path: Path | None, scores_path
               help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
 def apply(scores_path: Path, cal_path: Path, output: Path, allow_other_k: bool, lmeval_metric: str | None) -> None:
     """Write calibrated log-probabilities (as logits) for every question of a score file."""
+    from .._io import ensure_parent
     from ..calibrate import load_calibrator
     from ..scores import check_output_path, load_scores
 
     check_output_path(output)  # fail before any work, not after it
+    ensure_parent(output, what="the calibrated scores", create=False)
     cal = load_calibrator(cal_path)
     scores = load_scores(scores_path, lmeval_metric=lmeval_metric)
     _check_options(cal, scores, scores_path, cal_path, allow_other_k)

@@ -54,10 +54,12 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
     from ..backends import load_backend, options_class
     from ..data import fewshot_examples, load_dataset
+    from .._io import ensure_parent
     from ..scores import check_output_path
     from ..scoring import score_questions
 
     check_output_path(output)  # before any slow work
+    ensure_parent(output, what="the scores", create=False)
     templates = parse_templates(template)
     limit = parse_limit(limit)
     scoring = scoring or default_scoring(model)
