@@ -52,9 +52,9 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
           dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str,
           **columns: Any) -> None:
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
+    from .._io import ensure_parent
     from ..backends import load_backend, options_class
     from ..data import fewshot_examples, load_dataset
-    from .._io import ensure_parent
     from ..scores import check_output_path
     from ..scoring import score_questions
 
