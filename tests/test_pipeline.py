@@ -1,44 +1,16 @@
 """`refcal run` end to end with deterministic fake backends (the real-model run is in test_real_models)."""
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from refcal.backends.base import ClozeResult
+from refcal.backends.fake import FakeBackend
 from refcal.cli import main
 from refcal.data.base import Question
 from refcal.errors import InputError
 from refcal.run import SCHEMA_VERSION, RunConfig, load_result, protocol, run
 from refcal.run import evaluate as E
-
-
-class FakeBackend:
-    """Deterministic option scores from a hash of the request; ``scale`` makes a sharper 'chat' model."""
-
-    def __init__(self, name: str, scale: float):
-        self.fingerprint = f"fake-{name}"
-        self.scale = scale
-        self.calls = 0
-
-    def _vec(self, text: str, k: int, answer: int) -> np.ndarray:
-        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-        v = np.random.default_rng(seed).normal(size=k)
-        v[answer] += 1.0  # better than chance
-        return self.scale * v
-
-    def score_letters(self, requests):
-        self.calls += len(requests)
-        return [self._vec(r.prompt, len(r.letters), int(r.prompt.split("#")[1][0])) for r in requests]
-
-    def score_cloze(self, requests):
-        self.calls += len(requests)
-        out = []
-        for r in requests:
-            v = self._vec(r.context, len(r.continuations), int(r.context.split("#")[1][0]))
-            out.append(ClozeResult(tuple(v.tolist()), (1,) * len(v), tuple(len(c) for c in r.continuations)))
-        return out
 
 
 def _questions(n: int, k: int = 4, subject: str | None = None, labelled: bool = True):
@@ -56,7 +28,7 @@ def _questions(n: int, k: int = 4, subject: str | None = None, labelled: bool = 
 @pytest.fixture()
 def fake_models(monkeypatch, tmp_path):
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
-    backends = {"fake-base": FakeBackend("base", 1.0), "fake-chat": FakeBackend("chat", 3.0)}
+    backends = {"fake-base": FakeBackend("base", scale=1.0), "fake-chat": FakeBackend("chat", scale=3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: backends[spec])
     return backends
 
@@ -151,32 +123,19 @@ def test_run_on_user_file_with_column_mapping(tmp_path, fake_models, capsys):
     assert bad != 0 and "nope" in err and err.count("\n") == 1 and not (tmp_path / "r2").exists()
 
 
-class InterruptingBackend(FakeBackend):
-    """Raises KeyboardInterrupt (as Ctrl-C would) once ``budget`` questions have been scored."""
-
-    def __init__(self, name, scale, budget):
-        super().__init__(name, scale)
-        self.budget = budget
-
-    def score_cloze(self, requests):
-        if self.calls + len(requests) > self.budget:
-            raise KeyboardInterrupt
-        return super().score_cloze(requests)
-
-
 def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(120))
     monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     cfg = RunConfig(base="b", chat="c", dataset="toy", scoring="cloze", progress=False)
     # reference: an uninterrupted run in its own cache
-    ref_backends = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
+    ref_backends = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: ref_backends[spec])
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "ref-cache"))
     ref = json.loads((run(cfg, tmp_path / "ref", report=False) / "metrics.json").read_text())
 
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
-    first = {"b": FakeBackend("base", 1.0), "c": InterruptingBackend("chat", 3.0, budget=50)}
+    first = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=3.0, max_requests=50)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: first[spec])
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "run", report=False)
@@ -185,7 +144,7 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
     done_chat = first["c"].calls
     assert 0 < done_chat <= 50
 
-    second = {"b": FakeBackend("base", 1.0), "c": FakeBackend("chat", 3.0)}
+    second = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: second[spec])
     out = run(cfg, tmp_path / "run", report=False)
     assert second["b"].calls == 0  # the base model finished before the interruption
@@ -195,17 +154,9 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
         assert doc[key] == ref[key]
 
 
-class BiasedBackend(FakeBackend):
+def BiasedBackend(name, favourite):  # noqa: N802 - a FakeBackend that always prefers one option
     """Always prefers option ``favourite`` (tiny models do this with letter scoring)."""
-
-    def __init__(self, name, favourite):
-        super().__init__(name, 1.0)
-        self.favourite = favourite
-
-    def _vec(self, text, k, answer):
-        v = 0.1 * super()._vec(text, k, answer)
-        v[self.favourite] += 2.0
-        return v
+    return FakeBackend(name, scale=0.1, bias=(0.0,) * favourite + (2.0,))
 
 
 def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
