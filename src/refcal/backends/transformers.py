@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelError
+from . import _cloze_tree
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class TransformersBackend:
             return len(self._encode_letter(r))
         if isinstance(r, GenerateRequest):
             return len(self._encode_text(r.prompt, r.chat)) + r.max_new_tokens
-        return len(self.tokenizer(r.context + max(r.continuations, key=len))["input_ids"])
+        return _cloze_tree.tree_length(*self._encode_cloze(r))
 
     def letter_token_ids(self, letters: Sequence[str], chat: bool = False) -> list[int]:
         """Token id scored for each letter (see the module docstring for the variant chosen)."""
@@ -311,6 +312,37 @@ class TransformersBackend:
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """Summed continuation log-probabilities, with token and character counts."""
+        results: list[ClozeResult | None] = [None] * len(requests)
+        for i, res in self.score_cloze_iter(requests):
+            results[i] = res
+        return results  # type: ignore[return-value]
+
+    def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
+        """:meth:`score_cloze` as ``(index, result)`` pairs, yielded batch by batch.
+
+        Each question is one row (context once, then its options, under a tree-shaped attention mask:
+        :mod:`refcal.backends._cloze_tree`); rows sorted by length, padding capped as for letters.
+        Models whose attention takes no custom mask use :meth:`_score_cloze_reference`.
+        """
+        lay = _cloze_tree.layout(self.model.config)
+        if lay is None:
+            yield from enumerate(self._score_cloze_reference(requests))
+            return
+        enc = [self._encode_cloze(r) for r in requests]
+        lens = [_cloze_tree.tree_length(*e) for e in enc]
+        order = sorted(range(len(requests)), key=lambda i: (-lens[i], i))
+        for chunk in _pack(order, [lens[i] for i in order], self.batch_size):
+            with self._torch.inference_mode():
+                sums = _cloze_tree.score(self._decoder, self._head, [enc[i] for i in chunk], lay=lay,
+                                         vocab=int(self._head_w.shape[0]), pad=self._pad, dtype=self.dtype,
+                                         device=self.device)
+            for i, s in zip(chunk, sums, strict=True):
+                yield i, ClozeResult(tuple(s), tuple(len(c) for c in enc[i][1]),
+                                     tuple(len(c) for c in requests[i].continuations))
+
+    def _score_cloze_reference(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
+        """The key-value-cache path: contexts batched through the cache, then options in batches,
+        each continuing from a copy of its context's cache (models without custom masks; tests)."""
         torch = self._torch
         results: list[ClozeResult | None] = [None] * len(requests)
         enc = [self._encode_cloze(r) for r in requests]
@@ -353,10 +385,6 @@ class TransformersBackend:
     def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`score_letters` as ``(index, scores)`` pairs (all computed before the first is yielded)."""
         yield from enumerate(self.score_letters(requests))
-
-    def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
-        """:meth:`score_cloze` as ``(index, result)`` pairs (all computed before the first is yielded)."""
-        yield from enumerate(self.score_cloze(requests))
 
     # ------------------------------------------------------------------------------------- generation
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
