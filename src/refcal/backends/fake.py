@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..tasks.requests import ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, request_text_length
+from ..tasks.requests import (
+    ClozeRequest,
+    ClozeResult,
+    GenerateRequest,
+    LetterRequest,
+    cut_at_stop,
+    request_text_length,
+)
 
 _HINT = re.compile(r"#(\d+)")
 _WORDS = ("yes", "no", "maybe", "A", "B", "C", "D", "the", "answer", "is")
@@ -111,9 +118,7 @@ class FakeBackend:
         for r in requests:
             seed = int(hashlib.sha256(r.prompt.encode("utf-8")).hexdigest()[:16], 16)
             picks = np.random.default_rng(seed).integers(len(_WORDS), size=r.max_new_tokens)
-            text = "".join(" " + _WORDS[int(i)] for i in picks)
-            cut = [text.find(s) for s in r.stop if s and s in text]
-            out.append(text[: min(cut)] if cut else text)
+            out.append(cut_at_stop("".join(" " + _WORDS[int(i)] for i in picks), r.stop))
         return out
 
     def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:

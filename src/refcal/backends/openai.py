@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from ..errors import BackendError, InputError, MissingDependencyError
-from ..tasks.requests import request_text_length
+from ..tasks.requests import cut_at_stop, request_text_length
 from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, NotSupportedError
@@ -340,11 +340,9 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError) as exc:
             raise BackendError(f"POST {public_url(url)} answered without generated text "
                                f"({scrub(repr(exc), self._key, 60)})") from None
-        text = str(text or "")
-        cut = [text.find(s) for s in req.stop if s and s in text]  # servers may keep the stop string
         with self._lock:
             self.stats.n_requests += 1
-        return text[: min(cut)] if cut else text
+        return cut_at_stop(str(text or ""), req.stop)  # servers may keep the stop string
 
     def _endpoint(self, name: str) -> str:
         parts = urlsplit(self._base.get())

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelError
+from ..tasks.requests import cut_at_stop
 from . import _cloze_tree
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
@@ -410,9 +411,7 @@ class TransformersBackend:
                     text = self.tokenizer.decode(new, skip_special_tokens=True)
                     if any(s and s in text for s in r.stop):
                         break
-                text = self.tokenizer.decode(new, skip_special_tokens=True)
-                cut = [text.find(s) for s in r.stop if s and s in text]
-                out.append(text[: min(cut)] if cut else text)
+                out.append(cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), r.stop))
         return out
 
     def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:

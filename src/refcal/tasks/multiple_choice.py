@@ -136,7 +136,7 @@ def rotate(question: Question, shift: int) -> Question:
                                label=label)
 
 
-class PermutedLetterTask:
+class PermutedLetterTask(LetterTask):
     """``cape``: letter scoring of all ``k`` cyclic shifts of the option order (CAPE, Jiang et al. 2023).
 
     A question with ``k`` options makes ``k`` letter requests; request ``s`` shows option
@@ -146,12 +146,7 @@ class PermutedLetterTask:
     the ``k`` per-shift softmax distributions, which does not depend on the order the options came in.
     """
 
-    kind = "letter"
     name = "cape"
-
-    def __init__(self, *, template: int = 1, chat: bool = False):
-        self.template = template
-        self.chat = bool(chat)
 
     def requests(self, question: Question, fewshot: Sequence[Question] = ()) -> list[Any]:
         return [prompts.letter_requests([rotate(question, s)], template=self.template, chat=self.chat, fewshot=fewshot)[0]
@@ -197,6 +192,3 @@ class PermutedLetterTask:
         if not any(isinstance(s, dict) for r in raws for s in r["shifts"]):
             return {}
         return {"n_floored": [sum(int(s["f"]) if isinstance(s, dict) else 0 for s in r["shifts"]) for r in raws]}
-
-    def meta(self) -> dict[str, Any]:
-        return {"scoring": self.name, "template": self.template, "chat": self.chat}

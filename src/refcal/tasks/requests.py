@@ -74,3 +74,9 @@ def request_text_length(r: LetterRequest | ClozeRequest | GenerateRequest) -> in
     if isinstance(r, ClozeRequest):
         return len(r.context) + max(len(c) for c in r.continuations)
     return len(r.prompt)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to (not including) the first occurrence of any non-empty stop string."""
+    cut = [text.find(s) for s in stop if s and s in text]
+    return text[: min(cut)] if cut else text
