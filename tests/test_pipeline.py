@@ -354,3 +354,23 @@ def test_run_help_documents_exit_codes(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Exit codes: 0 success; 2 bad input" in text and "130 interrupted" in text
     assert "--methods" in text and "daca_vector" in text
+
+
+def test_tiny_run_with_underflowing_probabilities_warns_nothing(tmp_path, monkeypatch):
+    """10 questions and a chat model so sharp that exp() of its log-probabilities underflows to 0: the
+    bootstrap NLL used to be inf (and numpy warned "invalid value encountered in subtract")."""
+    import warnings
+
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
+    backends = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=400.0)}
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: backends[spec])
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(10))
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = run(RunConfig(base="b", chat="c", dataset="toy", limit=10, progress=False), tmp_path / "run",
+                  report=False)
+    res = load_result(out)
+    chat_nll = res.bootstrap.methods["chat"]["nll"]
+    assert res.methods["chat"]["nll"].mean > 745 / 7  # a log-probability below -745: exp() gives 0
+    assert np.isfinite([chat_nll.estimate, chat_nll.low, chat_nll.high]).all()
