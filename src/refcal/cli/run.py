@@ -34,7 +34,8 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--scoring", type=click.Choice(list(SCORINGS)), default=None,
               show_default="cloze; letter for openai: models",
               help="letter (paper's next-token letter logits), cloze (summed log-prob of the option text), "
-                   "cloze-norm / cloze-token (per character / per token).")
+                   "cloze-norm / cloze-token (per character / per token), cape (letter scoring averaged over "
+                   "the k cyclic shifts of the options).")
 @click.option("--chat-template", type=click.Choice(["off", "on"]), default="off", show_default=True,
               help="Wrap prompts in the chat model's chat template (off reproduces the paper).")
 @click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
