@@ -419,25 +419,7 @@ def _read_jsonl(path: Path) -> ScoreSet:
     for ln, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScoreFileError(f"{src}:{ln}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        except RecursionError:
-            raise ScoreFileError(f"{src}:{ln}: JSON nested too deeply; each line must be one flat JSON object "
-                                 "like {\"id\": ..., \"logits\": [...]}") from None
-        if not isinstance(obj, dict):
-            raise ScoreFileError(f"{src}:{ln}: expected a JSON object like {{\"id\": ..., \"logits\": [...]}}")
-        missing = [k for k in ("id", "logits") if k not in obj]
-        if missing:
-            raise ScoreFileError(
-                f"{src}:{ln}: missing key {missing[0]!r}; each line needs \"id\" and \"logits\" (found keys: {sorted(obj)})"
-            )
-        if not isinstance(obj["logits"], list):
-            raise ScoreFileError(f"{src}:{ln}: 'logits' must be a list of numbers")
-        for j, v in enumerate(obj["logits"]):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ScoreFileError(f"{src}:{ln}: logit {j} is {v!r}, not a number")
+        obj = parse_score_line(line, src, ln)
         ids.append(obj["id"])
         logits.append(obj["logits"])
         labels.append(obj.get("label"))
@@ -448,10 +430,36 @@ def _read_jsonl(path: Path) -> ScoreSet:
         for col in extra.values():
             if len(col) < len(ids):
                 col.append(None)
-    for r, lab in enumerate(labels):
-        if lab is not None and (isinstance(lab, bool) or not isinstance(lab, (int, float))):
-            raise ScoreFileError(f"{src}: question {ids[r]!r}: label {lab!r} must be an integer option index or null")
     return ScoreSet.from_rows(ids, logits, labels, meta=meta, columns=extra, source=src)
+
+
+def parse_score_line(line: str, src: str, ln: int) -> dict[str, Any]:
+    """One JSON Lines row of a score file, checked: an object with ``id``, a list of numbers (or null) as
+    ``logits`` and an integer or null ``label``. Raises :class:`ScoreFileError` naming ``src:ln``."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ScoreFileError(f"{src}:{ln}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+    except RecursionError:
+        raise ScoreFileError(f"{src}:{ln}: JSON nested too deeply; each line must be one flat JSON object "
+                             "like {\"id\": ..., \"logits\": [...]}") from None
+    if not isinstance(obj, dict):
+        raise ScoreFileError(f"{src}:{ln}: expected a JSON object like {{\"id\": ..., \"logits\": [...]}}")
+    missing = [k for k in ("id", "logits") if k not in obj]
+    if missing:
+        raise ScoreFileError(
+            f"{src}:{ln}: missing key {missing[0]!r}; each line needs \"id\" and \"logits\" (found keys: {sorted(obj)})"
+        )
+    if not isinstance(obj["logits"], list):
+        raise ScoreFileError(f"{src}:{ln}: 'logits' must be a list of numbers")
+    for j, v in enumerate(obj["logits"]):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ScoreFileError(f"{src}:{ln}: logit {j} is {v!r}, not a number")
+    lab = obj.get("label")
+    if lab is not None and (isinstance(lab, bool) or not isinstance(lab, (int, float))):
+        raise ScoreFileError(f"{src}:{ln}: question {obj['id']!r}: label {lab!r} must be an integer option index "
+                             "or null")
+    return obj
 
 
 def _read_parquet(path: Path) -> ScoreSet:

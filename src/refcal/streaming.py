@@ -32,7 +32,7 @@ import numpy as np
 
 from ._math import log_softmax
 from .errors import FitError, InputError, MismatchError, ScoreFileError
-from .scores import ScoreSet, join_scores, score_file_magic
+from .scores import ScoreSet, join_scores, parse_score_line, score_file_magic
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,10 @@ def _jsonl_blocks(path: Path, block_rows: int) -> Iterator[ScoreSet]:
                 raise ScoreFileError(f"{src}: not UTF-8 text nor Parquet; pass a .parquet or .jsonl score file") from None
             ln += 1
             if line and line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ScoreFileError(f"{src}:{ln}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-                except RecursionError:
-                    raise ScoreFileError(f"{src}:{ln}: JSON nested too deeply; each line must be one flat JSON "
-                                         "object") from None
-                if not isinstance(obj, dict) or "id" not in obj or "logits" not in obj:
-                    raise ScoreFileError(f"{src}:{ln}: expected a JSON object like {{\"id\": ..., \"logits\": [...]}}")
+                obj = parse_score_line(line, src, ln)
                 ids.append(obj["id"])
                 logits.append(obj["logits"])
-                lab = obj.get("label")
-                if lab is not None and (isinstance(lab, bool) or not isinstance(lab, (int, float))):
-                    raise ScoreFileError(f"{src}:{ln}: label {lab!r} must be an integer option index or null")
-                labels.append(lab)
+                labels.append(obj.get("label"))
                 hashes.append(obj.get(_HASH_COL))
             if len(ids) == block_rows or (not line and ids):
                 cols = {_HASH_COL: hashes} if any(h is not None for h in hashes) else None
