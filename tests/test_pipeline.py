@@ -374,3 +374,13 @@ def test_tiny_run_with_underflowing_probabilities_warns_nothing(tmp_path, monkey
     chat_nll = res.bootstrap.methods["chat"]["nll"]
     assert res.methods["chat"]["nll"].mean > 745 / 7  # a log-probability below -745: exp() gives 0
     assert np.isfinite([chat_nll.estimate, chat_nll.low, chat_nll.high]).all()
+
+
+def test_summary_table_keeps_wide_cells_apart():
+    from refcal.run.result import MetricSummary, RunResult
+    from refcal.run.table import summary_table
+
+    res = RunResult(has_labels=True, methods={"ms": {"brier": MetricSummary(0.483, 0.151, [0.3, 0.6]),
+                                                     "nll": MetricSummary(14890.401, 29575.0, [1.0, 2.0])}})
+    row = summary_table(res).splitlines()[1]
+    assert "0.483 ± 0.151 14890.401 ± 29575.000" in row and row.startswith("matrix scaling (labelled oracle)")

@@ -24,11 +24,12 @@ def summary_table(result: RunResult) -> str:
         for key, _, scale in cols:
             e = result.methods[m].get(key)
             if e is None:
-                cells.append(f"{'n/a':>18}")
+                text = "n/a"
             elif e.std != e.std:  # one unit: no spread to report
-                cells.append(f"{e.mean * scale:.3f}".rjust(18))
+                text = f"{e.mean * scale:.3f}"
             else:
-                cells.append(f"{e.mean * scale:.3f} ± {e.std * scale:.3f}".rjust(18))
+                text = f"{e.mean * scale:.3f} ± {e.std * scale:.3f}"
+            cells.append(text.rjust(18) if len(text) < 18 else " " + text)  # a wide value never touches the next
         lines.append(f"{result.label(m):<40}" + "".join(cells))
     return "\n".join(lines)
 
