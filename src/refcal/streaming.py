@@ -131,7 +131,11 @@ def _parquet_blocks(path: Path, block_rows: int) -> Iterator[ScoreSet]:
     meta = {"source": src}
     buf: list[Any] = []
     n_buf = 0
-    for batch in pf.iter_batches(batch_size=block_rows, columns=cols):
+    # One reader per row group: a single iter_batches over the whole file keeps (pyarrow 26) memory of every
+    # batch it has produced until it finishes, about the file's decoded size.
+    batches = (batch for g in range(pf.num_row_groups)
+               for batch in pf.iter_batches(batch_size=block_rows, row_groups=[g], columns=cols, use_threads=False))
+    for batch in batches:
         buf.append(batch)
         n_buf += batch.num_rows
         while n_buf >= block_rows:
