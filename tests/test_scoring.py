@@ -348,9 +348,9 @@ def test_cache_warmed_by_another_limit_stays_within_the_bound(tmp_path, alias, s
     from refcal.data import load_dataset
 
     backend = load_backend(alias, device="cpu", batch_size=8)
-    qs = load_dataset("sciq", limit=48, seed=0)
+    qs = load_dataset("sciq", limit=32, seed=0)
     fresh = score_questions(backend, qs, scoring=scoring, cache=False, progress=False)
-    subset = qs[::3]  # 16 questions: other batches than in the run on all 48
+    subset = qs[::3]  # 11 questions: other batches than in the run on all 32
     score_questions(backend, subset, scoring=scoring, cache_dir=tmp_path, progress=False)
     warm = score_questions(backend, qs, scoring=scoring, cache_dir=tmp_path, progress=False)
     diff = np.abs(warm.logits - fresh.logits).max(axis=1)
