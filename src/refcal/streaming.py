@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 BLOCK_ROWS = 65536
 #: the one extra column kept in blocks: :func:`refcal.scores.join_scores` checks it (same question texts)
 _HASH_COL = "question_hash"
+#: rows per slice of the chunked sums in the metrics
+_SLICE = 1 << 20
 
 __all__ = ["BLOCK_ROWS", "NotStreamable", "OrderMismatch", "StreamedFit", "StreamedMetrics", "evaluate_streaming",
            "fit_temperature_streaming", "iter_blocks", "is_streamable"]
@@ -429,7 +431,19 @@ class _MetricSums:
         self.conf.append(conf)
         self.corr.append(corr.astype(bool))
 
+    def _gather(self, chunks: list[np.ndarray], dtype: type) -> np.ndarray:
+        """Concatenate and free the per-block arrays without holding both copies at once."""
+        out = np.empty(self.n, dtype)
+        pos = 0
+        while chunks:
+            a = chunks.pop(0)
+            out[pos: pos + len(a)] = a
+            pos += len(a)
+        return out
+
     def result(self) -> dict[str, float]:
+        """The metrics; every temporary is at most a few arrays of n values (AECE, AUROC and AURC need
+        the confidences sorted once)."""
         from .metrics import log as metrics_log
 
         n = self.n
@@ -438,52 +452,57 @@ class _MetricSums:
         out: dict[str, float] = {
             "ece": float(np.sum(self.counts[nz] / n * gap)),
             "mce": float(np.max(gap)),
+            "brier": self.brier / n,
+            "brier_multiclass": self.brier_mc / n,
+            "nll": self.nll / n,
         }
-        conf = np.concatenate(self.conf)
-        self.conf = []
-        corr = np.concatenate(self.corr)
-        self.corr = []
+        conf = self._gather(self.conf, np.float64)
         order = np.argsort(conf, kind="stable")  # ascending; stable as in metrics.reliability_bins
         c = conf[order]
         del conf
-        e = corr[order]
-        del corr, order
+        e = self._gather(self.corr, np.bool_)[order]
+        del order
         # AECE: equal-mass groups of the stable ascending order (numpy.array_split sizes)
         b = min(self.n_bins, n)
         q, r = divmod(n, b)
-        bounds = np.r_[0, np.cumsum([q + 1] * r + [q] * (b - r))]
-        cnt = np.diff(bounds)
-        g_conf = np.add.reduceat(c, bounds[:-1])
-        g_corr = np.add.reduceat(e.astype(np.float64), bounds[:-1])
+        bounds = np.r_[0, np.cumsum([q + 1] * r + [q] * (b - r))][:-1]
+        cnt = np.diff(np.r_[bounds, n])
+        g_conf = np.add.reduceat(c, bounds)
+        g_corr = np.add.reduceat(e, bounds, dtype=np.float64)
         out["aece"] = float(np.sum(cnt / n * np.abs(g_corr / cnt - g_conf / cnt)))
-        out["brier"] = self.brier / n
-        out["brier_multiclass"] = self.brier_mc / n
-        out["nll"] = self.nll / n
-        n_pos = int(e.sum())
+        n_pos = int(np.count_nonzero(e))
         out["accuracy"] = n_pos / n
-        # tie groups of equal confidence (ascending)
+        # tie groups of equal confidence (ascending): start, size and number of correct answers
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
         del c
         sizes = np.diff(np.r_[starts, n])
-        pos_in = np.add.reduceat(e.astype(np.int64), starts)
+        pos_in = np.add.reduceat(e, starts, dtype=np.int64)
+        del e
         n_neg = n - n_pos
         if n_pos == 0 or n_neg == 0:
             metrics_log.warning("AUROC is undefined: all %d answers are %s; returning NaN", n,
                                 "correct" if n_neg == 0 else "wrong")
             out["auroc"] = float("nan")
         else:
-            avg_rank = starts + (sizes + 1) / 2.0  # 1-based average rank of each tie group
-            out["auroc"] = float((np.sum(avg_rank * pos_in) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+            # sum of the (1-based, tie-averaged) ranks of the correct answers, in slices of groups
+            rank_sum = 0.0
+            for lo in range(0, len(starts), _SLICE):
+                sl = slice(lo, lo + _SLICE)
+                rank_sum += float(np.sum((starts[sl] + (sizes[sl] + 1) / 2.0) * pos_in[sl]))
+            out["auroc"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        del starts
         # AURC: risk-coverage in descending confidence, errors spread evenly within tie groups
         g_err = (sizes - pos_in)[::-1].astype(np.float64)
-        sizes_d = sizes[::-1]
-        del starts, pos_in, e
-        before = np.r_[0.0, np.cumsum(g_err)[:-1]]
-        start_d = np.r_[0, np.cumsum(sizes_d)[:-1]]
+        del pos_in
+        sizes_d = sizes[::-1].copy()
+        del sizes
+        before = np.cumsum(g_err)
+        before -= g_err  # errors in the groups before each group
+        start_d = np.cumsum(sizes_d)
+        start_d -= sizes_d
         total = 0.0
-        step = 1 << 20
-        for lo in range(0, n, step):
-            m = np.arange(lo + 1, min(lo + step, n) + 1)
+        for lo in range(0, n, _SLICE):
+            m = np.arange(lo + 1, min(lo + _SLICE, n) + 1)
             gid = np.searchsorted(start_d, m - 1, side="right") - 1
             cum_err = before[gid] + (m - start_d[gid]) * g_err[gid] / sizes_d[gid]
             total += float(np.sum(cum_err / m))
