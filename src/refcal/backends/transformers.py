@@ -22,7 +22,11 @@ Batching and the key-value cache
     Requests are sorted by token length and batched with left padding, an attention mask and
     position ids counted over real tokens only. Tokens shared by all letter requests with the same
     ``prefix`` (instruction, few-shot examples) are run once; the batch continues from that cache. A
-    cloze question's context is run once and its cache is reused by all of its options.
+    cloze question is one row: its context once, then every option's tokens, under an attention mask
+    that lets an option see the context and itself only, position ids restarting after the context
+    for each option (:mod:`refcal.backends._cloze_tree`); the head runs on the scored rows of the whole
+    batch in one product. Models whose attention takes no custom mask (flash attention) run each
+    context once into a key-value cache that its options continue from instead.
 """
 
 from __future__ import annotations
