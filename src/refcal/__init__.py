@@ -1,4 +1,4 @@
-"""refcal: label-free confidence calibration of chat LLMs with their base model (DACA).
+"""refcal: label-free confidence calibration of chat LLMs against a reference (base) model.
 
 >>> import refcal
 >>> cal = refcal.DACA(scaling="temperature").fit(base_logits, chat_logits)   # doctest: +SKIP
@@ -23,7 +23,8 @@ _LAZY = {
     "load_dataset": "data", "list_datasets": "data",
     "make_synthetic": "synthetic",
 }
-_SUBMODULES = ("metrics", "plots", "report", "run", "scoring", "prompts", "backends", "data", "calibrate")
+_SUBMODULES = ("metrics", "plots", "report", "run", "scoring", "prompts", "backends", "data", "calibrate", "tasks",
+               "options", "streaming", "formats", "judge", "parsing")
 
 __all__ = sorted([*_LAZY, "metrics", "__version__"])
 
