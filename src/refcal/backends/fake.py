@@ -106,7 +106,8 @@ class FakeBackend:
         term = self._start([r.context for r in requests])
         out = []
         for r in requests:
-            v = self.vector(r.context + "\x00" + "\x00".join(r.continuations), len(r.continuations), r.context)
+            text = ("<chat>" if r.chat else "") + r.context + "\x00" + "\x00".join(r.continuations)
+            v = self.vector(text, len(r.continuations), r.context)
             out.append(ClozeResult(tuple(float(x) + term for x in v),
                                    tuple(max(1, (len(c) + 1) // 2) for c in r.continuations),
                                    tuple(len(c) for c in r.continuations)))

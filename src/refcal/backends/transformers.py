@@ -189,13 +189,16 @@ class TransformersBackend:
     def _encode_letter(self, r: LetterRequest) -> list[int]:
         return self._encode_text(r.prefix + r.prompt, r.chat)
 
+    def _chat_text(self, text: str) -> str:
+        """``text`` as the user turn of the chat template, the assistant's turn opened."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InputError(f"model {self.name!r} has no chat template; use --chat-template off")
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+
     def _encode_text(self, text: str, chat: bool) -> list[int]:
         if chat:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise InputError(f"model {self.name!r} has no chat template; use --chat-template off")
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return self.tokenizer(self._chat_text(text), add_special_tokens=False)["input_ids"]
         return self.tokenizer(text)["input_ids"]
 
     def request_length(self, r: LetterRequest | ClozeRequest | GenerateRequest) -> int:
@@ -298,18 +301,22 @@ class TransformersBackend:
     # ------------------------------------------------------------------------------------- cloze
     def _encode_cloze(self, r: ClozeRequest) -> tuple[list[int], list[list[int]]]:
         ctx_text, conts = r.context, list(r.continuations)
+        # the chat template already holds the special tokens it needs
+        special = {"add_special_tokens": False} if getattr(r, "chat", False) else {}
+        if special:
+            ctx_text = self._chat_text(ctx_text)
         # as lm-evaluation-harness: trailing spaces of the context belong to the continuation
         stripped = ctx_text.rstrip(" ")
         if stripped != ctx_text:
             conts = [ctx_text[len(stripped):] + c for c in conts]
             ctx_text = stripped
-        ctx = self.tokenizer(ctx_text)["input_ids"]
+        ctx = self.tokenizer(ctx_text, **special)["input_ids"]
         if not ctx:
             raise InputError("a cloze context is empty and the model adds no start token; give a context")
         cont_ids = []
         for c in conts:
             # encode whole then split: a token merged across the boundary counts for the option
-            piece = self.tokenizer(ctx_text + c)["input_ids"][len(ctx):]
+            piece = self.tokenizer(ctx_text + c, **special)["input_ids"][len(ctx):]
             if not piece:
                 raise InputError(f"option {c!r} has no tokens after the context; options must be non-empty")
             cont_ids.append(piece)

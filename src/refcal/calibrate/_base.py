@@ -25,6 +25,9 @@ log = logging.getLogger("refcal.calibrate")
 
 FORMAT = "refcal-calibrator"
 FORMAT_VERSION = 1
+#: what a calibrator's scores are: option logits of multiple-choice questions, or the two P(True) letters of
+#: free-form answers (``refcal.run.freeform``); recorded as ``task`` and checked before applying it
+TASKS = ("multiple-choice", "free-form P(True)")
 
 
 class CalibrationWarning(UserWarning):
@@ -40,6 +43,8 @@ class _Calibrator:
 
     method: str = ""
     description: str = ""
+    #: one of :data:`TASKS`; set ``task_`` on a fitted calibrator of free-form P(True) scores
+    task_: str = "multiple-choice"
 
     def __init__(
         self,
@@ -204,6 +209,7 @@ class _Calibrator:
             "method": self.method,
             "description": self.description,
             "scaling": self.scaling,
+            "task": self.task_,
         }
         if self.scaling == "temperature":
             out["temperature"] = self.temperature_

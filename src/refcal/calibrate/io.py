@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CalibratorFileError, InputError
-from ._base import FORMAT, FORMAT_VERSION, _Calibrator, _is_real
+from ._base import FORMAT, FORMAT_VERSION, TASKS, _Calibrator, _is_real
 from .alignment import DACA, NaiveAlignment, _AlignmentCalibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 
@@ -146,6 +146,10 @@ def _build(data: dict, cls: type[_Calibrator], source: str) -> _Calibrator:
         obj._check_params()
     except InputError as exc:
         raise CalibratorFileError(f"{source}: {exc}; re-create it with `refcal fit`") from None
+    task = data.get("task", TASKS[0])  # files written before the field existed are multiple-choice
+    if task not in TASKS:
+        raise _bad(source, f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
+    obj.task_ = task
     if data["scaling"] != obj.scaling:
         raise _bad(source, f"scaling {data['scaling']!r} does not match the hyperparameters' {obj.scaling!r}")
     obj.n_options_ = k = _int(data["n_options"], "n_options", source, low=2)
@@ -182,3 +186,14 @@ def _build(data: dict, cls: type[_Calibrator], source: str) -> _Calibrator:
         raise _bad(source, f"solver.at_bound must be null, \"max_temperature\" or \"min_temperature\", got {at_bound!r}")
     obj.at_bound_ = at_bound
     return obj
+
+
+def check_task(cal: _Calibrator, meta: Any, *, cal_source: str, scores_source: str) -> None:
+    """Refuse to apply ``cal`` to scores of the other task (``meta["task"]``, multiple-choice when absent):
+    a free-form P(True) temperature means nothing on option logits, and the reverse."""
+    got = meta.get("task", TASKS[0]) if isinstance(meta, dict) else TASKS[0]
+    if got != TASKS[1]:
+        got = TASKS[0]  # generation / likelihood score sets are not calibrated; anything else is options
+    if got != cal.task_:
+        raise InputError(f"{cal_source} was fitted on {cal.task_} scores but {scores_source} holds {got} scores; "
+                         f"fit a calibrator on {got} scores")

@@ -152,7 +152,16 @@ def apply(scores_path: Path, cal_path: Path, output: Path, allow_other_k: bool, 
 
 
 def _check_options(cal, scores, scores_path: Path, cal_path: Path, allow_other_k: bool) -> None:
-    """Applying a calibrator to scores with another number of options must be an explicit choice."""
+    """Applying a calibrator to scores of another task is refused; to scores with another number of options
+    it must be an explicit choice."""
+    from ..calibrate.io import check_task
+
+    meta = getattr(scores, "meta", None)
+    if meta is None:  # a streamed evaluation: the file's own metadata
+        from ..streaming import _file_meta
+
+        meta = _file_meta(scores_path)
+    check_task(cal, meta, cal_source=str(cal_path), scores_source=str(scores_path))
     k = int(scores.n_options.max())
     if k == cal.n_options_:
         return

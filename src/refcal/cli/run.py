@@ -42,8 +42,13 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
               help="Solved examples before each question (MMLU: per subject, from dev).")
 @click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
               help="Questions per split (MMLU: per subject); 0 = every question.")
-@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
-              help=f"Methods to compare, comma-separated, or all: {', '.join(METHODS)}.")
+@click.option("--methods", default=None, show_default=",".join(DEFAULT_METHODS),
+              help=f"Methods to compare, comma-separated, or all: {', '.join(METHODS)}. Free-form data sets: "
+                   "chat, p_true, base, naive, daca, reeval, verbal, ts (default all).")
+@click.option("--judge", default=None, show_default="exact (TruthfulQA: ROUGE-L)",
+              help="Free-form data sets: how answers are judged correct (evaluation only): exact, contains, "
+                   "or openai:MODEL (an OpenAI-compatible judge model at --judge-api-base).")
+@click.option("--judge-api-base", default=None, help="Base URL of the judge model's OpenAI-compatible API.")
 @click.option("--n-splits", type=click.IntRange(min=1), default=5, show_default=True,
               help="Random calibration / test splits (data sets without a calibration split).")
 @click.option("--calib-frac", type=float, default=0.3, show_default=True,
@@ -70,29 +75,46 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @column_options
 def run(base, chat, dataset, split, calib_split, subjects, template, scoring, chat_template, fewshot, limit,
-        methods, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base, cache_dir, output,
-        overwrite, no_report, no_progress, **columns) -> None:
+        methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base,
+        cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
     """Score both models (cached, resumable), fit the calibrators (default: DACA, naive alignment and the
     labelled oracle), evaluate on held-out questions and write a run folder with a report.
 
     With no arguments: the packaged Gemma-3-270M (base) and SmolLM2-135M-Instruct (chat) on SciQ.
+    Free-form data sets (triviaqa, nq-open, truthfulqa-gen, files with question and answers columns): the
+    chat model answers each question, the answers are judged, and every method's confidence that an
+    answer is correct is evaluated (docs/FREEFORM.md).
     """
     from ..calibrate.methods import parse_methods
     from ..run import RunConfig, load_result, summary_table
     from ..run import run as run_job
+    from ..run.freeform import is_freeform, parse_freeform_methods, run_freeform
 
+    cols = pop_columns(columns)
+    freeform = is_freeform(dataset, cols)
+    if not freeform and (judge or judge_api_base):
+        raise click.UsageError("--judge and --judge-api-base apply to free-form data sets only")
     cfg = RunConfig(
         base=base, chat=chat, dataset=dataset, split=split, calib_split=calib_split,
         subjects=[s.strip() for s in subjects.split(",")] if subjects else None,
         templates=parse_templates(template), scoring=scoring or default_scoring(base, chat),
         chat_template=chat_template == "on", fewshot=fewshot, limit=parse_limit(limit), n_splits=n_splits,
         calib_frac=calib_frac, scaling=scaling, n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base,
-        device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress, columns=pop_columns(columns),
-        methods=parse_methods(methods),
+        device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress, columns=cols,
+        methods=parse_freeform_methods(methods) if freeform else parse_methods(methods),
     )
     out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = run_job(cfg, out, overwrite=overwrite, report=not no_report)
+    if freeform:
+        run_dir = run_freeform(cfg, out, judge=judge, judge_api_base=judge_api_base, methods=cfg.methods,
+                               overwrite=overwrite, report=not no_report)
+    else:
+        run_dir = run_job(cfg, out, overwrite=overwrite, report=not no_report)
     res = load_result(run_dir)
+    if res.freeform:
+        acc = res.freeform.get("accuracy")
+        click.echo(f"\n{res.freeform.get('n_questions')} answers generated"
+                   + (f", {100 * acc:.1f}% judged correct" if acc is not None else " (no references: not judged)")
+                   + f", {res.freeform.get('n_empty_answers', 0)} empty")
     click.echo(f"\n{cfg.chat} calibrated with {cfg.base} on {cfg.dataset} — {res.protocol}")
     cal, d = res.calibrator, res.diagnostics
     if cal is not None and cal.error is None:

@@ -78,6 +78,8 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
         doc["timing"] = result.timing
     if result.api_stats:
         doc["api_stats"] = result.api_stats
+    if result.freeform:
+        doc["freeform"] = result.freeform
     return doc
 
 
@@ -91,11 +93,12 @@ def _calibrator_json(cal: DeployedCalibrator | None) -> dict[str, Any] | None:
 
 def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any,
                      scores: Mapping[tuple[str, int, str | None], ScoreSet], *, overwrite: bool = False,
-                     report: bool = True) -> Path:
+                     report: bool = True, config: Mapping[str, Any] | None = None) -> Path:
     """Write every file of a run into ``out_dir`` (built aside, then renamed: complete or absent).
 
     ``evaluation`` is a :class:`refcal.run.evaluate.Evaluation`; ``scores`` maps ``(role, template,
-    split)`` to the scored models.
+    split)`` to the scored models; ``config`` replaces ``asdict(cfg)`` in ``config.json`` (free-form runs
+    add their prompts and judge).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -114,7 +117,7 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
                                source=f"predictions/{m}").save(tmp / "predictions" / f"{m}.parquet")
         if evaluation.calibrator is not None:
             evaluation.calibrator.save(tmp / "calibrator.json", inputs=evaluation.calibrator_inputs)
-        atomic_write_json(tmp / CONFIG_FILE, {"refcal_version": __version__, **asdict(cfg)})
+        atomic_write_json(tmp / CONFIG_FILE, {"refcal_version": __version__, **(config or asdict(cfg))})
         atomic_write_json(tmp / METRICS_FILE, result_to_json(evaluation.result))
         if report:
             from ..report import write_report
@@ -205,7 +208,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         raise _bad(path, f"schema_version {version!r} is not the version this build of refcal reads "
                          f"({SCHEMA_VERSION})")
     for key in ("methods", "fits", "diagnostics", "method_labels", "config", "unavailable", "fallbacks",
-                "selective", "bootstrap", "calibrator", "timing", "api_stats"):
+                "selective", "bootstrap", "calibrator", "timing", "api_stats", "freeform"):
         _obj(doc, key, path)
 
     methods: dict[str, dict[str, MetricSummary]] = {}
@@ -265,6 +268,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         bootstrap=_bootstrap(_obj(doc, "bootstrap", path), path),
         timing=_typed_values(_obj(doc, "timing", path), "timing", path, _num),
         api_stats=_typed_values(_obj(doc, "api_stats", path), "api_stats", path, lambda v: isinstance(v, dict)),
+        freeform=_obj(doc, "freeform", path),
     )
 
 

@@ -157,17 +157,21 @@ def _subject_groups(test: JoinedScores, calib: JoinedScores) -> list[tuple[str, 
 
 def _random_splits(test: JoinedScores, cfg: RunConfig) -> list[tuple[str, Part, Part]]:
     n = len(test.ids)
+    return [(f"split{i}", _part(test, ci), _part(test, ti)) for i, (ci, ti) in enumerate(random_split_indices(n, cfg))]
+
+
+def random_split_indices(n: int, cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``cfg.n_splits`` random (calibration, test) index pairs of ``n`` questions, sorted, seeded by ``cfg.seed``."""
     n_cal = int(round(cfg.calib_frac * n))
     if n_cal < 2 or n - n_cal < 2:
         raise InputError(f"{n} questions are too few to split {cfg.calib_frac:.0%} / {1 - cfg.calib_frac:.0%}; "
                          "raise --limit")
     rng = np.random.default_rng(cfg.seed)
     out = []
-    for i in range(cfg.n_splits):
+    for _ in range(cfg.n_splits):
         perm = rng.permutation(n)
-        ci, ti = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
-        out.append((f"split{i}", _part(test, ci), _part(test, ti)))
+        out.append((np.sort(perm[:n_cal]), np.sort(perm[n_cal:])))
     return out
 
 
-__all__ = ["Part", "Unit", "Plan", "load_questions", "default_split", "splits", "plan"]
+__all__ = ["Part", "Unit", "Plan", "load_questions", "default_split", "splits", "plan", "random_split_indices"]

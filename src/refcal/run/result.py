@@ -113,6 +113,8 @@ class RunResult:
     bootstrap: Bootstrap | None = None
     timing: dict[str, float] = field(default_factory=dict)
     api_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: free-form runs only (refcal.run.freeform): judge, prompts, parse failures, example answers
+    freeform: dict[str, Any] = field(default_factory=dict)
 
     def label(self, method: str) -> str:
         """The method's label in this run (its own, else the registry's, else the key)."""

@@ -27,10 +27,16 @@ class LetterRequest:
 
 @dataclass(frozen=True)
 class ClozeRequest:
-    """Log-likelihood of each continuation after a shared context (lm-evaluation-harness style)."""
+    """Log-likelihood of each continuation after a shared context (lm-evaluation-harness style).
+
+    With ``chat=True`` the context is the user message: the model's chat template is applied
+    (generation prompt added) and the continuations are scored as the start of the assistant's reply
+    (free-form answers teacher-forced under the template they were generated with).
+    """
 
     context: str
     continuations: tuple[str, ...]
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ def request_json(r: LetterRequest | ClozeRequest | GenerateRequest) -> list:
     if isinstance(r, LetterRequest):
         return ["L", r.prefix, r.prompt, list(r.letters), r.chat]
     if isinstance(r, ClozeRequest):
-        return ["C", r.context, list(r.continuations)]
+        # chat only when set, so the cache keys of raw cloze requests are unchanged
+        return ["C", r.context, list(r.continuations)] + ([True] if r.chat else [])
     if isinstance(r, GenerateRequest):
         return ["G", r.prompt, r.max_new_tokens, list(r.stop), r.chat]
     raise TypeError(f"not a request: {type(r).__name__}")  # pragma: no cover - internal
