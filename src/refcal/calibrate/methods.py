@@ -10,6 +10,13 @@ model's logits), and how it is fitted and applied::
 ``run``, the report, the plots and the command line read :data:`METHODS`; adding a method is one entry.
 A method that cannot apply to a run says why through :meth:`Method.why_not`, and the run lists it with
 that reason instead of leaving it out silently.
+
+A method with a ``source`` reads another score set of the chat model in place of its letter / cloze scores
+(``cape``: letter scores over the k cyclic shifts of the options; ``elicitation`` /
+``elicitation_ensemble``: generated answers with a stated confidence, see :mod:`refcal.run.elicit`); the
+run scores that source once and passes it as ``chat`` to ``fit`` and ``apply``. A ``top_label`` method's
+``apply`` returns a :class:`refcal.metrics.TopLabel` (an answer and its confidence, no distribution): its
+metrics are those of confidence and correctness, and its NLL and multiclass Brier score are undefined.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ import numpy as np
 from .._math import log_softmax
 from ..errors import InputError
 
-__all__ = ["Method", "MethodContext", "METHODS", "DEFAULT_METHODS", "get_method", "parse_methods",
-           "ordered_keys", "method_label", "method_color"]
+__all__ = ["Method", "MethodContext", "METHODS", "DEFAULT_METHODS", "NO_GENERATION_METHODS", "get_method",
+           "parse_methods", "ordered_keys", "method_label", "method_color"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class MethodContext:
     has_labels: bool
     has_base: bool = True
     scaling: str = "temperature"
+    scoring: str = "letter"
+    scoring: str = "letter"
 
 
 #: ``fit(base_logits, chat_logits, labels, *, scaling) -> fitted calibrator`` (labels is None without labels)
@@ -66,6 +75,14 @@ class Method:
         ``apply(fitted, base, chat)`` -> (n, k) log-probabilities of the evaluation questions.
     default : bool
         Part of the default selection of ``refcal run``.
+    source : str or None
+        Score set of the chat model read in place of its letter / cloze scores (see the module docstring).
+    needs_generation : bool
+        The source is generated text (slow): left out of ``--methods no-generation``.
+    scorings : tuple of str or None
+        The ``--scoring`` modes the method applies to (``None``: every one).
+    top_label : bool
+        ``apply`` returns a :class:`refcal.metrics.TopLabel` instead of log-probabilities.
     """
 
     key: str
@@ -76,9 +93,16 @@ class Method:
     fit: FitFn | None
     apply: ApplyFn
     default: bool = False
+    source: str | None = None
+    needs_generation: bool = False
+    scorings: tuple[str, ...] | None = None
+    top_label: bool = False
 
     def why_not(self, ctx: MethodContext) -> str | None:
         """The reason this method cannot apply to a run offering ``ctx``, or ``None`` when it can."""
+        if self.scorings is not None and ctx.scoring not in self.scorings:
+            return (f"applies to {' / '.join(self.scorings)} scoring only (the options of a {ctx.scoring} run "
+                    "have no order or letters to permute or name); use --scoring letter")
         if self.needs_labels and not ctx.has_labels:
             return "needs labels, and some questions have none"
         if self.needs_base and not ctx.has_base:
@@ -108,6 +132,50 @@ def _alignment(cls_name: str, fixed: str | None = None) -> FitFn:
         return getattr(alignment, cls_name)(scaling=fixed or scaling).fit(base, chat)
 
     return fit
+
+
+def _pair_fit(module: str, cls_name: str) -> FitFn:
+    """A label-free calibrator of :mod:`refcal.calibrate.<module>` fitted on (base, chat); it has one
+    form only, so ``--scaling`` does not apply to it, and it never sees the labels."""
+
+    def fit(base: np.ndarray, chat: np.ndarray, labels: np.ndarray | None, *, scaling: str = "temperature") -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)().fit(base, chat)
+
+    return fit
+
+
+def _calibrated_pair(fitted: Any, base: np.ndarray, chat: np.ndarray) -> np.ndarray:
+    """A calibrator that reads both models' logits at apply time (their agreement); a stand-in for a failed
+    fit (``run.evaluate.Unfitted``) takes the chat logits only."""
+    from .agreement import AgreementDACA
+
+    if isinstance(fitted, AgreementDACA):
+        return fitted.predict_log_proba(base, chat)
+    return fitted.predict_log_proba(chat)
+
+
+def _reeval(_fitted: Any, base: np.ndarray, chat: np.ndarray) -> Any:
+    """BaseCal-ReEval (METHODS.md §1.4): the chat model's answer (its argmax option), with the base model's
+    softmax probability of that option as the confidence, as a :class:`refcal.metrics.TopLabel`.
+
+    No distribution over the other options is defined, and none is made up: the obvious completion
+    (the rest spread in proportion to the base model's probabilities) is the base model's own
+    distribution, whose argmax is the base model's answer, not the chat model's. So ECE, MCE, AECE, the
+    top-label Brier score, accuracy, AUROC and AURC are exact, and the NLL is undefined.
+    """
+    from ..metrics import TopLabel
+
+    a = np.argmax(chat, axis=1)
+    return TopLabel(a.astype(np.int64), np.exp(log_softmax(base)[np.arange(len(a)), a]))
+
+
+def _stated(_fitted: Any, base: np.ndarray, chat: np.ndarray) -> Any:
+    """An elicitation source (rows ``[answered option or -1, stated confidence]``) as a TopLabel."""
+    from ..metrics import TopLabel
+
+    return TopLabel(np.asarray(chat[:, 0], dtype=np.int64), np.clip(np.asarray(chat[:, 1], dtype=np.float64), 0, 1))
 
 
 _ORACLES = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "matrix": "MatrixScaling"}
@@ -141,9 +209,35 @@ METHODS: dict[str, Method] = {m.key: m for m in (
            _calibrated_chat),
     Method("vs", "vector scaling (labelled oracle)", "#e377c2", True, False, _oracle("vector"), _calibrated_chat),
     Method("ms", "matrix scaling (labelled oracle)", "#7f7f7f", True, False, _oracle("matrix"), _calibrated_chat),
+    Method("cape", "CAPE (option permutations)", "#bcbd22", False, False, None, _chat, source="cape",
+           scorings=("letter",)),
+    Method("reeval", "BaseCal-ReEval (base re-evaluates)", "#aec7e8", False, True, None, _reeval, top_label=True),
+    Method("elicitation", "verbal elicitation (Tian)", "#ff9896", False, False, None, _stated,
+           source="elicitation", needs_generation=True, top_label=True),
+    Method("elicitation_ensemble", "elicitation ensemble (Xiong, avg_conf)", "#c49c94", False, False, None,
+           _stated, source="elicitation_ensemble", needs_generation=True, top_label=True),
+    Method("cape", "CAPE (option permutations)", "#bcbd22", False, False, None, _chat, source="cape",
+           scorings=("letter",)),
+    Method("reeval", "BaseCal-ReEval (base re-evaluates)", "#aec7e8", False, True, None, _reeval, top_label=True),
+    Method("elicitation", "verbal elicitation (Tian)", "#ff9896", False, False, None, _stated,
+           source="elicitation", needs_generation=True, top_label=True),
+    Method("elicitation_ensemble", "elicitation ensemble (Xiong, avg_conf)", "#c49c94", False, False, None,
+           _stated, source="elicitation_ensemble", needs_generation=True, top_label=True),
+    Method("daca_agree", "agreement-aware DACA", "#393b79", False, True, _pair_fit("agreement", "AgreementDACA"),
+           _calibrated_pair),
+    Method("mutual", "mutual calibration", "#637939", False, True, _pair_fit("mutual", "MutualCalibration"),
+           _calibrated_chat),
 )}
 
 DEFAULT_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if m.default)
+#: ``--methods no-generation``: every method whose inputs need no generated text (the cheap full comparison)
+NO_GENERATION_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if not m.needs_generation)
+#: ``--methods`` keywords: the bare ``refcal run`` selection, everything but generation, everything
+KEYWORDS = {"default": DEFAULT_METHODS, "no-generation": NO_GENERATION_METHODS, "all": tuple(METHODS)}
+#: ``--methods no-generation``: every method whose inputs need no generated text (the cheap full comparison)
+NO_GENERATION_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if not m.needs_generation)
+#: ``--methods`` keywords: the bare ``refcal run`` selection, everything but generation, everything
+KEYWORDS = {"default": DEFAULT_METHODS, "no-generation": NO_GENERATION_METHODS, "all": tuple(METHODS)}
 
 
 def get_method(key: str) -> Method:
@@ -151,20 +245,21 @@ def get_method(key: str) -> Method:
     try:
         return METHODS[key]
     except KeyError:
-        raise InputError(f"unknown method {key!r}; choose from {', '.join(METHODS)} (or all)") from None
+        raise InputError(f"unknown method {key!r}; choose from {', '.join(METHODS)} (or {', '.join(KEYWORDS)})") \
+            from None
 
 
 def parse_methods(value: str | Iterable[str] | None) -> list[str]:
-    """``--methods``: ``None`` -> the defaults; ``"all"``; or a comma-separated list (kept in table order)."""
+    """``--methods``: ``None`` -> the defaults; a comma-separated list of keys and keywords (``default``:
+    chat, base, naive, daca, ts; ``no-generation``: every method needing no generated text; ``all``),
+    kept in table order."""
     if value is None:
         return list(DEFAULT_METHODS)
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
     items = [v for v in items if v]
-    if items == ["all"]:
-        return list(METHODS)
     if not items:
-        raise InputError(f"--methods is empty; choose from {', '.join(METHODS)} (or all)")
-    chosen = {get_method(v).key for v in items}
+        raise InputError(f"--methods is empty; choose from {', '.join(METHODS)} (or {', '.join(KEYWORDS)})")
+    chosen = {k for v in items for k in (KEYWORDS[v] if v in KEYWORDS else (get_method(v).key,))}
     return [k for k in METHODS if k in chosen]
 
 

@@ -1,0 +1,221 @@
+"""Mutual calibration (``mutual``): a label-free projection of the chat model's confidence onto the
+confidences that are mutually calibrated with a reference (base) model.
+
+Reconstructed from the public description of Kong, Song, Wang and Wu, "Calibration without Ground Truth"
+(arXiv 2601.19862); the reconstruction, its assumptions and its guarantee are in ``docs/METHODS.md``.
+In short, for the event "the chat model's answer ``b = argmax g`` is right":
+
+* ``Q1`` = the chat model's confidence ``softmax(g)_b``, grouped into ``n_bins`` equal-mass bins ``j``;
+  ``Q0`` = the reference's probability of the same answer ``softmax(f)_b``, in ``n_ref_bins`` bins ``i``;
+* two predictors are *mutually calibrated* when some joint law of (bins, outcome) that reproduces the
+  observed counts ``n_ij`` makes both calibrated. With ``y_ij`` the expected number of right answers in
+  cell ``(i, j)`` (``0 <= y_ij <= n_ij``), the reference is calibrated when ``sum_j y_ij = R_i`` (the sum of
+  its probabilities in bin ``i``), and a map ``h`` of the chat bins is then calibrated when
+  ``h_j = sum_i y_ij / n_j``. The set of such ``h`` is convex (a linear image of a polytope);
+* the fitted map is the Bregman projection of the chat bins' mean confidences ``c_j`` onto that set under
+  the chosen proper loss: ``min sum_j n_j D(h_j, c_j)`` (``D`` = binary KL for the log loss, squared
+  difference for the Brier score), a smooth convex program in ``y`` solved by SLSQP.
+
+At apply time the chat confidence is mapped through the piecewise-linear interpolation of ``(c_j, h_j)``
+(constant beyond the first and last bin), the other options keep their ratios, and the chat model's answer
+stays its answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.optimize import isotonic_regression, minimize
+
+from .._math import log_softmax
+from ..errors import FitError, InputError, NotFittedError
+from ._validate import check_logits, check_pair
+
+__all__ = ["MutualCalibration", "top_label", "project_mutual"]
+
+LOSSES = ("log", "brier")
+_EPS = 1e-9
+
+
+def top_label(log_p: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(log p_b, log(1 - p_b))`` per row for log-probabilities ``log_p`` and chosen options ``b``; the
+    second in log-space (log-sum-exp of the other options), exact when ``p_b`` rounds to 1."""
+    rows = np.arange(log_p.shape[0])
+    log_c = log_p[rows, b]
+    others = log_p.copy()
+    others[rows, b] = -np.inf
+    top = others.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_rest = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
+    return log_c, log_rest
+
+
+def _equal_mass_bins(x: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-mass bins of ``x``: (bin index per row, inner edges). Ties stay in one bin, so there may be
+    fewer non-empty bins than ``n_bins``."""
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    return np.searchsorted(edges, x, side="right"), edges
+
+
+def _divergence(h: np.ndarray, c: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """``D(h, c)`` and ``dD/dh`` of the proper loss's Bregman divergence for binary outcomes."""
+    if loss == "brier":
+        return (h - c) ** 2, 2 * (h - c)
+    hc = np.clip(h, _EPS, 1 - _EPS)
+    d = hc * np.log(hc / c) + (1 - hc) * np.log((1 - hc) / (1 - c))
+    return d, np.log(hc / c) - np.log((1 - hc) / (1 - c))
+
+
+def project_mutual(counts: np.ndarray, ref_sums: np.ndarray, c: np.ndarray, loss: str = "log",
+                   max_iter: int = 500) -> tuple[np.ndarray, Any]:
+    """The Bregman projection of the chat bins' confidences ``c`` (J,) onto the reference-compatible set.
+
+    Parameters
+    ----------
+    counts : ndarray (I, J)
+        Questions per (reference bin, chat bin).
+    ref_sums : ndarray (I,)
+        Expected right answers per reference bin if the reference is calibrated (sum of its probabilities).
+    c : ndarray (J,)
+        Mean chat confidence per chat bin, in (0, 1).
+
+    Returns
+    -------
+    h : ndarray (J,)
+        The projected confidences; ``h == c`` when ``c`` is already mutually calibrated with the reference.
+    res : scipy OptimizeResult
+    """
+    n_i, n_j = counts.shape
+    cells = np.argwhere(counts > 0)
+    cnt = counts[cells[:, 0], cells[:, 1]].astype(float)
+    col_n = counts.sum(axis=0).astype(float)
+    # variables u = y / n in [0, 1]; start at the reference's rate in every cell of its bin (feasible)
+    rate = ref_sums / np.maximum(counts.sum(axis=1), 1)
+    u0 = rate[cells[:, 0]]
+    a_eq = np.zeros((n_i, cells.shape[0]))
+    a_eq[cells[:, 0], np.arange(cells.shape[0])] = cnt
+    cc = np.clip(c, _EPS, 1 - _EPS)
+    scale = float(col_n.sum())
+
+    def h_of(u: np.ndarray) -> np.ndarray:
+        return np.bincount(cells[:, 1], weights=cnt * u, minlength=n_j) / col_n
+
+    def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
+        d, dd = _divergence(h_of(u), cc, loss)
+        # d/du_cell of sum_j n_j D(h_j) = n_j D'(h_j) * cnt / n_j = cnt * D'(h_j)
+        return float(col_n @ d) / scale, cnt * dd[cells[:, 1]] / scale
+
+    cons = [{"type": "eq", "fun": lambda u: (a_eq @ u - ref_sums) / scale, "jac": lambda u: a_eq / scale}]
+    res = minimize(fun, u0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * cells.shape[0], constraints=cons,
+                   options={"maxiter": max_iter, "ftol": 1e-12})
+    return np.clip(h_of(np.clip(res.x, 0, 1)), 0.0, 1.0), res
+
+
+class MutualCalibration:
+    """Mutual calibration against a reference model (label-free); see the module docstring.
+
+    Parameters
+    ----------
+    n_bins : int, default 10
+        Equal-mass bins of the chat model's confidence (the resolution of the fitted map).
+    n_ref_bins : int, default 10
+        Equal-mass bins of the reference's probability of the chat model's answer.
+    loss : {"log", "brier"}, default "log"
+        Proper loss whose Bregman divergence defines the projection (and the guarantee).
+
+    Attributes
+    ----------
+    bin_confidence_ : ndarray (J,)
+        Mean chat confidence of each non-empty chat bin, increasing.
+    bin_projected_ : ndarray (J,)
+        The projected confidence of each bin (the map's knots).
+    bin_counts_ : ndarray (J,)
+        Calibration questions per chat bin.
+    divergence_ : float
+        ``mean_j n_j D(h_j, c_j)`` at the projection: the guaranteed loss reduction (binned), 0 when the
+        chat model is already mutually calibrated with the reference.
+    n_, n_iter_, converged_, objective_
+        Questions and solver record.
+    """
+
+    method = "mutual"
+
+    def __init__(self, *, n_bins: int = 10, n_ref_bins: int = 10, loss: str = "log"):
+        self.n_bins = n_bins
+        self.n_ref_bins = n_ref_bins
+        self.loss = loss
+
+    def __repr__(self) -> str:
+        return f"MutualCalibration(n_bins={self.n_bins!r}, n_ref_bins={self.n_ref_bins!r}, loss={self.loss!r})"
+
+    def _check_params(self) -> None:
+        for name in ("n_bins", "n_ref_bins"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+
+    def fit(self, base_logits: object, chat_logits: object) -> MutualCalibration:
+        """Fit the map from both models' option logits (no labels).
+
+        Raises
+        ------
+        InputError, MismatchError
+            Malformed or inconsistent logits.
+        FitError
+            The projection did not converge.
+        """
+        self._check_params()
+        f, g = check_pair(base_logits, chat_logits)
+        present = np.isfinite(g)
+        conf = np.exp(log_softmax(g))[present]  # every (question, option) pair: event "this option is right"
+        ref = np.exp(log_softmax(f))[present]
+        j, _ = _equal_mass_bins(conf, self.n_bins)
+        i, _ = _equal_mass_bins(ref, self.n_ref_bins)
+        # keep non-empty bins only, renumbered in order
+        used_j, j = np.unique(j, return_inverse=True)
+        used_i, i = np.unique(i, return_inverse=True)
+        counts = np.zeros((used_i.size, used_j.size))
+        np.add.at(counts, (i, j), 1.0)
+        ref_sums = np.bincount(i, weights=ref, minlength=used_i.size)
+        col_n = counts.sum(axis=0)
+        c = np.bincount(j, weights=conf, minlength=used_j.size) / col_n
+        h, res = project_mutual(counts, ref_sums, c, self.loss)
+        if not np.isfinite(res.fun):
+            raise FitError(f"the mutual-calibration projection failed: {res.message}")
+        self.bin_unordered_ = h  # the projection itself, before the monotone (isotonic) step
+        h = isotonic_regression(h, weights=col_n).x
+        self.n_ = int(f.shape[0])
+        self.n_options_ = int(g.shape[1])
+        self.bin_confidence_, self.bin_projected_, self.bin_counts_ = c, h, col_n.astype(np.int64)
+        d, _ = _divergence(h, np.clip(c, _EPS, 1 - _EPS), self.loss)
+        self.divergence_ = float(col_n @ d / col_n.sum())
+        self.n_iter_, self.converged_, self.objective_ = int(res.nit), bool(res.success), float(res.fun)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "objective_"):
+            raise NotFittedError("this MutualCalibration is not fitted yet; call fit(base_logits, chat_logits) first")
+
+    def confidence_map(self, conf: np.ndarray) -> np.ndarray:
+        """The fitted map applied to chat confidences (piecewise linear through the bins' knots)."""
+        self._check_fitted()
+        return np.interp(conf, self.bin_confidence_, self.bin_projected_)
+
+    def predict_log_proba(self, chat_logits: object) -> np.ndarray:
+        """Calibrated log-probabilities (n, k): every option's chat probability goes through the fitted
+        increasing map, then each row is renormalised (so the answer stays the chat model's; ties aside)."""
+        self._check_fitted()
+        g = check_logits(chat_logits, "chat_logits")
+        present = np.isfinite(g)
+        h = np.zeros(g.shape)
+        h[present] = np.clip(self.confidence_map(np.exp(log_softmax(g))[present]), _EPS, 1.0)
+        with np.errstate(divide="ignore"):
+            return np.log(h / h.sum(axis=1, keepdims=True))
+
+    def predict_proba(self, chat_logits: object) -> np.ndarray:
+        """Calibrated probabilities (n, k); rows sum to 1."""
+        return np.exp(self.predict_log_proba(chat_logits))
+
