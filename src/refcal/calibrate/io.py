@@ -11,6 +11,8 @@ import numpy as np
 
 from ..errors import CalibratorFileError, InputError
 from ._base import FORMAT, FORMAT_VERSION, TASKS, _Calibrator, _is_real
+from .agreement import METHOD as AGREEMENT_METHOD
+from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, _AlignmentCalibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 
@@ -82,6 +84,11 @@ def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
             "with this version's `refcal fit`"
         )
     method = data.get("method")
+    if method == AGREEMENT_METHOD:  # two temperatures and the agreement at apply time: its own reader
+        try:
+            return AgreementDACA.from_dict(data, source)
+        except KeyError as exc:
+            raise CalibratorFileError(f"{source}: missing key {exc.args[0]!r}; re-create it with `refcal fit`") from None
     if not isinstance(method, str) or method not in METHODS:
         raise CalibratorFileError(
             f"{source}: unknown calibration method {method!r} (expected one of {', '.join(METHODS)}); "

@@ -43,7 +43,6 @@ class MethodContext:
     has_base: bool = True
     scaling: str = "temperature"
     scoring: str = "letter"
-    scoring: str = "letter"
 
 
 #: ``fit(base_logits, chat_logits, labels, *, scaling) -> fitted calibrator`` (labels is None without labels)
@@ -209,13 +208,6 @@ METHODS: dict[str, Method] = {m.key: m for m in (
            _calibrated_chat),
     Method("vs", "vector scaling (labelled oracle)", "#e377c2", True, False, _oracle("vector"), _calibrated_chat),
     Method("ms", "matrix scaling (labelled oracle)", "#7f7f7f", True, False, _oracle("matrix"), _calibrated_chat),
-    Method("cape", "CAPE (option permutations)", "#bcbd22", False, False, None, _chat, source="cape",
-           scorings=("letter",)),
-    Method("reeval", "BaseCal-ReEval (base re-evaluates)", "#aec7e8", False, True, None, _reeval, top_label=True),
-    Method("elicitation", "verbal elicitation (Tian)", "#ff9896", False, False, None, _stated,
-           source="elicitation", needs_generation=True, top_label=True),
-    Method("elicitation_ensemble", "elicitation ensemble (Xiong, avg_conf)", "#c49c94", False, False, None,
-           _stated, source="elicitation_ensemble", needs_generation=True, top_label=True),
     Method("cape", "CAPE (option permutations)", "#bcbd22", False, False, None, _chat, source="cape",
            scorings=("letter",)),
     Method("reeval", "BaseCal-ReEval (base re-evaluates)", "#aec7e8", False, True, None, _reeval, top_label=True),

@@ -1,0 +1,190 @@
+"""The label-free methods beyond DACA (issue 13): agreement-aware DACA (`daca_agree`) and mutual calibration
+(`mutual`). Each is checked against an independent computation and never reads labels."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from refcal._math import log_softmax, softmax
+from refcal.calibrate import DACA, load_calibrator
+from refcal.calibrate.agreement import AgreementDACA, answer_cross_entropy
+from refcal.calibrate.alignment import agreement_mask
+from refcal.calibrate.methods import METHODS
+from refcal.calibrate.mutual import MutualCalibration, _divergence, project_mutual
+from refcal.errors import CalibratorFileError, InputError, NotFittedError
+from refcal.synthetic import make_synthetic
+
+NEW = ("daca_agree", "mutual")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(1500, 4, seed=3)
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_fit_never_reads_labels(data, key):
+    """Labels given, labels all unknown (-1), labels scrambled or none: the same fit, bit for bit."""
+    m = METHODS[key]
+    assert not m.needs_labels and m.needs_base
+    outs = []
+    for labels in (data.labels, np.full_like(data.labels, -1), data.labels[::-1].copy(), None):
+        fitted = m.fit(data.base, data.chat, labels, scaling="temperature")
+        outs.append(m.apply(fitted, data.base, data.chat))
+    for other in outs[1:]:
+        np.testing.assert_array_equal(outs[0], other)
+    assert not np.allclose(outs[0], log_softmax(data.chat))  # it did change something
+
+
+def test_daca_agree_agreeing_side_is_daca(data):
+    cal = AgreementDACA().fit(data.base, data.chat)
+    ref = DACA().fit(data.base, data.chat)
+    assert cal.temperature_agree_ == pytest.approx(ref.temperature_, rel=1e-9)
+    assert cal.n_agree_ == ref.n_agree_ and cal.fallback_ is None
+
+
+def test_daca_agree_disagreeing_side_minimises_the_answer_cross_entropy(data):
+    """Independent check: a plain probability-space loss, minimised by scipy's bounded Brent."""
+    cal = AgreementDACA().fit(data.base, data.chat)
+    dis = ~agreement_mask(data.base, data.chat)
+    g, p = data.chat[dis], softmax(data.base[dis])
+    b = g.argmax(axis=1)
+    t = p[np.arange(b.size), b]
+
+    def loss(tau):
+        c = softmax(g / tau)[np.arange(b.size), b]
+        return -np.mean(t * np.log(c) + (1 - t) * np.log(1 - c))
+
+    ref = minimize_scalar(loss, bounds=(0.5, 100), method="bounded", options={"xatol": 1e-9}).x
+    assert cal.temperature_disagree_ == pytest.approx(ref, rel=1e-5)
+    assert answer_cross_entropy(np.log(cal.temperature_disagree_), g, t) == pytest.approx(loss(ref), rel=1e-9)
+    assert cal.target_disagree_ == pytest.approx(t.mean())
+    # the two sides really differ here (the chat model's confidence on disagreements is too high)
+    assert cal.temperature_disagree_ > 1.5 * cal.temperature_agree_
+
+
+def test_daca_agree_applies_each_side_by_the_agreement_of_the_question(data):
+    cal = AgreementDACA().fit(data.base[:700], data.chat[:700])
+    f, g = data.base[700:], data.chat[700:]
+    agree = f.argmax(1) == g.argmax(1)
+    expect = np.where(agree[:, None], g / cal.temperature_agree_, g / cal.temperature_disagree_)
+    np.testing.assert_allclose(cal.predict_log_proba(f, g), log_softmax(expect), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cal.predict_proba(f, g).sum(axis=1), 1.0)
+
+
+def test_daca_agree_reduces_to_daca_without_disagreement():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(50, 3)) * 3
+    f = g / 2 + rng.normal(size=(50, 3)) * 0.01
+    f[np.arange(50), g.argmax(1)] += 5  # every question agrees
+    cal = AgreementDACA().fit(f, g)
+    assert cal.n_agree_ == 50 and cal.fallback_ == "disagree<-agree"
+    assert cal.temperature_disagree_ == cal.temperature_agree_
+    np.testing.assert_allclose(cal.predict_log_proba(f, g), DACA().fit(f, g).predict_log_proba(g), atol=1e-9)
+    # and with no agreement at all it borrows the other way (DACA itself would fail)
+    f2 = f.copy()
+    f2[np.arange(50), g.argmax(1)] -= 100
+    cal2 = AgreementDACA().fit(f2, g)
+    assert cal2.n_agree_ == 0 and cal2.fallback_ == "agree<-disagree"
+
+
+def test_daca_agree_save_load_round_trip(data, tmp_path):
+    cal = AgreementDACA().fit(data.base, data.chat)
+    path = tmp_path / "cal.json"
+    cal.save(path, inputs={"base": "b"})
+    back = load_calibrator(path)
+    assert isinstance(back, AgreementDACA)
+    np.testing.assert_array_equal(back.predict_log_proba(data.base, data.chat),
+                                  cal.predict_log_proba(data.base, data.chat))
+    doc = json.loads(path.read_text())
+    for key, value, what in (("parameters", {"temperature_agree": -1.0, "temperature_disagree": 2.0}, "temperature_agree"),
+                             ("hyperparameters", {"min_group": 0, "temperature_bounds": [1e-3, 1e4]}, "min_group"),
+                             ("fallback", "sideways", "fallback")):
+        bad = dict(doc, **{key: value})
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(CalibratorFileError, match=what):
+            load_calibrator(tmp_path / "bad.json")
+    bad = {k: v for k, v in doc.items() if k != "agreement"}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(CalibratorFileError, match="missing key 'agreement'"):
+        load_calibrator(tmp_path / "bad.json")
+
+
+def test_daca_agree_errors(data):
+    with pytest.raises(NotFittedError):
+        AgreementDACA().predict_proba(data.base, data.chat)
+    with pytest.raises(InputError, match="min_group"):
+        AgreementDACA(min_group=0).fit(data.base, data.chat)
+    with pytest.raises(InputError):
+        AgreementDACA().fit(data.base[:, :1], data.chat[:, :1])
+
+
+def test_mutual_projection_is_the_bregman_projection():
+    """Optimality, checked independently: the generalised Pythagorean inequality
+    D(mu, c) >= D(mu, h) + D(h, c) for feasible points mu of the reference-compatible set."""
+    rng = np.random.default_rng(1)
+    counts = rng.integers(1, 20, size=(4, 5)).astype(float)
+    ref_sums = counts.sum(axis=1) * np.array([0.1, 0.3, 0.6, 0.9])
+    c = np.array([0.2, 0.5, 0.7, 0.9, 0.97])
+    n_j = counts.sum(axis=0)
+    for loss in ("log", "brier"):
+        h, res = project_mutual(counts, ref_sums, c, loss)
+        assert res.success
+
+        def div(a, b, loss=loss):
+            return float(n_j @ _divergence(a, b, loss)[0])
+
+        for _ in range(20):  # random feasible points: each reference bin's right answers spread at random
+            share = rng.dirichlet(np.ones(5), size=4) * counts
+            y = np.minimum(share / share.sum(axis=1, keepdims=True) * ref_sums[:, None], counts)
+            if not np.allclose(y.sum(axis=1), ref_sums):
+                continue
+            mu = y.sum(axis=0) / n_j
+            assert div(mu, c) >= div(mu, h) + div(h, c) - 1e-6
+
+
+def test_mutual_leaves_a_mutually_calibrated_model_alone(data):
+    """The chat model identical to the reference: nothing to correct (the projection is the identity)."""
+    cal = MutualCalibration().fit(data.base, data.base)
+    assert cal.divergence_ < 1e-6
+    np.testing.assert_allclose(cal.bin_projected_, cal.bin_confidence_, atol=2e-3)
+
+
+def test_mutual_lowers_an_over_confident_chat_model_and_keeps_its_answers(data):
+    cal = MutualCalibration().fit(data.base, data.chat)
+    p = cal.predict_proba(data.chat)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert np.all(np.diff(cal.bin_projected_) >= 0)  # the map is increasing
+    assert p.max(axis=1).mean() < softmax(data.chat).max(axis=1).mean() - 0.05
+    assert (p.argmax(1) == data.chat.argmax(1)).mean() > 0.99
+    with pytest.raises(InputError, match="loss"):
+        MutualCalibration(loss="hinge").fit(data.base, data.chat)
+
+
+def test_run_with_the_new_methods(tmp_path, monkeypatch):
+    """Both go through `refcal run --methods` (fake backends) and report metrics and fit records."""
+    from refcal.backends.fake import FakeBackend
+    from refcal.cli import main
+    from refcal.data.base import Question
+    from refcal.run import load_result, protocol
+
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
+    backends = {"fake-base": FakeBackend("base", scale=1.0), "fake-chat": FakeBackend("chat", scale=3.0)}
+    monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: backends[spec])
+    rng = np.random.default_rng(0)
+    qs = []
+    for i in range(150):
+        y = int(rng.integers(4))
+        qs.append(Question(id=f"q-{i}", question=f"question {i} #{y}", choices=tuple(f"option {j}" for j in range(4)),
+                           label=y))
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: qs)
+    monkeypatch.setattr(protocol, "default_split", lambda name: "test")
+    rc = main(["run", "--base", "fake-base", "--chat", "fake-chat", "--dataset", "toy", "--scoring", "letter",
+               "--methods", "chat,daca,daca_agree,mutual", "--no-report", "--no-progress", "-o", str(tmp_path / "r")])
+    assert rc == 0
+    res = load_result(tmp_path / "r")
+    for key in NEW:
+        assert np.isfinite(res.methods[key]["ece"].mean)
+        assert len(res.fits[key]) == 5 and all(r.error is None for r in res.fits[key])
