@@ -188,3 +188,40 @@ def test_run_with_the_new_methods(tmp_path, monkeypatch):
     for key in NEW:
         assert np.isfinite(res.methods[key]["ece"].mean)
         assert len(res.fits[key]) == 5 and all(r.error is None for r in res.fits[key])
+
+
+@pytest.mark.parametrize("world", ["calibrated-base", "overconfident-base", "agree-gain"])
+def test_synthetic_worlds(world):
+    from refcal import metrics
+    from refcal.calibrate import TemperatureScaling, agreement_diagnostics
+    from refcal.synthetic import make_world
+
+    d = make_world(world, 4000, 4, chat_temperature=3.0, seed=0)
+    assert d.base.shape == d.chat.shape == (4000, 4) and d.labels.shape == (4000,)
+    # the chat model is over-confident by exactly the stated temperature: labelled TS finds it
+    assert TemperatureScaling().fit(d.chat, d.labels).temperature_ == pytest.approx(3.0, rel=0.1)
+    base_ece = metrics.ece(softmax(d.base), d.labels)
+    diag = agreement_diagnostics(d.base, d.chat, d.labels)
+    if world == "overconfident-base":
+        assert base_ece > 0.08  # the reference itself is over-confident
+    else:
+        assert base_ece < 0.03
+    if world == "agree-gain":  # the chat model is more accurate, and the gain sits where the two agree
+        assert diag["agreement_rate"] < 0.7
+        chat_acc = (d.chat.argmax(1) == d.labels).mean()
+        assert chat_acc > (d.base.argmax(1) == d.labels).mean() + 0.03
+
+
+def test_demo_compares_every_method_in_a_world():
+    from click.testing import CliRunner
+
+    from refcal.cli.demo import demo
+
+    out = CliRunner().invoke(demo, ["-n", "600", "--world", "overconfident-base", "--methods", "all"])
+    assert out.exit_code == 0, out.output
+    assert "synthetic (overconfident-base)" in out.output
+    for label in ("agreement-aware DACA", "mutual calibration", "DACA", "temperature scaling"):
+        assert label in out.output
+    assert "CAPE" not in out.output  # needs another score source, which synthetic data does not have
+    bad = CliRunner().invoke(demo, ["--world", "flat"])
+    assert bad.exit_code != 0 and "flat" in bad.output

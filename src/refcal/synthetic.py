@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._math import log_softmax, softmax
+from .errors import InputError
 
 
 @dataclass
@@ -46,10 +47,54 @@ def make_synthetic(
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, scale, size=(n, k))
     y = np.array([rng.choice(k, p=p) for p in softmax(z)])
-    obs = z + rng.normal(0.0, base_noise, size=(n, k))
-    shrink = scale**2 / (scale**2 + base_noise**2)
-    post_sd = np.sqrt(shrink) * base_noise
-    draws = obs[:, None, :] * shrink + rng.normal(0.0, post_sd, size=(n, n_mc, k))
-    base_p = softmax(draws).mean(axis=1)
-    base = log_softmax(np.log(base_p))
+    base = _noisy_posterior(z, base_noise, scale, n_mc, rng)
     return SyntheticData(base=base, chat=chat_temperature * z, labels=y, chat_temperature=chat_temperature)
+
+
+def _noisy_posterior(z: np.ndarray, noise: float, scale: float, n_mc: int, rng: np.random.Generator) -> np.ndarray:
+    """Log of the exact Bayes posterior ``P(y | z + eps)``, ``eps ~ N(0, noise^2 I)``, for ``z ~ N(0, scale^2 I)``
+    (Monte Carlo over the Gaussian posterior of ``z``): a calibrated model that sees ``z`` through noise."""
+    n, k = z.shape
+    obs = z + rng.normal(0.0, noise, size=(n, k))
+    shrink = scale**2 / (scale**2 + noise**2)
+    post_sd = np.sqrt(shrink) * noise
+    draws = obs[:, None, :] * shrink + rng.normal(0.0, post_sd, size=(n, n_mc, k))
+    return log_softmax(np.log(softmax(draws).mean(axis=1)))
+
+
+#: ``refcal demo --world``: name -> one line on what it tests
+WORLDS = {
+    "calibrated-base": "DACA's premise: a calibrated base model; the chat model sees the answer logits exactly "
+                       "(its extra accuracy shows on the disagreeing questions) and is over-confident by T",
+    "overconfident-base": "as calibrated-base, but the base model reports its posterior sharpened 2x "
+                          "(logits doubled): an over-confident reference",
+    "agree-gain": "the chat model knows the answer logits exactly on half the questions and is as noisy as the "
+                  "base model on the rest, so its extra accuracy sits mostly where the two agree; over-confident by T",
+}
+
+
+def make_world(world: str, n: int = 5000, k: int = 4, *, chat_temperature: float = 3.0,
+               seed: int | np.random.Generator = 0) -> SyntheticData:
+    """One of the synthetic worlds of :data:`WORLDS` (``calibrated-base`` is :func:`make_synthetic`).
+
+    In every world the labels follow ``y ~ softmax(z)`` and the chat model reports ``chat_temperature``
+    times the log of its calibrated posterior, so the labelled temperature ``chat_temperature`` is right.
+    """
+    if world == "calibrated-base":
+        return make_synthetic(n, k, chat_temperature=chat_temperature, seed=seed)
+    if world not in WORLDS:
+        raise InputError(f"unknown synthetic world {world!r}; choose from {', '.join(WORLDS)}")
+    rng = np.random.default_rng(seed)
+    scale, noise, n_mc = 2.0, 0.5, 256
+    z = rng.normal(0.0, scale, size=(n, k))
+    y = np.array([rng.choice(k, p=p) for p in softmax(z)])
+    if world == "overconfident-base":
+        base = log_softmax(2.0 * _noisy_posterior(z, noise, scale, n_mc, rng))
+        chat = z
+    else:  # agree-gain
+        noise = 1.5
+        base = _noisy_posterior(z, noise, scale, n_mc, rng)
+        knows = rng.random(n) < 0.5
+        # where the chat model does not know, it sees its own noisy copy: calibrated, as accurate as the base
+        chat = np.where(knows[:, None], z, _noisy_posterior(z, noise, scale, n_mc, rng))
+    return SyntheticData(base=base, chat=chat_temperature * chat, labels=y, chat_temperature=chat_temperature)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from ..synthetic import WORLDS
+
 
 @click.command()
 @click.option("-n", "--n-questions", type=click.IntRange(min=100), default=5000, show_default=True,
@@ -15,34 +17,44 @@ import numpy as np
               help="How over-confident the synthetic chat model is.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the synthetic data.")
-def demo(n_questions: int, n_options: int, chat_temperature: float, seed: int) -> None:
+@click.option("--world", type=click.Choice(list(WORLDS)), default="calibrated-base", show_default=True,
+              help="Synthetic world: " + "; ".join(f"{k}: {v}" for k, v in WORLDS.items()) + ".")
+@click.option("--methods", "methods", default=None, metavar="LIST",
+              help="Comma-separated registry methods, or 'all' (those that need no extra score source); "
+                   "default: `refcal run`'s default selection.")
+def demo(n_questions: int, n_options: int, chat_temperature: float, seed: int, world: str,
+         methods: str | None) -> None:
     """Synthetic demo: a calibrated base model, an over-confident chat model; compare calibrators.
 
     30 % of the questions are the (unlabelled) calibration set, 70 % the test set. Labelled
     temperature scaling uses the calibration set's labels; DACA and naive alignment use none.
-    The methods are those of `refcal run`'s default selection.
+    The methods are those of `refcal run`'s default selection unless --methods says otherwise.
     """
     from .. import metrics
     from ..calibrate import agreement_diagnostics
-    from ..calibrate.methods import DEFAULT_METHODS, METHODS
-    from ..synthetic import make_synthetic
+    from ..calibrate.methods import METHODS, parse_methods
+    from ..synthetic import make_world
 
-    data = make_synthetic(n_questions, n_options, chat_temperature=chat_temperature, seed=seed)
+    keys = [k for k in parse_methods(methods) if not getattr(METHODS[k], "source", None)]
+    data = make_world(world, n_questions, n_options, chat_temperature=chat_temperature, seed=seed)
     rng = np.random.default_rng(seed + 1)
     perm = rng.permutation(n_questions)
     cut = int(round(0.3 * n_questions))
     cal_idx, test_idx = perm[:cut], perm[cut:]
     b, c, y = data.base, data.chat, data.labels
     diag = agreement_diagnostics(b[cal_idx], c[cal_idx], y[cal_idx])
-    click.echo(f"synthetic: n={n_questions}, k={n_options}, chat over-confident by T={chat_temperature:g}; "
+    click.echo(f"synthetic ({world}): n={n_questions}, k={n_options}, chat over-confident by T={chat_temperature:g}; "
                f"calibration {cut} / test {n_questions - cut}; agreement rate {diag['agreement_rate']:.3f}")
     click.echo(f"{'method':<40}{'temperature':>12}{'ECE %':>9}{'MCE %':>9}{'Brier':>8}{'NLL':>8}{'Acc':>7}")
-    for key in DEFAULT_METHODS:  # the registry's methods, fitted and applied as `refcal run` does
+    for key in keys:  # the registry's methods, fitted and applied as `refcal run` does
         method = METHODS[key]
         fitted = method.fit(b[cal_idx], c[cal_idx], y[cal_idx]) if method.fit is not None else None
         log_p = method.apply(fitted, b[test_idx], c[test_idx])
-        m = metrics.evaluate(np.exp(log_p), y[test_idx], n_bins=10)
+        probs = np.exp(log_p) if isinstance(log_p, np.ndarray) else log_p  # a top-label method: as it is
+        m = metrics.evaluate(probs, y[test_idx], n_bins=10)
         t = getattr(fitted, "temperature_", None)
         ts_txt = f"{t:12.3f}" if t is not None else f"{'-':>12}"
+        if hasattr(fitted, "temperature_agree_"):  # agreement-aware: agreeing / disagreeing temperature
+            ts_txt = f"{f'{fitted.temperature_agree_:.2f}/{fitted.temperature_disagree_:.2f}':>12}"
         click.echo(f"{method.label:<40}{ts_txt}{100 * m['ece']:9.3f}{100 * m['mce']:9.3f}{m['brier']:8.4f}"
                    f"{m['nll']:8.4f}{m['accuracy']:7.3f}")
