@@ -31,7 +31,7 @@ from ._solvers import fit_temperature
 from ._validate import check_pair
 from .alignment import agreement_mask
 
-__all__ = ["AgreementDACA", "answer_cross_entropy"]
+__all__ = ["AgreementDACA", "answer_cross_entropy", "top_label"]
 
 METHOD = "daca_agree"
 
@@ -42,16 +42,22 @@ def answer_cross_entropy(log_tau: float, g: np.ndarray, t: np.ndarray) -> float:
     Computed in log-space: ``log q_b`` and ``log(1 - q_b) = logsumexp_{j != b} log q_j`` (never
     ``log(1 - exp(...))``), so rows with a confidence that rounds to 1 keep a finite, exact loss.
     """
-    logq = log_softmax(g / math.exp(log_tau))
     b = np.argmax(g, axis=1)
-    rows = np.arange(g.shape[0])
-    log_c = logq[rows, b]
-    others = logq.copy()
+    log_c, log_1mc = top_label(log_softmax(g / math.exp(log_tau)), b)
+    return float(-np.mean(t * log_c + (1.0 - t) * log_1mc))
+
+
+def top_label(log_p: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(log p_b, log(1 - p_b))`` per row for log-probabilities ``log_p`` and chosen options ``b``; the
+    second in log-space (log-sum-exp of the other options), exact when ``p_b`` rounds to 1."""
+    rows = np.arange(log_p.shape[0])
+    log_c = log_p[rows, b]
+    others = log_p.copy()
     others[rows, b] = -np.inf
     top = others.max(axis=1)
-    with np.errstate(divide="ignore"):
-        log_1mc = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
-    return float(-np.mean(t * log_c + (1.0 - t) * log_1mc))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_rest = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
+    return log_c, log_rest
 
 
 class AgreementDACA:

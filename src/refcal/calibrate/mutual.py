@@ -32,23 +32,10 @@ from .._math import log_softmax
 from ..errors import FitError, InputError, NotFittedError
 from ._validate import check_logits, check_pair
 
-__all__ = ["MutualCalibration", "top_label", "project_mutual"]
+__all__ = ["MutualCalibration", "project_mutual"]
 
 LOSSES = ("log", "brier")
 _EPS = 1e-9
-
-
-def top_label(log_p: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(log p_b, log(1 - p_b))`` per row for log-probabilities ``log_p`` and chosen options ``b``; the
-    second in log-space (log-sum-exp of the other options), exact when ``p_b`` rounds to 1."""
-    rows = np.arange(log_p.shape[0])
-    log_c = log_p[rows, b]
-    others = log_p.copy()
-    others[rows, b] = -np.inf
-    top = others.max(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_rest = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
-    return log_c, log_rest
 
 
 def _equal_mass_bins(x: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
