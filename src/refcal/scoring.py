@@ -150,15 +150,19 @@ def score_questions(
     invariant = bool(getattr(backend, "batch_invariant", False))
     call = KIND_CALLS[task.kind]
     bar = _Progress(len(questions), len(rows), progress)
+    # the whole planned batch, so that its new rows equal an uninterrupted run's
+    todo = [[i for i in batch if i not in rows] if invariant else batch
+            for batch in plan if not all(i in rows for i in batch)]
+    owners = [[(i, p) for i in run for p in range(len(requests[i]))] for run in todo]
+    sent = [[requests[i][p] for i, p in owner] for owner in owners]
+    # a backend that scores batches elsewhere (refcal.scoring_ray) yields them as they finish
+    dispatch = getattr(backend, "dispatch_batches", None)
+    results = dispatch(call, sent) if dispatch else ((b, call_iter(backend, call, reqs)) for b, reqs in enumerate(sent))
     try:
-        for batch in plan:
-            if all(i in rows for i in batch):
-                continue
-            # the whole planned batch, so that its new rows equal an uninterrupted run's
-            run = [i for i in batch if i not in rows] if invariant else batch
-            owner = [(i, p) for i in run for p in range(len(requests[i]))]
+        for b, pairs in results:
+            run, owner = todo[b], owners[b]
             got: dict[int, dict[int, Any]] = {i: {} for i in run}
-            for j, res in call_iter(backend, call, [requests[i][p] for i, p in owner]):
+            for j, res in pairs:
                 i, p = owner[j]
                 got[i][p] = res
                 if len(got[i]) < len(requests[i]) or i in rows:
@@ -205,9 +209,14 @@ def _shots_for(questions: Sequence[Question], fewshot: Any) -> list[tuple[Questi
 def _plan(backend: Any, requests: Sequence[Sequence[Any]], batch_size: int) -> list[list[int]]:
     """Chunks of question indices, longest first (ties by index), each with at most ``batch_size``
     requests (or one question's): independent of what is cached."""
+    bulk = getattr(backend, "request_lengths", None)  # one call for all (a remote backend)
     length = getattr(backend, "request_length", None)
     measure = (lambda r: int(length(r))) if length else request_text_length
-    lens = [max(measure(r) for r in rs) for rs in requests]
+    if bulk:
+        flat = iter(bulk([r for rs in requests for r in rs]))
+        lens = [max(int(next(flat)) for _ in rs) for rs in requests]
+    else:
+        lens = [max(measure(r) for r in rs) for rs in requests]
     order = sorted(range(len(requests)), key=lambda i: (-lens[i], i))
     plan: list[list[int]] = []
     cur: list[int] = []

@@ -35,6 +35,7 @@ class FakeOptions(BackendOptions):
     bias: Sequence[float] = ()
     hint_boost: float = 1.0
     batch_term: float = 0.0
+    sleep: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -34,3 +34,36 @@ def pop_columns(kwargs: dict[str, Any]) -> dict[str, Any]:
     if cols.get("option_cols"):
         cols["option_cols"] = [c.strip() for c in cols["option_cols"].split(",") if c.strip()]
     return {k: v for k, v in cols.items() if v is not None}
+
+
+def ray_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray`` ... : score on a Ray cluster (:mod:`refcal.scoring_ray`)."""
+    opts = [
+        click.option("--ray", "ray", is_flag=True,
+                     help="Score on Ray: an actor pool of model replicas (needs refcal[ray])."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="--ray: model replicas (actors) [default: 1]."),
+        click.option("--ray-address", default=None,
+                     help="--ray: auto or HOST:PORT of a running cluster (default: a private local instance)."),
+        click.option("--ray-num-cpus", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="--ray: CPUs per actor (also its torch threads) [default: 1]."),
+        click.option("--ray-num-gpus", type=click.FloatRange(min=0), default=None,
+                     help="--ray: GPUs per actor, fractions share one [default: 0]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def pop_ray(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Remove the Ray options from ``kwargs``; the :class:`refcal.scoring_ray.RayOptions` fields given
+    with ``--ray``, or None without it (Ray options without ``--ray`` are an error)."""
+    from ..errors import InputError
+
+    on = kwargs.pop("ray", False)
+    names = {"workers": "workers", "ray_address": "address", "ray_num_cpus": "num_cpus", "ray_num_gpus": "num_gpus"}
+    given = {key: kwargs.pop(key, None) for key in names}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and not on:
+        raise InputError(f"--{next(iter(given)).replace('_', '-')} applies with --ray only; add --ray")
+    return {names[k]: v for k, v in given.items()} if on else None

@@ -10,7 +10,7 @@ import click
 
 from ..errors import InputError
 from ..options import CLOZE_SCORINGS, SCORINGS, default_scoring, parse_limit, parse_templates
-from ._options import column_options, pop_columns
+from ._options import column_options, pop_columns, pop_ray, ray_options
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
               help="Where resumable results live (default $REFCAL_CACHE_DIR/scores, else $XDG_CACHE_HOME/refcal/scores, else ~/.cache/refcal/scores).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @column_options
+@ray_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output .parquet or .jsonl; with --template all, one file per template (name_t1.parquet, ...).")
 def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str | None,
@@ -53,11 +54,15 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
           **columns: Any) -> None:
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
     from .._io import ensure_parent
-    from ..backends import load_backend, options_class
+    from ..backends import options_class
     from ..data import fewshot_examples, load_dataset
     from ..scores import check_output_path
     from ..scoring import score_questions
+    from ..scoring_ray import open_backend
 
+    ray = pop_ray(columns)
+    if ray is not None and cache_dir:
+        ray.setdefault("temp_dir", str(Path(cache_dir) / "ray"))  # a private instance's session files
     check_output_path(output)  # before any slow work
     ensure_parent(output, what="the scores", create=False)
     templates = parse_templates(template)
@@ -84,17 +89,17 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
             raise InputError(f"{flag} applies to local models, not {model}")
     local = {"device": device, "dtype": dtype, "batch_size": batch_size}
     kwargs: dict[str, Any] = {k: v for k, v in local.items() if k in fields and v is not None}
-    backend = load_backend(model, api_base=api_base, **kwargs)
-    out = Path(output)
-    for t in templates:
-        meta = {"model": model, "dataset": dataset, "split": split, "subjects": subjects, "limit": limit,
-                "seed": seed}
-        scores = score_questions(backend, questions, scoring=scoring, template=t, chat=chat, fewshot=shots,
-                                 batch_size=batch_size, cache_dir=cache_dir, progress=not no_progress, meta=meta)
-        path = out if len(templates) == 1 else out.with_name(f"{out.stem}_t{t}{out.suffix}")
-        scores.save(path)
-        acc = ""
-        if scores.has_labels:
-            acc = f", accuracy {float((scores.logits.argmax(1) == scores.labels).mean()):.3f}"
-        how = scoring if scoring in CLOZE_SCORINGS else f"template {t}, {scoring}"  # cloze has no template
-        click.echo(f"wrote {len(scores)} questions to {path} ({how}{acc})")
+    with open_backend(model, ray, api_base=api_base, **kwargs) as backend:
+        out = Path(output)
+        for t in templates:
+            meta = {"model": model, "dataset": dataset, "split": split, "subjects": subjects, "limit": limit,
+                    "seed": seed}
+            scores = score_questions(backend, questions, scoring=scoring, template=t, chat=chat, fewshot=shots,
+                                     batch_size=batch_size, cache_dir=cache_dir, progress=not no_progress, meta=meta)
+            path = out if len(templates) == 1 else out.with_name(f"{out.stem}_t{t}{out.suffix}")
+            scores.save(path)
+            acc = ""
+            if scores.has_labels:
+                acc = f", accuracy {float((scores.logits.argmax(1) == scores.labels).mean()):.3f}"
+            how = scoring if scoring in CLOZE_SCORINGS else f"template {t}, {scoring}"  # cloze has no template
+            click.echo(f"wrote {len(scores)} questions to {path} ({how}{acc})")
