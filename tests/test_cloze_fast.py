@@ -103,6 +103,7 @@ def tiny(request):
 def test_matches_plain_forward_and_cache_path(tiny):
     assert _cloze_tree.layout(tiny.model.config) is not None
     got = tiny.score_cloze(REQS)
+    assert tiny._cloze_lay is not None  # the first-question check passed: the tree path was used
     ref = tiny._score_cloze_reference(REQS)
     for r, g, f in zip(REQS, got, ref, strict=True):
         plain = _plain(tiny, r)
@@ -158,16 +159,30 @@ def test_deterministic_and_iter_order(tiny):
         assert n == len(ctx) + sum(len(c) - 1 for c in conts)
 
 
-def test_unsupported_attention_uses_the_cache_path(monkeypatch):
-    tiny = _backend("llama")  # (the cache path mishandles Gemma's short test window, see above)
-    want = tiny.score_cloze(REQS)
+@pytest.mark.parametrize("why", ["layout", "check"])
+def test_unsupported_attention_uses_the_cache_path(why, monkeypatch, caplog):
+    want = _backend("llama").score_cloze(REQS)  # (the cache path mishandles Gemma's short test window)
+    tiny = _backend("llama")
+    if why == "layout":  # an attention implementation that takes no custom mask
+        monkeypatch.setattr(_cloze_tree, "layout", lambda cfg: None)
+    else:  # an architecture whose scores under the tree mask differ from plain forward passes
+        monkeypatch.setattr(_cloze_tree, "check", lambda *a, **k: float("nan"))
     calls = []
-    monkeypatch.setattr(_cloze_tree, "layout", lambda cfg: None)
     monkeypatch.setattr(_cloze_tree, "score", lambda *a, **k: calls.append(1))
     got = tiny.score_cloze(REQS)
-    assert not calls
+    assert not calls and tiny._cloze_lay is None
+    assert ("key-value-cache path" in caplog.text) == (why == "check")
     for a, b in zip(want, got, strict=True):
         np.testing.assert_allclose(b.logprob, a.logprob, atol=ATOL, rtol=0)
+
+
+def test_check_measures_the_tree_rows(tiny):
+    enc = tiny._encode_cloze(REQS[0])
+    kw = dict(vocab=len(tiny.tokenizer), pad=tiny._pad, dtype=tiny.dtype, device=tiny.device)
+    lay = _cloze_tree.layout(tiny.model.config)
+    assert _cloze_tree.check(tiny.model, tiny._decoder, tiny._head, enc, lay=lay, **kw) < 1e-4
+    # a head that is not the model's: the check sees it
+    assert _cloze_tree.check(tiny.model, tiny._decoder, lambda h: tiny._head(h) * 1.5, enc, lay=lay, **kw) > 1e-2
 
 
 def test_layout_rules():

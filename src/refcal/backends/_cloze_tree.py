@@ -32,6 +32,8 @@ from typing import Any
 
 #: output-head logits computed per matrix product, in elements (2**26 float32 = 256 MiB)
 HEAD_CHUNK = 1 << 26
+#: largest difference (nats) from plain forward passes that :func:`check` accepts (float32 rounding is ~1e-5)
+CHECK_TOL = 1e-3
 
 _FULL, _SLIDING = "full_attention", "sliding_attention"
 
@@ -128,6 +130,24 @@ def score(decoder: Callable[..., Any], head: Callable[[Any], Any], enc: Sequence
         out_rows.append(sums[at: at + len(conts)])
         at += len(conts)
     return out_rows
+
+
+def check(model: Any, decoder: Callable[..., Any], head: Callable[[Any], Any],
+          question: tuple[list[int], list[list[int]]], **kw: Any) -> float:
+    """Largest |tree score - plain score| (nats) over one question's options, the plain score from a
+    forward pass of the whole model over ``context + option`` (its own mask, head and soft-capping)."""
+    import torch
+
+    ctx, conts = question
+    with torch.inference_mode():
+        got = score(decoder, head, [question], **kw)[0]
+        err = 0.0
+        for c, g in zip(conts, got, strict=True):
+            z = model(input_ids=torch.tensor([ctx + c], device=kw["device"])).logits[0, len(ctx) - 1: -1].float()
+            tgt = torch.tensor(c, device=z.device)[:, None]
+            want = float((z.gather(1, tgt).squeeze(1) - torch.logsumexp(z, -1)).double().sum())
+            err = max(err, abs(g - want))
+    return err
 
 
 def _additive(see: Any, dtype: Any) -> Any:

@@ -336,11 +336,11 @@ class TransformersBackend:
         :mod:`refcal.backends._cloze_tree`); rows sorted by length, padding capped as for letters.
         Models whose attention takes no custom mask use :meth:`_score_cloze_reference`.
         """
-        lay = _cloze_tree.layout(self.model.config)
+        enc = [self._encode_cloze(r) for r in requests]
+        lay = self._cloze_layout(enc[0]) if enc else None
         if lay is None:
             yield from enumerate(self._score_cloze_reference(requests))
             return
-        enc = [self._encode_cloze(r) for r in requests]
         lens = [_cloze_tree.tree_length(*e) for e in enc]
         order = sorted(range(len(requests)), key=lambda i: (-lens[i], i))
         for chunk in _pack(order, [lens[i] for i in order], self.batch_size):
@@ -351,6 +351,23 @@ class TransformersBackend:
             for i, s in zip(chunk, sums, strict=True):
                 yield i, ClozeResult(tuple(s), tuple(len(c) for c in enc[i][1]),
                                      tuple(len(c) for c in requests[i].continuations))
+
+    def _cloze_layout(self, first: tuple[list[int], list[list[int]]]) -> _cloze_tree.Layout | None:
+        """The tree path's mask layout, or None for the cache path. Checked once per backend on its first
+        question against plain forward passes of the whole model (an architecture that ignores a custom
+        mask, e.g. one that derives position biases from a 2-D mask, falls back instead of scoring wrong)."""
+        if getattr(self, "_cloze_lay", False) is False:
+            lay = _cloze_tree.layout(self.model.config)
+            if lay is not None:
+                err = _cloze_tree.check(self.model, self._decoder, self._head, first, lay=lay,
+                                        vocab=int(self._head_w.shape[0]), pad=self._pad, dtype=self.dtype,
+                                        device=self.device)
+                if not err <= _cloze_tree.CHECK_TOL:
+                    log.warning("cloze rows with a shared context differ from plain forward passes by %.1e nats "
+                                "on %s; using the slower key-value-cache path", err, self.name)
+                    lay = None
+            self._cloze_lay = lay
+        return self._cloze_lay
 
     def _score_cloze_reference(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """The key-value-cache path: contexts batched through the cache, then options in batches,
