@@ -205,3 +205,25 @@ def test_cli_score_with_ray(tmp_path):
     ref = score_questions(load_backend("fake:r"), QUESTIONS, cache=False, progress=False, batch_size=3)
     np.testing.assert_array_equal(load_scores(out).logits, ref.logits)
     assert main(["score", "-m", "fake:r", "-d", str(data), "--workers", "2", "-o", str(out)]) == 2  # no --ray
+
+
+def test_run_with_ray_equals_run_without(shared_ray, tmp_path, monkeypatch):
+    from refcal.cli import main
+    from refcal.scores import load_scores
+
+    monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
+    # `run` gives every non-API model a batch_size option, which the fake backend does not have
+    monkeypatch.setattr("refcal.run.job.is_api_model", lambda spec: spec.startswith(("openai:", "fake:")))
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": q.id, "question": q.question, "choices": list(q.choices),
+                                        "label": q.label}) + "\n" for q in QUESTIONS))
+    common = ["run", "--base", "fake:b", "--chat", "fake:c", "-d", str(data), "--scoring", "letter", "--limit", "0",
+              "--batch-size", "3", "--no-report", "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "local"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    assert main([*common, "-o", str(tmp_path / "ray"), "--cache-dir", str(tmp_path / "c2"), "--ray",
+                 "--workers", "2"]) == 0
+    for role in ("base", "chat"):
+        a, b = (load_scores(tmp_path / run / "scores" / f"{role}.parquet") for run in ("local", "ray"))
+        np.testing.assert_array_equal(a.logits, b.logits)
+        assert b.meta["backend"]["ray"]["workers"] == 2
+    assert json.loads((tmp_path / "ray" / "config.json").read_text())["ray"]["workers"] == 2

@@ -10,7 +10,7 @@ import click
 from ..calibrate.methods import DEFAULT_METHODS, METHODS
 from ..options import SCORINGS, default_scoring, parse_limit, parse_templates
 from ..run.config import DEFAULT_BASE, DEFAULT_CHAT, DEFAULT_DATASET, DEFAULT_LIMIT, DTYPES, SCALINGS
-from ._options import column_options, pop_columns
+from ._options import column_options, pop_columns, pop_ray, ray_options
 
 _EPILOG = """\b
 Exit codes: 0 success; 2 bad input or usage (the message names the option or file);
@@ -74,6 +74,7 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--no-report", is_flag=True, help="Skip the HTML/Markdown report.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @column_options
+@ray_options
 def run(base, chat, dataset, split, calib_split, subjects, template, scoring, chat_template, fewshot, limit,
         methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base,
         cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
@@ -91,7 +92,12 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
     from ..run.freeform import is_freeform, parse_freeform_methods, run_freeform
 
     cols = pop_columns(columns)
+    ray = pop_ray(columns)
     freeform = is_freeform(dataset, cols)
+    if freeform and ray is not None:
+        raise click.UsageError("--ray applies to multiple-choice data sets; score free-form runs without it")
+    if ray is not None and cache_dir:
+        ray.setdefault("temp_dir", str(Path(cache_dir) / "ray"))  # a private instance's session files
     if not freeform and (judge or judge_api_base):
         raise click.UsageError("--judge and --judge-api-base apply to free-form data sets only")
     cfg = RunConfig(
@@ -101,7 +107,7 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
         chat_template=chat_template == "on", fewshot=fewshot, limit=parse_limit(limit), n_splits=n_splits,
         calib_frac=calib_frac, scaling=scaling, n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base,
         device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress, columns=cols,
-        methods=parse_freeform_methods(methods) if freeform else parse_methods(methods),
+        methods=parse_freeform_methods(methods) if freeform else parse_methods(methods), ray=ray,
     )
     out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if freeform:

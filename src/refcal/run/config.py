@@ -50,6 +50,8 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     dtype: str | None = None
     cache_dir: str | None = None
+    #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
+    ray: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""
@@ -78,6 +80,10 @@ class RunConfig:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         self.methods = parse_methods(self.methods)
+        if self.ray is not None:
+            from ..scoring_ray import RayOptions
+
+            RayOptions(**self.ray)  # refuses bad values with the flag's name
 
 
 __all__ = ["RunConfig", "DEFAULT_BASE", "DEFAULT_CHAT", "DEFAULT_DATASET", "DEFAULT_LIMIT", "SCALINGS", "DTYPES"]

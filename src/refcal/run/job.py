@@ -27,7 +27,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
 
     Returns the run folder; its ``metrics.json`` is read back with :func:`refcal.run.load_result`.
     """
-    from ..backends import load_backend
+    from ..scoring_ray import open_backend
 
     cfg.validate()
     out_dir = Path(out_dir)
@@ -52,7 +52,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
                 kwargs["device"] = cfg.device
             if cfg.dtype:
                 kwargs["dtype"] = cfg.dtype
-        backend = load_backend(spec, api_base=cfg.api_base, **kwargs)
+        # a Ray backend (cfg.ray) shuts its private instance down when deleted below
+        backend = open_backend(spec, cfg.ray, api_base=cfg.api_base, **kwargs).__enter__()
         for t in cfg.templates:
             for s in splits:
                 scores[(role, t, s)] = _score(backend, questions[s], cfg, t, s, role)
