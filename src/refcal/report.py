@@ -212,8 +212,19 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
     else:
         out.append(("p", "metrics.json holds no per-method results."))
 
+    if res.freeform:
+        out += _freeform_section(res.freeform, names)
+
+    if res.parse_failures:
+        out += _parse_failure_notes(res.parse_failures, names)
+    top = [names.get(m, m) for m in ordered_keys(res.methods) if m in METHODS and METHODS[m].top_label]
+    if top:
+        out.append(("p", f"{', '.join(top)}: an answer with one confidence and no distribution over the options, "
+                    "so their NLL and multiclass Brier score are undefined (n/a); every other column is exact."))
     if has_labels and res.bootstrap is not None:
         out += _bootstrap_section(res.bootstrap, names)
+        if "ece_intervals" in img:
+            out.append(img["ece_intervals"])
 
     out.append(("h2", "Confidence distributions"))
     out.append(img["confidence_histogram"] if "confidence_histogram" in img
@@ -255,6 +266,67 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
     out.append(("h2", "Configuration"))
     out.append(_kv_table(config or {}, collapsed="resolved configuration (config.json)"))
     return out
+
+
+def _short(text: Any, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _freeform_section(ff: Mapping[str, Any], names: Mapping[str, str]) -> list[Any]:
+    """Free-form runs: what was judged and how, parse failures, and example answers with every method's
+    confidence (texts come from the data set and the model: escaped by the renderers like every cell)."""
+    out: list[Any] = [("h2", "Free-form answers")]
+    acc, judge = ff.get("accuracy"), ff.get("judge") or {}
+    out.append(("p", f"The chat model answered {_fmt(ff.get('n_questions'))} questions greedily "
+                f"({_fmt(ff.get('n_empty_answers'))} empty answers); "
+                + (f"{_fmt(acc, 100, 1)} % were judged correct by {judge.get('kind', 'the judge')}"
+                   + (" with containment" if judge.get("containment") else "") + " (evaluation only). "
+                   if acc is not None else "no references, so nothing was judged. ")
+                + "Each method's confidence c that the answer is correct is evaluated as the two options "
+                "[1 − c, c] with label 1 = correct, so Acc in the table above is how often c > 0.5 agrees "
+                "with the verdict, not the answers' accuracy. The agreement diagnostics compare the two "
+                "models' P(True) verdicts on the same answer."))
+    for key, info in (ff.get("methods") or {}).items():
+        pf = info.get("parse_failures") if isinstance(info, Mapping) else None
+        if isinstance(pf, Mapping) and pf.get("n"):
+            reasons = ", ".join(f"{k}: {v}" for k, v in pf.items() if k not in ("n", "n_failed", "n_clipped"))
+            out.append(("note", f"{names.get(key, key)}: {_fmt(pf.get('n_failed'))} of {_fmt(pf.get('n'))} replies "
+                        f"could not be parsed{' (' + reasons + ')' if reasons else ''}; they count as wrong "
+                        f"answers with confidence {_fmt(info.get('failure_confidence'), 1, 2)}."))
+    examples = ff.get("examples") or []
+    if examples:
+        keys = list(dict.fromkeys(k for ex in examples for k in (ex.get("confidence") or {})))
+        rows = [[_short(ex.get("question", ""), 80), _short(ex.get("answer", ""), 50) or "(empty)",
+                 _short("; ".join(map(str, ex.get("references") or [])), 50),
+                 {1: "yes", 0: "no"}.get(ex.get("correct"), "n/a")]
+                + [_fmt((ex.get("confidence") or {}).get(k), 1, 3) for k in keys] for ex in examples]
+        out.append(_Table(["question", "answer", "references", "correct"] + [names.get(k, k) for k in keys], rows,
+                          collapsed=f"the first {len(rows)} questions: answer, verdict and each method's confidence"))
+    return out
+
+
+def _parse_failure_notes(failures: Mapping[str, Mapping[str, int]], names: Mapping[str, str]) -> list[Any]:
+    """Generation methods: replies that did not parse, counted (never dropped) by reason."""
+    out: list[Any] = []
+    for m, f in failures.items():
+        reasons = ", ".join(f"{k}: {v}" for k, v in f.items() if k not in ("n", "n_failed", "n_member_failures"))
+        members = (f"; {f['n_member_failures']} ensemble member replies failed in all"
+                   if "n_member_failures" in f else "")
+        out.append(("note", f"{names.get(m, m)}: {f.get('n_failed', 0)} of {f.get('n', 0)} replies could not be "
+                    f"used{' (' + reasons + ')' if reasons else ''}{members}. Each counts as a wrong answer with "
+                    "confidence 1/k (k options)."))
+    return out
+
+
+def _premise_lines(premise: Mapping[str, Any]) -> list[Any]:
+    """The premise of DACA and ReEval in one line per model (with labels only)."""
+    verdict = premise.get("verdict") if isinstance(premise, Mapping) else None
+    if not isinstance(verdict, Mapping) or not verdict:
+        return []
+    lines = "; ".join(f"{v}" for v in verdict.values())
+    return [("note", f"Premise check on the {premise.get('n_agree', 'n/a')} agreeing calibration questions: "
+             f"{lines}.")]
 
 
 def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:

@@ -67,19 +67,19 @@ class FreeformMethod:
 
 
 FREEFORM_METHODS: dict[str, FreeformMethod] = {m.key: m for m in (
-    FreeformMethod("chat", "chat model: mean token probability of its answer", "chat_likelihood",
+    FreeformMethod("chat", "chat: answer likelihood", "chat_likelihood",
                    needs="chat model: teacher-forced answer log-probabilities (cloze)"),
-    FreeformMethod("p_true", "chat model P(True)", "p_true_chat", needs="chat model: P(True) letters"),
-    FreeformMethod("base", "base model P(True)", "p_true_base", needs_base=True, needs="base model: P(True) letters"),
-    FreeformMethod("naive", "naive alignment (P(True))", "fit", needs_base=True,
+    FreeformMethod("p_true", "chat P(True)", "p_true_chat", needs="chat model: P(True) letters"),
+    FreeformMethod("base", "base P(True)", "p_true_base", needs_base=True, needs="base model: P(True) letters"),
+    FreeformMethod("naive", "naive alignment", "fit", needs_base=True,
                    needs="both models' P(True) letters, no labels"),
-    FreeformMethod("daca", "DACA (P(True))", "fit", needs_base=True,
+    FreeformMethod("daca", "DACA", "fit", needs_base=True,
                    needs="both models' P(True) letters, no labels"),
-    FreeformMethod("reeval", "BaseCal-ReEval (base model's mean token probability)", "reeval", needs_base=True,
+    FreeformMethod("reeval", "ReEval (base likelihood)", "reeval", needs_base=True,
                    needs="base model: teacher-forced answer log-probabilities (cloze), no labels"),
-    FreeformMethod("verbal", "verbalised probability (Tian et al.)", "verbal",
+    FreeformMethod("verbal", "verbal (Tian et al.)", "verbal",
                    needs="chat model: a second generation (Tian prompt), parsed"),
-    FreeformMethod("ts", "temperature scaling of P(True) (labelled oracle)", "fit", needs_labels=True,
+    FreeformMethod("ts", "TS of P(True) (oracle)", "fit", needs_labels=True,
                    needs="chat model's P(True) letters and the labels of the calibration questions"),
 )}
 DEFAULT_FREEFORM_METHODS: tuple[str, ...] = tuple(FREEFORM_METHODS)
