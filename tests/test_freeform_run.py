@@ -245,3 +245,43 @@ def test_triviaqa_on_the_packaged_pair(tmp_path):
             entry = doc["methods"][key][metric]
             assert entry["mean"] is not None or entry["n_undefined"] > 0, (key, metric)
     assert json.loads((out / "calibrator.json").read_text())["task"] == FREEFORM_TASK
+
+
+# ---------------------------------------------------------------------------------------------- API
+@pytest.mark.api
+def test_api_chat_model_through_llama_cpp_server(tmp_path):
+    """The chat model behind a real llama.cpp server (OpenAI-compatible): generation, P(True) letters and the
+    verbal replies through the API; its answer likelihood needs prompt log-probabilities under the chat
+    template, which the API cannot give, so `chat` is listed with that reason. The base model is the fake
+    one (this test is about the API path, not about the numbers)."""
+    from api_server import MODEL_ALIAS, LlamaServer
+
+    srv = LlamaServer()
+    try:
+        srv.start()
+    except Exception as exc:  # noqa: BLE001 - a server that cannot start fails the test, never skips it
+        pytest.fail(f"could not start the llama.cpp server: {exc}")
+    try:
+        data = tmp_path / "q.jsonl"
+        rows = [{"question": "What is the capital of France?", "answers": ["Paris"]},
+                {"question": "How many legs does a spider have?", "answers": ["eight", "8"]},
+                {"question": "What colour is the sky on a clear day?", "answers": ["blue"]},
+                {"question": "Who wrote Romeo and Juliet?", "answers": ["William Shakespeare", "Shakespeare"]},
+                {"question": "What is 2 + 2?", "answers": ["4", "four"]},
+                {"question": "What is the largest planet of the solar system?", "answers": ["Jupiter"]},
+                {"question": "Which gas do plants absorb from the air?", "answers": ["carbon dioxide", "CO2"]},
+                {"question": "What is frozen water called?", "answers": ["ice"]}]
+        data.write_text("\n".join(json.dumps(r) for r in rows))
+        cfg = RunConfig(base="fake:base", chat=f"openai:{MODEL_ALIAS}", api_base=srv.url, dataset=str(data),
+                        limit=None, cache_dir=str(tmp_path / "cache"), progress=False, n_splits=2)
+        out = run_freeform(cfg, tmp_path / "run", judge="contains", report=False)
+        res = load_result(out)
+        assert "chat" in res.unavailable and "log-probabilities" in res.unavailable["chat"]
+        for key in ("p_true", "daca", "verbal"):
+            assert key in res.methods and math.isfinite(res.methods[key]["brier"].mean), key
+        chat = load_scores(out / "scores" / "chat.parquet")
+        assert all(isinstance(a, str) for a in chat.columns["answer"]) and any(chat.columns["answer"])
+        assert np.isfinite(chat.logits).any(axis=1).all()  # P(True) letters from the API's top log-probabilities
+        assert res.freeform["methods"]["verbal"]["parse_failures"]["n"] == len(rows)
+    finally:
+        srv.stop()
