@@ -260,6 +260,8 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     keys = parse_freeform_methods(methods)
     if not 0.0 < cfg.calib_frac < 1.0:
         raise InputError(f"--calib-frac must be strictly between 0 and 1, got {cfg.calib_frac}")
+    if cfg.n_splits < 1:
+        raise InputError(f"--n-splits must be at least 1, got {cfg.n_splits}")
     if cfg.limit is not None and cfg.limit < 2:
         raise InputError(f"--limit must be at least 2 (or 0 for every question), got {cfg.limit}")
     if cfg.scaling != "temperature":
