@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -27,7 +27,7 @@ __all__ = [
     "reliability_bins", "ece", "mce", "aece", "brier", "brier_multiclass", "nll", "accuracy", "auroc",
     "selective_accuracy", "risk_coverage", "aurc", "bootstrap_ci", "bootstrap_nll_ci", "nll_from_log_proba",
     "evaluate", "METRICS",
-    "DEFAULT_THRESHOLDS",
+    "DEFAULT_THRESHOLDS", "TopLabel",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,48 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in 
 _SUM_TOL = 1e-6
 
 
+# ---------------------------------------------------------------------------------------------- top label
+@dataclass(frozen=True, eq=False)
+class TopLabel:
+    """Answers with a stated confidence and no distribution over the options (verbalised confidence).
+
+    ``prediction`` (n,) int: the option answered, ``-1`` for no answer (always wrong); ``confidence`` (n,)
+    in [0, 1]. Every metric of confidence and correctness accepts it in place of ``probs`` (ECE, MCE,
+    AECE, the top-label Brier score, accuracy, AUROC, AURC, reliability bins, selective accuracy,
+    risk-coverage, :func:`bootstrap_ci`); the NLL and the multiclass Brier score need a distribution and
+    refuse it (:func:`evaluate` gives them as NaN).
+    """
+
+    prediction: np.ndarray
+    confidence: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+    def __getitem__(self, idx: Any) -> TopLabel:
+        return TopLabel(self.prediction[idx], self.confidence[idx])
+
+
+def _check_top_label(t: TopLabel, labels: np.ndarray, need_labels: bool) -> tuple[TopLabel, np.ndarray]:
+    pred, conf = np.asarray(t.prediction), np.asarray(t.confidence, dtype=np.float64)
+    if conf.ndim != 1 or conf.size == 0 or pred.shape != conf.shape or not np.issubdtype(pred.dtype, np.integer):
+        raise InputError("a TopLabel needs equally long, non-empty 1-D integer predictions and confidences")
+    if not (np.isfinite(conf).all() and (conf >= 0).all() and (conf <= 1).all()):
+        raise InputError("TopLabel confidences must lie in [0, 1]; parse and clip stated confidences first")
+    y = _check_labels(labels, len(conf), None, need_labels)
+    return TopLabel(pred.astype(np.int64), conf), y
+
+
 # ---------------------------------------------------------------------------------------------- validation
-def _check(probs: np.ndarray, labels: np.ndarray, *, need_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Validate once at the public boundary; return float64 probs and int64 labels."""
+def _check(probs: np.ndarray | TopLabel, labels: np.ndarray, *, need_labels: bool = True,
+           distribution: bool = False) -> tuple[Any, np.ndarray]:
+    """Validate once at the public boundary; return float64 probs (or a checked :class:`TopLabel`, unless
+    the metric needs a ``distribution``) and int64 labels."""
+    if isinstance(probs, TopLabel):
+        if distribution:
+            raise InputError("this metric needs a probability for every option; a TopLabel (stated confidence "
+                             "of one answer) has none")
+        return _check_top_label(probs, labels, need_labels)
     p = np.asarray(probs)
     if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
         raise InputError(f"probs must be a non-empty 2-D array of shape (n, k); got shape {p.shape}")
@@ -59,9 +98,13 @@ def _check(probs: np.ndarray, labels: np.ndarray, *, need_labels: bool = True) -
         raise InputError(
             f"probs row {r} sums to {sums[r]:.6g}, not 1; pass normalised probabilities (softmax of the logits)"
         )
+    return p, _check_labels(labels, p.shape[0], p.shape[1], need_labels)
+
+
+def _check_labels(labels: np.ndarray, n: int, k: int | None, need_labels: bool) -> np.ndarray:
     y = np.asarray(labels)
-    if y.ndim != 1 or y.shape[0] != p.shape[0]:
-        raise InputError(f"labels must have shape ({p.shape[0]},) to match probs; got shape {y.shape}")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise InputError(f"labels must have shape ({n},) to match probs; got shape {y.shape}")
     if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
         raise InputError(f"labels must be integer option indices; got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
@@ -74,13 +117,15 @@ def _check(probs: np.ndarray, labels: np.ndarray, *, need_labels: bool = True) -
             f"label of row {r} is {y[r]} (unknown); calibration metrics need a label for every question — "
             "drop unlabelled rows first"
         )
-    if (y >= p.shape[1]).any() or (y < -1).any():
-        r = int(np.flatnonzero((y >= p.shape[1]) | (y < -1))[0])
-        raise InputError(f"label of row {r} is {y[r]} but there are only {p.shape[1]} options (0-based)")
-    return p, y
+    if (k is not None and (y >= k).any()) or (y < -1).any():
+        r = int(np.flatnonzero((y >= (k if k is not None else np.inf)) | (y < -1))[0])
+        raise InputError(f"label of row {r} is {y[r]} but there are only {k} options (0-based)")
+    return y
 
 
-def _conf_correct(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _conf_correct(p: np.ndarray | TopLabel, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(p, TopLabel):
+        return p.confidence, ((p.prediction == y) & (p.prediction >= 0)).astype(np.float64)
     return p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
 
 
@@ -200,7 +245,7 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def brier_multiclass(probs: np.ndarray, labels: np.ndarray) -> float:
     r"""Multiclass Brier score: :math:`\frac1N\sum_i \sum_j (p_{ij} - 1[y_i = j])^2`, in [0, 2]."""
-    p, y = _check(probs, labels)
+    p, y = _check(probs, labels, distribution=True)
     onehot = np.zeros_like(p)
     onehot[np.arange(len(y)), y] = 1.0
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
@@ -214,7 +259,7 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     Probabilities that underflowed to 0 after ``exp`` of very negative log-probabilities also give
     ``inf``; compute the NLL from log-probabilities directly if that matters.
     """
-    p, y = _check(probs, labels)
+    p, y = _check(probs, labels, distribution=True)
     with np.errstate(divide="ignore"):
         return float(-np.mean(np.log(p[np.arange(len(y)), y])))
 
@@ -441,8 +486,11 @@ METRICS: dict[str, Callable[..., float]] = {
 def evaluate(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> dict[str, float]:
     """All scalar metrics at once: keys ``ece, mce, aece, brier, brier_multiclass, nll, accuracy, auroc, aurc``.
 
-    Values are fractions (not percent). ``auroc`` may be NaN (see :func:`auroc`).
+    Values are fractions (not percent). ``auroc`` may be NaN (see :func:`auroc`); for a :class:`TopLabel`
+    ``nll`` and ``brier_multiclass`` are NaN (they need a distribution).
     """
     p, y = _check(probs, labels)
     binned = {"ece": ece, "mce": mce, "aece": aece}
-    return {name: (fn(p, y, n_bins=n_bins) if name in binned else fn(p, y)) for name, fn in METRICS.items()}
+    skip = ("nll", "brier_multiclass") if isinstance(p, TopLabel) else ()
+    return {name: (float("nan") if name in skip else fn(p, y, n_bins=n_bins) if name in binned else fn(p, y))
+            for name, fn in METRICS.items()}

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, MissingDependencyError
-from .metrics import ReliabilityBins, RiskCoverage, SelectiveCurve
+from .metrics import ConfidenceInterval, ReliabilityBins, RiskCoverage, SelectiveCurve, TopLabel
 
 __all__ = [
     "HistogramData", "GroupValues", "confidences", "confidence_histogram_data", "group_values",
     "new_figure", "plot_reliability", "plot_reliability_grid", "plot_confidence_histogram",
     "plot_selective_accuracy", "plot_risk_coverage", "plot_group_values", "save_figure", "method_color",
+    "plot_metric_intervals",
 ]
 
 _FS = 9  # base font size, set per artist
@@ -40,8 +41,11 @@ def method_color(name: str, index: int = 0) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def confidences(probs: np.ndarray) -> np.ndarray:
-    """Confidence ``max_j p_j`` of each row of ``probs`` (n, k) -> (n,); no labels needed."""
+def confidences(probs: np.ndarray | TopLabel) -> np.ndarray:
+    """Confidence ``max_j p_j`` of each row of ``probs`` (n, k) -> (n,) (a TopLabel's stated confidence);
+    no labels needed."""
+    if isinstance(probs, TopLabel):
+        return np.asarray(probs.confidence, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] == 0 or not np.isfinite(p).all():
         raise InputError(f"probs must be a finite non-empty (n, k) array; got shape {p.shape}")
@@ -306,6 +310,33 @@ def plot_group_values(data: GroupValues, *, ax=None, title: str | None = None, x
         ax.legend(fontsize=_FS - 2, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
         if title:
             ax.set_title(title, fontsize=_FS + 1, pad=20)
+    return ax
+
+
+def plot_metric_intervals(intervals: Mapping[str, ConfidenceInterval], *, ax=None, title: str | None = None,
+                          labels: Mapping[str, str] | None = None, scale: float = 100.0,
+                          xlabel: str = "ECE % (95 % bootstrap interval)"):
+    """One row per method (in the mapping's order, top to bottom): the estimate as a dot in the method's
+    colour and its interval as a horizontal bar; intervals that are NaN draw the dot only."""
+    if not intervals:
+        raise InputError("no intervals to plot")
+    names = list(intervals)
+    ax = _ax(ax, 6.5, max(2.2, 0.9 + 0.32 * len(names)))
+    for i, name in enumerate(names):
+        ci = intervals[name]
+        y = len(names) - 1 - i
+        col = method_color(name, i)
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            ax.plot([ci.low * scale, ci.high * scale], [y, y], color=col, linewidth=2.5, alpha=0.6,
+                    solid_capstyle="butt")
+        ax.plot([ci.estimate * scale], [y], marker="o", markersize=6, color=col, markeredgecolor="black",
+                markeredgewidth=0.4, linestyle="none")
+        ax.text(ci.estimate * scale, y + 0.22, f"{ci.estimate * scale:.1f}", ha="center", fontsize=_FS - 3)
+    ax.set_yticks(range(len(names)), [(labels or {}).get(n, n) for n in reversed(names)], fontsize=_FS - 1)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlim(left=0)
+    _style(ax, xlabel, "", title)
+    ax.grid(False, axis="y")
     return ax
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from ._io import atomic_write_text
 from .calibrate.methods import METHODS, ordered_keys
 from .errors import ScoreFileError
+from .metrics import TopLabel
 from .run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
 
 __all__ = ["write_report"]
@@ -134,6 +135,9 @@ def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         except ScoreFileError as e:
             log.warning("skipping predictions of %s: %s", m, e)
             continue
+        if s.meta.get("top_label"):  # rows [answered option (-1: none), stated confidence]
+            out[m] = (TopLabel(s.logits[:, 0].astype(np.int64), np.clip(s.logits[:, 1], 0.0, 1.0)), s.labels)
+            continue
         # softmax of log-probabilities re-normalises rows that were rounded when written
         out[m] = (softmax(s.logits), s.labels)
     return out
@@ -153,7 +157,7 @@ def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], 
         images.append(_Image(stem, caption))
 
     if preds:
-        k = max(p.shape[1] for p, _ in preds.values())
+        k = max((p.shape[1] for p, _ in preds.values() if not isinstance(p, TopLabel)), default=2)
         data = P.confidence_histogram_data({m: P.confidences(p) for m, (p, _) in preds.items()}, low=1 / k)
         ax = P.plot_confidence_histogram(data, labels=names, title="Confidence before and after calibration")
         save(ax.figure, "confidence_histogram",
@@ -172,6 +176,14 @@ def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], 
                              labels=names, title="Risk–coverage")
         save(fig, "selective", "Left: accuracy on the questions whose confidence reaches the threshold "
              "(solid) and the fraction kept (dotted). Right: error rate against coverage (lower is better).")
+    if labels_ok and result.bootstrap is not None and result.bootstrap.methods:
+        ci = {m: result.bootstrap.methods[m]["ece"] for m in ordered_keys(result.bootstrap.methods)
+              if "ece" in result.bootstrap.methods[m]}
+        if ci:
+            ax = P.plot_metric_intervals(ci, labels=names, title="ECE of each method")
+            save(ax.figure, "ece_intervals", f"ECE of each method on the {result.bootstrap.n} plotted questions "
+                 f"(dot) with its {100 * result.bootstrap.level:.0f} % bootstrap interval ({result.bootstrap.n_boot} "
+                 "resamples, the same for every method); lower is better.")
     groups = {m: P.group_values([asdict(r) for r in recs]) for m, recs in result.fits.items()}
     main = groups.get("daca")
     if main is not None and len(main.groups) > 1:
@@ -239,6 +251,7 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
         out.append(("p", "Plots use the evaluation questions of the first split and template "
                     f"({len(next(iter(preds.values()))[0])} questions); the table averages over all units."))
     out.append(("h2", "Agreement diagnostics: can the label-free fit be trusted?"))
+    out += _premise_lines(res.premise)
     out += _diagnostics(res.diagnostics, res.fits, has_labels)
     if "temperatures" in img:
         out.append(img["temperatures"])
@@ -511,5 +524,11 @@ def write_report(run_dir: str | os.PathLike) -> dict[str, Path]:
     blocks = _document(res, config, cal, preds, images, names)
     files["report.html"] = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir / "plots"))
     files["report.md"] = atomic_write_text(run_dir / "report.md", _markdown(blocks))
+    if res.has_labels and res.methods:
+        from .run.table import paper_table
+
+        md, doc = paper_table(res, names)
+        files["table.md"] = atomic_write_text(run_dir / "table.md", md)
+        files["table.json"] = atomic_write_text(run_dir / "table.json", json.dumps(doc, indent=1, allow_nan=False))
     log.info("wrote %s and %s", files["report.html"], files["report.md"])
     return files

@@ -2,6 +2,9 @@
 
 Metrics come from :mod:`refcal.metrics` on ``exp`` of each method's log-probabilities, except the NLL,
 taken from the log-probabilities themselves (``exp`` underflows below -745 and would make it infinite).
+A ``top_label`` method (an answer and a confidence, :class:`refcal.metrics.TopLabel`) gets the metrics of
+confidence and correctness; its NLL and multiclass Brier score are undefined (NaN, "n/a" in tables).
+A method with a ``source`` reads that score set of the chat model (``Part.extra``) as its ``chat`` input.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .. import __version__
 from .._math import log_softmax
 from ..calibrate.methods import METHODS, MethodContext
 from ..errors import FitError
+from ..metrics import TopLabel
 from .config import RunConfig
 from .protocol import Plan
 from .result import (
@@ -68,7 +72,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
 
     from ..calibrate import DACA, agreement_diagnostics
 
-    ctx = MethodContext(has_labels=plan.has_labels, scaling=cfg.scaling)
+    ctx = MethodContext(has_labels=plan.has_labels, scaling=cfg.scaling, scoring=cfg.scoring)
     selected = [METHODS[k] for k in cfg.methods]
     unavailable = {m.key: why for m in selected if (why := m.why_not(ctx))}
     usable = [m for m in selected if m.key not in unavailable]
@@ -77,7 +81,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
 
     per_unit: list[dict[str, dict[str, float]]] = []
     fits: dict[str, list[FitRecord]] = {}
-    plotted: dict[str, list[np.ndarray]] = {}
+    plotted: dict[str, list[Any]] = {}
     plotted_ids: list = []
     plotted_labels: list[int] = []
     for unit in plan.units:
@@ -85,14 +89,16 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
         logp: dict[str, np.ndarray] = {}
         for m in usable:
             fitted = None
+            calib_chat = unit.calib.extra[m.source] if m.source else unit.calib.chat
+            test_chat = unit.test.extra[m.source] if m.source else unit.test.chat
             if m.fit is not None:
                 try:
-                    fitted = m.fit(unit.calib.base, unit.calib.chat, labels, scaling=cfg.scaling)
+                    fitted = m.fit(unit.calib.base, calib_chat, labels, scaling=cfg.scaling)
                 except FitError as e:
                     log.warning("%s: %s; this unit is evaluated uncalibrated", m.label, e)
                     fitted = Unfitted(str(e))
                 fits.setdefault(m.key, []).append(_fit_record(unit.template, unit.group, fitted))
-            logp[m.key] = m.apply(fitted, unit.test.base, unit.test.chat)
+            logp[m.key] = m.apply(fitted, unit.test.base, test_chat)
         per_unit.append(_unit_metrics(logp, unit.test.labels if plan.has_labels else None, cfg.n_bins))
         if unit.plotted:
             for key, lp in logp.items():
@@ -115,6 +121,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
                                         agreement_rate=float(deployed.agreement_rate_))
     pool_labels = pool.labels if bool((pool.labels >= 0).all()) else None
     diag = agreement_diagnostics(pool.base, pool.chat, pool_labels)
+    premise = premise_diagnostics(pool.base, pool.chat, pool_labels, seed=cfg.seed) if pool_labels is not None else {}
 
     result = RunResult(
         refcal_version=__version__,
@@ -131,8 +138,10 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
         fits=fits,
         calibrator=calibrator,
         fallbacks={m: sum(r.error is not None for r in recs) for m, recs in fits.items()},
+        premise=premise,
     )
-    preds = {m: pad_concat(parts) for m, parts in plotted.items()}
+    preds = {m: concat_top_label(parts) if isinstance(parts[0], TopLabel) else pad_concat(parts)
+             for m, parts in plotted.items()}
     if plan.has_labels and preds:
         y = np.asarray(plotted_labels)
         result.selective = selective(preds, y)
@@ -161,6 +170,12 @@ def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins
 
     res: dict[str, dict[str, float]] = {}
     for name, lp in logp.items():
+        if isinstance(lp, TopLabel):  # an answer and its confidence: no distribution, no NLL
+            row = {"mean_confidence": float(np.mean(lp.confidence))}
+            if labels is not None:
+                row.update(metrics.evaluate(lp, labels, n_bins=n_bins))
+            res[name] = row
+            continue
         p = np.exp(lp)
         row = {"mean_confidence": float(p.max(axis=1).mean())}
         if labels is not None:
@@ -195,7 +210,12 @@ def selective(preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any
     """Selective-accuracy curves of every method on the plotted questions."""
     from .. import metrics
 
-    return {m: metrics.selective_accuracy(np.exp(lp), labels) for m, lp in preds.items()}
+    return {m: metrics.selective_accuracy(_probs(lp), labels) for m, lp in preds.items()}
+
+
+def _probs(lp: Any) -> Any:
+    """Probabilities of log-probabilities; a TopLabel as it is."""
+    return lp if isinstance(lp, TopLabel) else np.exp(lp)
 
 
 def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, seed: int) -> Bootstrap:
@@ -207,14 +227,69 @@ def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, 
     out = Bootstrap(n_boot=N_BOOT, level=0.95, n=int(len(labels)))
     alpha = ALPHA
     for m, lp in preds.items():
-        p = np.exp(lp)
+        p = _probs(lp)
         out.methods[m] = {
             "ece": metrics.bootstrap_ci(lambda q, y: metrics.ece(q, y, n_bins=n_bins), p, labels,
                                         n_boot=N_BOOT, alpha=alpha, seed=seed),
             "brier": metrics.bootstrap_ci(metrics.brier, p, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
-            "nll": metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
         }
+        if not isinstance(lp, TopLabel):  # a TopLabel has no NLL
+            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=alpha, seed=seed)
     return out
+
+
+def concat_top_label(parts: list[TopLabel]) -> TopLabel:
+    """One TopLabel of the parts' questions, in order."""
+    return TopLabel(np.concatenate([p.prediction for p in parts]), np.concatenate([p.confidence for p in parts]))
+
+
+def premise_diagnostics(base: np.ndarray, chat: np.ndarray, labels: np.ndarray, *, seed: int = 0,
+                        n_boot: int = N_BOOT) -> dict[str, Any]:
+    """Does the premise of DACA and ReEval hold here: is the base model calibrated where the models agree?
+
+    For each model: mean confidence and accuracy on the agreeing questions, their gap (confidence minus
+    accuracy; positive = over-confident) with a 95 % percentile-bootstrap interval, and a one-line verdict.
+    """
+    from .._math import softmax
+
+    agree = np.argmax(base, axis=1) == np.argmax(chat, axis=1)
+    idx = np.flatnonzero(agree)
+    out: dict[str, Any] = {"n_agree": int(idx.size)}
+    if idx.size < 2:
+        out["verdict"] = {"base": f"only {idx.size} agreeing question(s): the premise cannot be checked"}
+        return out
+    rng = np.random.default_rng(seed)
+    boots = [rng.choice(idx, idx.size) for _ in range(n_boot)]
+    verdict = {}
+    for role, logits in (("base", base), ("chat", chat)):
+        p = softmax(logits)
+        conf = p.max(axis=1)
+        corr = (np.argmax(p, axis=1) == labels).astype(float)
+        gap = float(conf[idx].mean() - corr[idx].mean())
+        gaps = np.array([conf[b].mean() - corr[b].mean() for b in boots])
+        lo, hi = (float(v) for v in np.quantile(gaps, [ALPHA / 2, 1 - ALPHA / 2]))
+        out[role] = {"confidence": float(conf[idx].mean()), "accuracy": float(corr[idx].mean()), "gap": gap,
+                     "gap_low": lo, "gap_high": hi}
+        verdict[role] = _verdict(role, gap, lo, hi)
+    out["verdict"] = verdict
+    return out
+
+
+def _verdict(role: str, gap: float, lo: float, hi: float) -> str:
+    where = f"where the models agree (gap {100 * gap:+.1f} points, 95 % interval [{100 * lo:+.1f}, {100 * hi:+.1f}])"
+    if role == "chat":
+        if lo > 0:
+            return f"the chat model is over-confident by {100 * gap:.0f} points {where}: there is something to correct"
+        if hi < 0:
+            return f"the chat model is under-confident by {100 * -gap:.0f} points {where}"
+        return f"the chat model is calibrated within the interval {where}"
+    if lo > 0:
+        return (f"the base model is over-confident by {100 * gap:.0f} points {where}: DACA and ReEval inherit it, "
+                "so DACA will under-correct")
+    if hi < 0:
+        return (f"the base model is under-confident by {100 * -gap:.0f} points {where}: DACA will over-correct "
+                "and ReEval will be under-confident")
+    return f"the base model is calibrated within the interval {where}: the premise of DACA and ReEval holds"
 
 
 def pad_concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -223,4 +298,5 @@ def pad_concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.pad(p, ((0, 0), (0, k - p.shape[1])), constant_values=-np.inf) for p in parts])
 
 
-__all__ = ["Evaluation", "Unfitted", "evaluate", "aggregate", "selective", "bootstrap", "pad_concat"]
+__all__ = ["Evaluation", "Unfitted", "evaluate", "aggregate", "selective", "bootstrap", "pad_concat",
+           "concat_top_label", "premise_diagnostics"]

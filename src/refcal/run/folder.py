@@ -28,7 +28,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_write_json, make_temp_dir
 from ..errors import InputError
-from ..metrics import ConfidenceInterval, SelectiveCurve
+from ..metrics import ConfidenceInterval, SelectiveCurve, TopLabel
 from ..scores import ScoreSet
 from .config import RunConfig
 from .result import (
@@ -78,6 +78,10 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
         doc["timing"] = result.timing
     if result.api_stats:
         doc["api_stats"] = result.api_stats
+    if result.premise:
+        doc["premise"] = result.premise
+    if result.parse_failures:
+        doc["parse_failures"] = result.parse_failures
     if result.freeform:
         doc["freeform"] = result.freeform
     return doc
@@ -112,8 +116,15 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
             ssuffix = f"_{s}" if len(splits) > 1 else ""
             sc.save(tmp / "scores" / f"{role}{suffix}{ssuffix}.parquet")
         for m, (ids, lp, labels) in evaluation.predictions.items():
-            rows = [[None if np.isneginf(v) else float(v) for v in r] for r in lp]
-            ScoreSet.from_rows(ids, rows, labels, meta={"method": m, "log_probabilities": True},
+            if isinstance(lp, TopLabel):  # an answer and its confidence: [option (-1: none), confidence, 0 ...]
+                width = max([2] + [y + 1 for y in labels if y is not None])  # labels stay valid option indices
+                rows = [[float(a), float(c)] + [0.0] * (width - 2)
+                        for a, c in zip(lp.prediction, lp.confidence, strict=True)]
+                meta = {"method": m, "top_label": True}
+            else:
+                rows = [[None if np.isneginf(v) else float(v) for v in r] for r in lp]
+                meta = {"method": m, "log_probabilities": True}
+            ScoreSet.from_rows(ids, rows, labels, meta=meta,
                                source=f"predictions/{m}").save(tmp / "predictions" / f"{m}.parquet")
         if evaluation.calibrator is not None:
             evaluation.calibrator.save(tmp / "calibrator.json", inputs=evaluation.calibrator_inputs)
@@ -208,7 +219,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         raise _bad(path, f"schema_version {version!r} is not the version this build of refcal reads "
                          f"({SCHEMA_VERSION})")
     for key in ("methods", "fits", "diagnostics", "method_labels", "config", "unavailable", "fallbacks",
-                "selective", "bootstrap", "calibrator", "timing", "api_stats", "freeform"):
+                "selective", "bootstrap", "calibrator", "timing", "api_stats", "premise", "parse_failures", "freeform"):
         _obj(doc, key, path)
 
     methods: dict[str, dict[str, MetricSummary]] = {}
@@ -268,6 +279,9 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         bootstrap=_bootstrap(_obj(doc, "bootstrap", path), path),
         timing=_typed_values(_obj(doc, "timing", path), "timing", path, _num),
         api_stats=_typed_values(_obj(doc, "api_stats", path), "api_stats", path, lambda v: isinstance(v, dict)),
+        premise=_obj(doc, "premise", path),
+        parse_failures=_typed_values(_obj(doc, "parse_failures", path), "parse_failures", path,
+                                     lambda v: isinstance(v, dict) and all(isinstance(x, int) for x in v.values())),
         freeform=_obj(doc, "freeform", path),
     )
 

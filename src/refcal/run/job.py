@@ -16,6 +16,7 @@ from ..options import is_api_model
 from ..scores import ScoreSet
 from . import protocol
 from .config import RunConfig
+from .elicit import per_template, source_task
 from .evaluate import evaluate
 from .folder import write_run_folder
 
@@ -57,6 +58,13 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         for t in cfg.templates:
             for s in splits:
                 scores[(role, t, s)] = _score(backend, questions[s], cfg, t, s, role)
+        if role == "chat":
+            for src in _sources(cfg):
+                for t in cfg.templates if per_template(src) else cfg.templates[:1]:
+                    task = source_task(src, template=t, chat_template=cfg.chat_template, seed=cfg.seed)
+                    for s in splits:
+                        log.info("scoring the chat model's %s (template %s, split %s)", src, t, s)
+                        scores[(f"chat_{src}", t, s)] = _score(backend, questions[s], cfg, t, s, role, task=task)
         stats = getattr(backend, "stats", None)
         if stats is not None:
             api_stats[role] = dict(stats) if isinstance(stats, dict) else asdict(stats)
@@ -69,10 +77,40 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     evaluation = evaluate(cfg, plan, n_questions=n_questions)
     evaluation.result.timing = {"scoring_seconds": round(score_seconds, 2)}
     evaluation.result.api_stats = api_stats
+    evaluation.result.parse_failures = _parse_failures(cfg, scores, evaluation.result.methods)
     return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report)
 
 
-def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str | None, role: str) -> ScoreSet:
+def _parse_failures(cfg: RunConfig, scores: dict[tuple[str, int, str | None], ScoreSet],
+                    evaluated: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Replies of each evaluated generation method that did not parse, over every scored question."""
+    from ..calibrate.methods import METHODS
+    from .elicit import parse_failures
+
+    out: dict[str, dict[str, int]] = {}
+    for k in cfg.methods:
+        m = METHODS[k]
+        if not m.needs_generation or k not in evaluated:
+            continue
+        total: dict[str, int] = {}
+        for (r, _, _), sc in scores.items():
+            if r == f"chat_{m.source}":
+                for key, v in parse_failures(sc).items():
+                    total[key] = total.get(key, 0) + v
+        out[k] = total
+    return out
+
+
+def _sources(cfg: RunConfig) -> list[str]:
+    """The extra score sets of the chat model that the selected, applicable methods read."""
+    from ..calibrate.methods import METHODS
+
+    return sorted({m.source for k in cfg.methods if (m := METHODS[k]).source
+                   and (m.scorings is None or cfg.scoring in m.scorings)})
+
+
+def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str | None, role: str,
+           task: Any = None) -> ScoreSet:
     from ..scoring import score_questions
 
     fewshot: Any = ()
@@ -88,6 +126,7 @@ def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: 
     return score_questions(
         backend, questions, scoring=cfg.scoring, template=template, chat=cfg.chat_template,
         fewshot=fewshot, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, progress=cfg.progress, meta=meta,
+        task=task,
     )
 
 

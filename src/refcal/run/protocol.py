@@ -9,12 +9,16 @@
 The plotted questions are the evaluation questions of the first template's first split (every subject
 for MMLU); the deployable calibrator and the agreement diagnostics use the first template's calibration
 pool (the calibration split, else every scored question).
+
+Extra score sets of the chat model (``scores[("chat_<source>", template, split)]``, e.g. CAPE or
+elicitation, see :mod:`refcal.run.elicit`) are cut the same way: each part's ``extra[source]`` holds their
+rows for the part's questions (a source scored once per run serves every template).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Part:
-    """Base and chat logits (n, k), labels (n,; -1 unknown) and question ids of some questions."""
+    """Base and chat logits (n, k), labels (n,; -1 unknown) and question ids of some questions;
+    ``extra[source]``: the rows of the chat model's extra score sets for the same questions."""
 
     base: np.ndarray
     chat: np.ndarray
     labels: np.ndarray
     ids: list
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +136,26 @@ def plan(cfg: RunConfig, scores: dict[tuple[str, int, str | None], ScoreSet], te
                   for gi, (name, c, e) in enumerate(groups)]
     if pool is None:  # pragma: no cover - validate() guarantees one template
         raise InputError("no prompt template selected; pass --template")
+    _attach_extra(units, scores, cfg.templates[0], test_split, calib_split or test_split)
     return Plan(units, description, pool, calib_split or test_split, has_labels)
+
+
+def _attach_extra(units: list[Unit], scores: dict[tuple[str, int, str | None], ScoreSet], first: int,
+                  test_split: str | None, calib_split: str | None) -> None:
+    """Give every part the rows of the chat model's extra score sets (``chat_<source>`` roles) for its
+    questions, looked up by id within its split (a source scored for the first template only serves them all)."""
+    sources = sorted({r[len("chat_"):] for (r, _, _) in scores if r.startswith("chat_")})
+    for src in sources:
+        rows = {(t, s): {str(i): sc.logits[j] for j, i in enumerate(sc.ids)}
+                for (r, t, s), sc in scores.items() if r == f"chat_{src}"}
+        for unit in units:
+            t = unit.template if (unit.template, test_split) in rows else first
+            for part, split in ((unit.calib, calib_split), (unit.test, test_split)):
+                by_id = rows.get((t, split), {})
+                missing = [i for i in part.ids if str(i) not in by_id]
+                if missing:
+                    raise InputError(f"question {missing[0]!r} has no {src} scores; re-run to score it")
+                part.extra[src] = np.stack([by_id[str(i)] for i in part.ids])
 
 
 def _part(j: JoinedScores, idx: np.ndarray) -> Part:
