@@ -12,7 +12,7 @@ import pytest
 from refcal.backends import load_backend
 from refcal.backends.api_http import RetryPolicy, Secret, parse_retry_after, post_json, public_url, scrub
 from refcal.backends.api_logprobs import R_RESOLUTION, letter_logprobs
-from refcal.backends.base import LetterRequest
+from refcal.backends.base import ClozeRequest, LetterRequest
 from refcal.backends.openai import OpenAIBackend
 from refcal.errors import BackendError, InputError
 
@@ -101,8 +101,8 @@ def test_bad_settings_raise_input_errors(monkeypatch):
         OpenAIBackend("m", api_base="127.0.0.1:9/v1")
     with pytest.raises(BackendError, match="OPENAI_API_KEY"):
         OpenAIBackend("gpt-4o", api_base="https://api.openai.com/v1")
-    with pytest.raises(BackendError, match="cloze"):
-        OpenAIBackend("m", api_base="http://127.0.0.1:9/v1").score_cloze([])
+    with pytest.raises(BackendError, match="cloze"):  # the server cannot apply a chat template to a raw prompt
+        OpenAIBackend("m", api_base="http://127.0.0.1:9/v1").score_cloze([ClozeRequest("Q?", (" a",), chat=True)])
 
 
 def test_connection_refused_is_one_clear_line(monkeypatch):

@@ -187,6 +187,8 @@ class OpenAIBackend:
         return {
             "kind": "openai", "model": self.model, "api_base": self.api_base, "mode": self.mode,
             "top_logprobs": self.top_logprobs, "seed": self.seed,
+            # letters from the top-k of the first token with the floor below (no server-side fixed-token scoring yet)
+            "letter_source": "topk", "cloze_source": "echo",
             "floor_rule": f"log(min(p_min, max(1 - sum p, {R_RESOLUTION:g}))) - {self.floor_margin:.6g}",
             **self.stats.as_dict(),
         }
@@ -226,13 +228,30 @@ class OpenAIBackend:
         yield from self._iter(requests, self._score_one)
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
-        raise NotSupportedError(
-            "cloze scoring needs the log-probabilities of the prompt's own tokens, which chat-completion "
-            "APIs do not return; score API models with letter scoring (--scoring letter)"
-        )
+        """Continuation log-likelihoods from the prompt's own log-probabilities (see :meth:`score_cloze_iter`)."""
+        out: list[ClozeResult | None] = [None] * len(requests)
+        for i, res in self.score_cloze_iter(requests):
+            out[i] = res
+        return out  # type: ignore[return-value]
 
     def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
-        yield from enumerate(self.score_cloze(requests))
+        """Cloze scoring through ``/completions`` with ``echo=True, logprobs=1, max_tokens=1`` (as
+        lm-evaluation-harness's ``local-completions``): one request per continuation, the prompt
+        ``context + continuation`` (trailing spaces of the context moved to the continuation, as the
+        local backend does); the continuation's tokens are those ending after the context (by the
+        server's ``text_offset``; a token across the boundary counts for the option) and their
+        ``token_logprobs`` are summed. Servers that do not return the prompt's log-probabilities
+        (chat-only APIs, servers ignoring ``echo``) are refused at their first answer with a
+        :class:`NotSupportedError`; so are chat-template cloze requests (the server would not apply it).
+        """
+        requests = list(requests)
+        for r in requests:
+            if not isinstance(r, ClozeRequest) or not r.continuations:
+                raise InputError("each cloze request needs a context and at least one continuation")
+            if r.chat:
+                raise NotSupportedError("cloze scoring through an API sends raw prompts to /completions; "
+                                        "the chat template cannot be applied there: score without it")
+        yield from self._iter(requests, self._cloze_one)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Greedy (temperature 0) answer of each request, cut before its first stop string."""
@@ -289,12 +308,13 @@ class OpenAIBackend:
             client.close()
 
     def _post(self, client: Any, text: str, chat: bool, index: int, abort: threading.Event,
-              **extra: Any) -> tuple[dict, str]:
-        """POST one prompt (raw to /completions, or as a user message to /chat/completions); (body, url)."""
+              raw: bool | None = None, **extra: Any) -> tuple[dict, str]:
+        """POST one prompt (raw to /completions, or as a user message to /chat/completions); (body, url).
+        ``raw=True`` sends to /completions whatever the mode."""
         common: dict[str, Any] = {"model": self.model, "temperature": 0, "n": 1, "stream": False, **extra}
         if self.seed is not None:
             common["seed"] = self.seed
-        raw = self.mode == "completions" and not chat
+        raw = (self.mode == "completions" and not chat) if raw is None else raw
         if not raw and not chat and not self._warned_raw:
             self._warned_raw = True
             log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
@@ -328,6 +348,26 @@ class OpenAIBackend:
             self.stats.n_requests_with_floor += scores.n_floored > 0
             self.stats.n_no_token += top is None
         return scores
+
+    def _cloze_one(self, client: Any, req: ClozeRequest, index: int, stop: threading.Event) -> ClozeResult:
+        context = req.context.rstrip(" ")  # as the local backend: trailing spaces go with the option
+        lps, nts = [], []
+        for cont in req.continuations:
+            prompt = req.context + cont
+            try:
+                body, url = self._post(client, prompt, False, index, stop, raw=True, max_tokens=1, logprobs=1,
+                                       echo=True)
+            except BackendError as exc:
+                if "HTTP 404" in str(exc) or "HTTP 405" in str(exc):
+                    raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it has no /completions "
+                                                            "endpoint")) from None
+                raise
+            lp, nt = _prompt_logprob(body, prompt, len(context), self.api_base)
+            lps.append(lp)
+            nts.append(nt)
+        with self._lock:
+            self.stats.n_requests += len(req.continuations)
+        return ClozeResult(tuple(lps), tuple(nts), tuple(len(c) for c in req.continuations))
 
     def _generate_one(self, client: Any, req: GenerateRequest, index: int, stop: threading.Event) -> str:
         extra: dict[str, Any] = {"max_tokens": req.max_new_tokens}
@@ -377,3 +417,40 @@ class OpenAIBackend:
                 f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "
                 "the server must support logprobs/top_logprobs for this model"
             ) from None
+
+
+_NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "
+            "needs; use a server that supports echo with logprobs on /completions (vLLM, llama-cpp-python) "
+            "or --scoring letter")
+
+
+def _prompt_logprob(body: Any, prompt: str, start: int, url: str) -> tuple[float, int]:
+    """Sum of the ``token_logprobs`` of the echoed prompt tokens that end after character ``start``
+    (and begin before the prompt's end: the generated token is dropped), and their count."""
+    try:
+        text = body["choices"][0].get("text") or ""
+        lp = body["choices"][0]["logprobs"]
+        tokens, offsets, values = lp["tokens"], lp["text_offset"], lp["token_logprobs"]
+        if not (len(tokens) == len(offsets) == len(values)):
+            raise ValueError("lists of different lengths")
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise NotSupportedError(_NO_ECHO.format(url=url, why="no logprobs with tokens, text_offset and "
+                                                "token_logprobs in its answer")) from None
+    if not offsets or min(offsets) >= start:  # echo ignored: only the generated token came back
+        raise NotSupportedError(_NO_ECHO.format(url=url, why="echo was ignored"))
+    if len(text) > len(prompt) and max(offsets) < len(prompt):
+        # llama-cpp-python (0.3.x) pairs prompt token i with the log-probabilities that predict token i+1
+        # when the model adds no start-of-text token, and then drops the generated token: the sign
+        raise NotSupportedError(_NO_ECHO.format(url=url, why="its prompt log-probabilities are shifted by one "
+                                                "token, as llama-cpp-python's for models without a BOS token"))
+    total, n = 0.0, 0
+    for tok, off, v in zip(tokens, offsets, values, strict=True):
+        if off >= len(prompt) or off + len(tok) <= start:
+            continue  # the generated token, or a token of the context
+        if not _is_num(v):
+            raise NotSupportedError(_NO_ECHO.format(url=url, why=f"no log-probability for prompt token {tok!r}"))
+        total += float(v)
+        n += 1
+    if n == 0:
+        raise BackendError(f"the server at {url} returned no token of the option {prompt[start:]!r}")
+    return total, n

@@ -68,9 +68,8 @@ class RunConfig:
             raise InputError("prompt templates apply to letter scoring only (cloze prompts have no instruction); "
                              "use --scoring letter with --template all, or one template")
         api = [m for m in (self.base, self.chat) if is_api_model(m)]
-        if api and self.scoring != "letter":
-            raise InputError(f"{api[0]} is an API model: APIs return next-token log-probabilities only, so use "
-                             "--scoring letter")
+        # cloze scoring of an API model needs a server returning prompt log-probabilities (echo): checked
+        # at its first answer (OpenAIBackend.score_cloze), not here
         if api and self.dtype:
             raise InputError("--dtype applies to local models, not openai:MODEL")
         if self.limit is not None and self.limit < 2:
