@@ -361,6 +361,8 @@ class OpenAIBackend:
                 if "HTTP 404" in str(exc) or "HTTP 405" in str(exc):
                     raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it has no /completions "
                                                             "endpoint")) from None
+                if "HTTP 4" in str(exc) and "echo" in str(exc).lower():  # llama.cpp's llama-server: 400
+                    raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it refuses echo")) from None
                 raise
             lp, nt = _prompt_logprob(body, prompt, len(context), self.api_base)
             lps.append(lp)
