@@ -130,6 +130,15 @@ def bench_model(alias: str, args: argparse.Namespace, work: Path) -> None:
     folder = resolve(alias).path
     qs = load_dataset(args.dataset, limit=args.n, seed=0)
     reqs = cloze_requests(qs)
+    be = TransformersBackend.from_spec(alias, batch_size=args.batch_size)
+    enc = [be._encode_cloze(r) for r in reqs]
+    n_opt = sum(len(c) for _, cs in enc for c in cs)
+    n_pairs = sum(len(r.continuations) for r in reqs)
+    print(f"model {alias} ({be.meta['dtype']}, {be.device}, {torch.get_num_threads()} threads), {len(reqs)} "
+          f"{args.dataset} questions, {n_pairs} options, context tokens mean "
+          f"{np.mean([len(c) for c, _ in enc]):.1f}, option tokens mean {n_opt / n_pairs:.1f}, "
+          f"vocab {be._head_w.shape[0]}, batch {args.batch_size}, load average at start {os.getloadavg()[0]:.1f}",
+          flush=True)
     pairs = [(r.context, c) for r in reqs for c in r.continuations]
     pairs_file = work / f"{alias}_pairs.json"
     pairs_file.write_text(json.dumps(pairs))
@@ -142,30 +151,29 @@ def bench_model(alias: str, args: argparse.Namespace, work: Path) -> None:
             wall, cpu = _run([*me, "--worker", "lmeval", folder, str(pairs_file), str(lm_out), str(args.batch_size)], env,
                              work / "lmeval.log")
             times["lm-eval"].append((wall, cpu, json.loads(lm_out.read_text())["scoring_s"]))
+            print(f"    run {rep + 1}: lm-eval whole {wall:.1f} s wall, {cpu:.1f} s CPU, scoring only "
+                  f"{times['lm-eval'][-1][2]:.1f} s", flush=True)
             parquet = work / f"{alias}_{rep}.parquet"
             cli = ["score", "-m", alias, "-d", args.dataset, "--limit", str(args.n), "--scoring", "cloze",
                    "--batch-size", str(args.batch_size), "--cache-dir", str(work / f"cache{rep}_{alias}"),
                    "--no-progress", "-o", str(parquet)]
             wall, cpu = _run([*me, "--worker", "refcal", str(rc_out), *cli], env, work / "refcal.log")
             times["refcal"].append((wall, cpu, json.loads(rc_out.read_text())["scoring_s"]))
+            print(f"    run {rep + 1}: refcal  whole {wall:.1f} s wall, {cpu:.1f} s CPU, scoring only "
+                  f"{times['refcal'][-1][2]:.1f} s", flush=True)
         ll = np.array(json.loads(lm_out.read_text())["ll"])
         ours = load_scores(parquet).logits
         mine = np.array([ours[i, j] for i, r in enumerate(reqs) for j in range(len(r.continuations))])
         diff = float(np.abs(mine - ll).max())
 
-    be = TransformersBackend.from_spec(alias, batch_size=args.batch_size)
-    enc = [be._encode_cloze(r) for r in reqs]
-    n_opt = sum(len(c) for _, cs in enc for c in cs)
-    print(f"model {alias} ({be.meta['dtype']}, {be.device}, {torch.get_num_threads()} threads), {len(reqs)} "
-          f"{args.dataset} questions, {len(pairs)} options, context tokens mean "
-          f"{np.mean([len(c) for c, _ in enc]):.1f}, option tokens mean {n_opt / len(pairs):.1f}, "
-          f"vocab {be._head_w.shape[0]}, batch {args.batch_size}, load average at start {os.getloadavg()[0]:.1f}")
+    m = args.inproc_n or args.n
+    qs_in, reqs_in = qs[:m], reqs[:m]
 
     def ours() -> None:
-        score_questions(be, qs, scoring="cloze", batch_size=args.batch_size, cache=False, progress=False)
+        score_questions(be, qs_in, scoring="cloze", batch_size=args.batch_size, cache=False, progress=False)
 
     def flo() -> None:
-        floor(be, reqs, args.batch_size)
+        floor(be, reqs_in, args.batch_size)
 
     ours()  # warm-up (first calls allocate)
     flo()
@@ -187,6 +195,7 @@ def bench_model(alias: str, args: argparse.Namespace, work: Path) -> None:
         print(f"  lm-eval / refcal: whole process {best(lm, 0) / best(rc, 0):.2f}x wall, "
               f"{best(lm, 1) / best(rc, 1):.2f}x CPU; scoring only {best(lm, 2) / best(rc, 2):.2f}x   (goal >= 2)")
         print(f"  max |refcal - lm-eval| option log-likelihood = {diff:.1e} nats")
+    print(f"  in-process, first {m} questions:")
     for name, v in inproc.items():
         print(f"  {name:8s} in-process {best(v, 0):7.1f} s wall ({best(v, 1):7.1f} s CPU)   "
               f"(runs: {', '.join(f'{x[0]:.1f}' for x in v)})")
@@ -210,6 +219,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-whole", action="store_true", help="only the in-process refcal vs floor timing")
+    ap.add_argument("--inproc-n", type=int, default=0, help="questions for refcal vs floor (default: -n)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="refcal-vs-lmeval-") as tmp:
         for alias in args.model or MODELS:
