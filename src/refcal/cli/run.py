@@ -43,7 +43,9 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
               help="Questions per split (MMLU: per subject); 0 = every question.")
 @click.option("--methods", default=None, show_default=",".join(DEFAULT_METHODS),
-              help=f"Methods to compare, comma-separated, or all: {', '.join(METHODS)}. Free-form data sets: "
+              help=f"Methods to compare, comma-separated: {', '.join(METHODS)}; or the keywords default, "
+                   "no-generation (every method without generated text) and all (adds the slow elicitation "
+                   "methods). Free-form data sets: "
                    "chat, p_true, base, naive, daca, reeval, verbal, ts (default all).")
 @click.option("--judge", default=None, show_default="exact (TruthfulQA: ROUGE-L)",
               help="Free-form data sets: how answers are judged correct (evaluation only): exact, contains, "
