@@ -158,7 +158,10 @@ def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], 
 
     if preds:
         k = max((p.shape[1] for p, _ in preds.values() if not isinstance(p, TopLabel)), default=2)
-        data = P.confidence_histogram_data({m: P.confidences(p) for m, (p, _) in preds.items()}, low=1 / k)
+        conf = {m: P.confidences(p) for m, (p, _) in preds.items()}
+        # a stated (top-label) confidence may lie below 1/k: the axis then starts at the lowest one
+        low = min([1 / k] + [float(c.min()) for m, c in conf.items() if isinstance(preds[m][0], TopLabel)])
+        data = P.confidence_histogram_data(conf, low=low)
         ax = P.plot_confidence_histogram(data, labels=names, title="Confidence before and after calibration")
         save(ax.figure, "confidence_histogram",
              "Confidence (max probability) of each method on the evaluation questions; dotted lines: means.")

@@ -213,7 +213,7 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     Method("reeval", "BaseCal-ReEval (base re-evaluates)", "#aec7e8", False, True, None, _reeval, top_label=True),
     Method("elicitation", "verbal elicitation (Tian)", "#ff9896", False, False, None, _stated,
            source="elicitation", needs_generation=True, top_label=True),
-    Method("elicitation_ensemble", "elicitation ensemble (Xiong, avg_conf)", "#c49c94", False, False, None,
+    Method("elicitation_ensemble", "elicitation ensemble (Xiong, mean confidence)", "#c49c94", False, False, None,
            _stated, source="elicitation_ensemble", needs_generation=True, top_label=True),
     Method("daca_agree", "agreement-aware DACA", "#393b79", False, True, _pair_fit("agreement", "AgreementDACA"),
            _calibrated_pair),
