@@ -200,6 +200,8 @@ def test_free_form_detection_and_methods(tmp_path, labelled_run):
     assert not is_freeform(str(mc))
     assert parse_freeform_methods(None) == list(FREEFORM_METHODS)
     assert parse_freeform_methods("ts,chat") == ["chat", "ts"]
+    assert parse_freeform_methods("default") == parse_freeform_methods("all") == list(FREEFORM_METHODS)
+    assert "verbal" not in parse_freeform_methods("no-generation")
     with pytest.raises(InputError, match="does not apply to free-form"):
         parse_freeform_methods("cape")
 

@@ -86,13 +86,17 @@ DEFAULT_FREEFORM_METHODS: tuple[str, ...] = tuple(FREEFORM_METHODS)
 
 
 def parse_freeform_methods(value: str | Sequence[str] | None) -> list[str]:
-    """``--methods`` for free-form runs: None -> all of :data:`FREEFORM_METHODS`; ``all``; or a list."""
+    """``--methods`` for free-form runs: None, ``default`` or ``all`` -> every one of :data:`FREEFORM_METHODS`;
+    ``no-generation`` -> all but ``verbal`` (a second generation); or a comma-separated list of keys."""
     if value is None:
         return list(DEFAULT_FREEFORM_METHODS)
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
     items = [v for v in items if v]
-    if items == ["all"]:
-        return list(FREEFORM_METHODS)
+    # the multiple-choice keywords: every free-form method answers first, so "no-generation" leaves out only
+    # the second generation (verbal)
+    keywords = {"all": list(FREEFORM_METHODS), "default": list(DEFAULT_FREEFORM_METHODS),
+                "no-generation": [k for k in FREEFORM_METHODS if k != "verbal"]}
+    items = [k for v in items for k in keywords.get(v, [v])]
     bad = [v for v in items if v not in FREEFORM_METHODS]
     if bad or not items:
         raise InputError(f"method {bad[0] if bad else ''!r} does not apply to free-form answers; choose from "
