@@ -7,7 +7,7 @@ nothing else; batching order, caching and resume live in :mod:`refcal.scoring`, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,6 +74,14 @@ class Backend(Protocol):
 
     def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
         ...
+
+
+def collect(pairs: Iterable[tuple[int, Any]], n: int) -> list[Any]:
+    """The results of an ``_iter`` call (``(index, result)`` pairs in any order) as a list in request order."""
+    out: list[Any] = [None] * n
+    for i, res in pairs:
+        out[i] = res
+    return out
 
 
 def call_iter(backend: Any, call: str, requests: Sequence[Any]) -> Iterator[tuple[int, Any]]:

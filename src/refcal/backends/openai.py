@@ -32,7 +32,15 @@ from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
 from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
-from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, NotSupportedError
+from .base import (
+    BackendOptions,
+    ClozeRequest,
+    ClozeResult,
+    GenerateRequest,
+    LetterRequest,
+    NotSupportedError,
+    collect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +212,7 @@ class OpenAIBackend:
 
     def score_letters_detailed(self, requests: Sequence[LetterRequest]) -> list[LetterScores]:
         """Like :meth:`score_letters`, with which letters were floored and the floor of each request."""
-        out: list[LetterScores | None] = [None] * len(requests)
-        for i, scores in self.score_letters_iter_detailed(requests):
-            out[i] = scores
-        return out  # type: ignore[return-value]
+        return collect(self.score_letters_iter_detailed(requests), len(requests))
 
     def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, logprobs of shape (k,))`` as requests finish, in completion order.
@@ -229,10 +234,7 @@ class OpenAIBackend:
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """Continuation log-likelihoods from the prompt's own log-probabilities (see :meth:`score_cloze_iter`)."""
-        out: list[ClozeResult | None] = [None] * len(requests)
-        for i, res in self.score_cloze_iter(requests):
-            out[i] = res
-        return out  # type: ignore[return-value]
+        return collect(self.score_cloze_iter(requests), len(requests))
 
     def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
         """Cloze scoring through ``/completions`` with ``echo=True, logprobs=1, max_tokens=1`` (as
@@ -255,10 +257,7 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Greedy (temperature 0) answer of each request, cut before its first stop string."""
-        out: list[str | None] = [None] * len(requests)
-        for i, text in self.generate_iter(requests):
-            out[i] = text
-        return out  # type: ignore[return-value]
+        return collect(self.generate_iter(requests), len(requests))
 
     def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
         """Like :meth:`score_letters_iter`, for generation."""

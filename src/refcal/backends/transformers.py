@@ -46,7 +46,7 @@ import numpy as np
 from ..errors import InputError, MissingDependencyError, ModelError
 from ..tasks.requests import cut_at_stop
 from . import _cloze_tree
-from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
+from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, collect
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +324,7 @@ class TransformersBackend:
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """Summed continuation log-probabilities, with token and character counts."""
-        results: list[ClozeResult | None] = [None] * len(requests)
-        for i, res in self.score_cloze_iter(requests):
-            results[i] = res
-        return results  # type: ignore[return-value]
+        return collect(self.score_cloze_iter(requests), len(requests))
 
     def score_cloze_iter(self, requests: Sequence[ClozeRequest]) -> Iterator[tuple[int, ClozeResult]]:
         """:meth:`score_cloze` as ``(index, result)`` pairs, yielded batch by batch.
