@@ -187,3 +187,120 @@ def test_generate_sends_greedy_requests_and_cuts_at_the_stop_string():
     assert raw["prompt"] == "Answer:" and raw["max_tokens"] == 3 and b.stats.n_requests == 2
     with pytest.raises(InputError, match="max_new_tokens"):
         b.generate([GenerateRequest("x", max_new_tokens=0)])
+
+
+# -- exact letters: vLLM's logprob_token_ids, against a protocol-faithful fake of its server --------------
+
+def _letter_requests(n: int, chat: bool) -> list[LetterRequest]:
+    return [LetterRequest("", f"Question {i}: which?\nA. x\nB. y\nC. z\nD. w\nAnswer:", ("A", "B", "C", "D"),
+                          chat=chat) for i in range(n)]
+
+
+def _expected_exact(fake, req: LetterRequest) -> np.ndarray:
+    """logsumexp over the fake's vocabulary of the single-token spellings of each letter (independent of
+    refcal: the fake's own distribution and tokenizer)."""
+    lp = np.array(fake.logprobs(req.prefix + req.prompt))
+    out = []
+    for letter in req.letters:
+        ids = {fake.tokenize(f.format(letter))[0] for f in ("{}", " {}", "\n{}", "{}\n")
+               if len(fake.tokenize(f.format(letter))) == 1}
+        out.append(np.logaddexp.reduce(lp[sorted(ids)]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("mode,chat", [("completions", False), ("chat", True)])
+def test_exact_letters_through_vllm_logprob_token_ids(mode, chat):
+    from api_server import FakeVLLM
+
+    with FakeVLLM("vllm", scale=4.0) as fake:
+        b = OpenAIBackend("fake-vllm", api_base=fake.url, mode=mode, concurrency=3)
+        reqs = _letter_requests(6, chat)
+        got = b.score_letters_detailed(reqs)
+        topk = OpenAIBackend("fake-vllm", api_base=fake.url, mode=mode, letters="topk", top_logprobs=2)
+        floored = topk.score_letters_detailed(reqs)
+    for r, s in zip(reqs, got, strict=True):
+        np.testing.assert_allclose(s.logprobs, _expected_exact(fake, r), rtol=0, atol=1e-12)
+        assert s.n_floored == 0
+    assert b.stats.letter_source == "exact" and b.meta["letter_source"] == "exact"
+    assert b.stats.n_floored_letters == 0 and b.stats.n_requests == 6 and b.stats.n_letters == 24
+    # the same server through the top-k: letters outside the top-2 are floored, i.e. not exact
+    assert topk.stats.letter_source == "topk" and topk.stats.n_floored_letters > 0
+    assert any(not np.allclose(a.logprobs, e.logprobs) for a, e in zip(floored, got, strict=True))
+    scored = [p for path, p in fake.requests if path.endswith("completions") and "logprob_token_ids" in p]
+    assert len(scored) == 6  # every request of the exact backend, none of the top-k one
+    ids = scored[0]["logprob_token_ids"]
+    assert ids == sorted(fake.VOCAB.index(t) for t in ("A", " A", "B", " B", "C", " C", "D", " D"))
+    assert all(p["return_tokens_as_token_ids"] is True and p["max_tokens"] == 1 for p in scored)
+    # chat: logprobs=true; completions: logprobs set to an int (vLLM requires it; the ids replace its top-k)
+    assert all(type(p["logprobs"]) is (bool if chat else int) and p["logprobs"] == 1 for p in scored)
+    # each spelling was tokenized once (4 letters x 4 spellings), at the server root, without special tokens
+    tok = [p for path, p in fake.requests if path == "/tokenize"]
+    assert len(tok) == 16 and all(p["add_special_tokens"] is False for p in tok)
+
+
+@pytest.mark.parametrize("kind", ["old", "strict", "no_tokenize"])
+def test_auto_falls_back_to_topk_once_when_the_server_cannot(kind):
+    from api_server import FakeVLLM
+
+    with FakeVLLM(kind, scale=4.0) as fake:
+        reqs = _letter_requests(5, chat=False)
+        auto = OpenAIBackend("fake-vllm", api_base=fake.url, mode="completions", concurrency=4, top_logprobs=3)
+        got = auto.score_letters(reqs)
+        n_asked = sum(1 for _, p in fake.requests if "logprob_token_ids" in p)
+        n_tok = sum(1 for path, _ in fake.requests if path == "/tokenize")
+        ref = OpenAIBackend("fake-vllm", api_base=fake.url, mode="completions", letters="topk",
+                            top_logprobs=3).score_letters(reqs)
+        with pytest.raises(BackendError, match="letters='exact' but the server .* cannot score a fixed token set"):
+            OpenAIBackend("fake-vllm", api_base=fake.url, mode="completions", letters="exact").score_letters(reqs)
+    np.testing.assert_array_equal(np.array(got), np.array(ref))  # the top-k path, floor included
+    assert auto.stats.letter_source == "topk" and auto.meta["letter_source"] == "topk"
+    assert auto.stats.n_requests == 5 and auto.stats.n_floored_letters > 0
+    note = auto.meta["letters_note"]
+    if kind == "no_tokenize":
+        assert n_asked == 0 and n_tok == 1 and "no vLLM /tokenize endpoint (HTTP 404)" in note
+    else:
+        assert n_asked == 1 and n_tok == 16  # asked once, not once per request
+        assert ("ignored logprob_token_ids" if kind == "old" else "refused logprob_token_ids with HTTP 400") in note
+
+
+def test_exact_forced_and_unknown_letters_option():
+    from api_server import FakeVLLM
+
+    with pytest.raises(InputError, match=r"letters must be one of \('auto', 'exact', 'topk'\), got 'all'"):
+        load_backend("openai:m", api_base="http://127.0.0.1:9/v1", letters="all")
+    b = load_backend("openai:m", api_base="http://127.0.0.1:9/v1", letters="topk")
+    assert b.stats.letter_source == "topk" and b.fingerprint.endswith(";letters=topk")
+    assert OpenAIBackend("m", api_base="http://127.0.0.1:9/v1").stats.letter_source == "unresolved"
+    with FakeVLLM("vllm") as fake:
+        b = OpenAIBackend("fake-vllm", api_base=fake.url, letters="exact")
+        s = b.score_letters_detailed([LetterRequest("", "Is it? Answer:", ("True", "False"), chat=True)])[0]
+        lp = np.array(fake.logprobs("Is it? Answer:"))
+        want = [np.logaddexp(lp[fake.VOCAB.index("True")], lp[fake.VOCAB.index(" True")]),
+                np.logaddexp(lp[fake.VOCAB.index("False")], lp[fake.VOCAB.index(" False")])]
+        np.testing.assert_allclose(s.logprobs, want, rtol=0, atol=1e-12)
+        # a label with no single-token spelling cannot be exact: one clear error, no floored row
+        with pytest.raises(BackendError, match="option label 'E' has no single-token spelling"):
+            b.score_letters([LetterRequest("", "Q? Answer:", ("A", "E"), chat=True)])
+    assert b.stats.letter_source == "exact"
+
+
+@pytest.mark.api
+def test_llama_cpp_python_server_takes_the_topk_path():
+    """The real llama-cpp-python server has no vLLM /tokenize: auto asks once and scores with the top-k."""
+    from api_server import MODEL_ALIAS, FaultProxy, LlamaServer
+
+    server = LlamaServer().start()
+    try:
+        with FaultProxy(f"http://127.0.0.1:{server.port}") as proxy:
+            b = OpenAIBackend(MODEL_ALIAS, api_base=proxy.url, concurrency=2)
+            got = b.score_letters(_letter_requests(3, chat=True))
+            ref = OpenAIBackend(MODEL_ALIAS, api_base=server.url, letters="topk").score_letters(
+                _letter_requests(3, chat=True))
+            with pytest.raises(BackendError, match="letters='exact' but the server .* no vLLM /tokenize"):
+                OpenAIBackend(MODEL_ALIAS, api_base=server.url, letters="exact").score_letters(
+                    _letter_requests(1, chat=True))
+    finally:
+        server.stop()
+    np.testing.assert_array_equal(np.array(got), np.array(ref))
+    assert b.stats.letter_source == "topk" and b.meta["letter_source"] == "topk" and proxy.n_forwarded == 3
+    assert "no vLLM /tokenize endpoint (HTTP 404)" in b.meta["letters_note"]

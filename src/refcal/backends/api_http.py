@@ -94,6 +94,15 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - now_ts)
 
 
+class RefusedError(BackendError):
+    """A non-retryable HTTP 4xx answer (``status`` holds the code): the server understood the request
+    and refuses it, so repeating it cannot help. Callers that probe an optional feature catch it."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class Aborted(Exception):
     """Another request failed for good; this one stops instead of retrying (internal)."""
 
@@ -133,8 +142,10 @@ def post_json(
 
     Raises
     ------
+    RefusedError
+        On a non-retryable 4xx status (a :class:`BackendError`).
     BackendError
-        After ``policy.max_retries`` retries, on a non-retryable status or an unusable body.
+        After ``policy.max_retries`` retries or on an unusable body.
     Aborted
         When ``stop`` is set (another request already failed for good) before a retry.
     """
@@ -157,9 +168,10 @@ def post_json(
                     parse_retry_after(resp.headers.get("retry-after")),
                 )
             if resp.status_code >= 400:
-                raise BackendError(
+                raise RefusedError(
                     f"POST {shown} was refused with HTTP {resp.status_code} ({scrub(resp.text, secret)}); "
-                    "check the model name, the API key environment variable and --api-base"
+                    "check the model name, the API key environment variable and --api-base",
+                    resp.status_code,
                 )
             try:
                 body = resp.json()

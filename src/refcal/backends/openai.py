@@ -1,9 +1,26 @@
 """Letter scoring through any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, ...).
 
-One request per question: ``max_tokens=1``, ``temperature=0``, ``seed``, and the top-k (k <= 20)
-log-probabilities of the generated token, which :mod:`.api_logprobs` maps to option letters
-(variants such as ``" A"`` are combined; absent letters get a documented floor, counted in
-:attr:`OpenAIBackend.stats`). Requests run on a bounded thread pool; each one is retried with
+One request per question: ``max_tokens=1``, ``temperature=0``, ``seed``, and the log-probabilities of
+the first generated token, mapped to option letters in one of two ways (``letters`` option):
+
+``exact``
+    The server scores a fixed token set: vLLM's ``logprob_token_ids`` (a list of token ids, on
+    ``/v1/completions`` with ``logprobs`` set and on ``/v1/chat/completions`` with ``logprobs: true``;
+    the answer holds the sampled token plus every requested id, whatever its rank). The ids are the
+    single-token spellings of each letter (``"A"``, ``" A"``, ``"\nA"``, ``"A\n"``, found with vLLM's
+    ``POST /tokenize`` at the server root) and ``return_tokens_as_token_ids`` makes the answer name
+    them as ``"token_id:<id>"``, so every letter's log-probability is exact (variants combined by
+    ``logsumexp``) and nothing is floored.
+``topk``
+    The top-k (k <= 20) alternatives, which :mod:`.api_logprobs` maps to option letters (variants
+    such as ``" A"`` are combined; absent letters get a documented floor, counted in
+    :attr:`OpenAIBackend.stats`).
+
+``letters="auto"`` (default) asks once, with the first letter request: a server that has no
+``/tokenize`` (or does not answer it at the first attempt), refuses the parameter, or ignores it (its
+answer lacks a requested id) is scored with ``topk`` from then on, and :attr:`APIStats.letter_source` (also ``meta["letter_source"]``) says
+which was used. ``"exact"`` refuses such a server with a :class:`BackendError`; ``"topk"`` never asks.
+Requests run on a bounded thread pool; each one is retried with
 exponential back-off and full jitter on 429 / 5xx / timeouts / connection errors, honouring
 ``Retry-After`` (:mod:`.api_http`). The first request that fails for good stops the others from
 retrying; results that finished are still yielded by :meth:`OpenAIBackend.score_letters_iter`
@@ -22,7 +39,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +47,7 @@ import numpy as np
 
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
-from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
+from .api_http import Aborted, RefusedError, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
 from .base import (
     BackendOptions,
@@ -47,6 +64,10 @@ log = logging.getLogger(__name__)
 MODES = ("chat", "completions")
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 MAX_TOP_LOGPROBS = 20
+LETTER_MODES = ("auto", "exact", "topk")
+#: spellings whose single token counts for a letter with ``letters="exact"`` (the top-k rule counts any
+#: returned token that strips to the letter; these are the ones a first answer token plausibly takes)
+LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
 
 
 @dataclass
@@ -66,8 +87,11 @@ class APIStats:
     n_requests_with_floor: int = 0
     n_retries: int = 0
     n_no_token: int = 0
+    #: how letters were scored: "exact" (fixed token set), "topk" (top-k with the floor), or
+    #: "unresolved" (no letter request sent by this backend yet)
+    letter_source: str = "unresolved"
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -86,6 +110,7 @@ class OpenAIOptions(BackendOptions):
     max_retries: int = 5
     floor_margin: float = math.log(2.0)
     seed: int | None = 0
+    letters: str = "auto"
     backoff_base: float = 0.5
     backoff_max: float = 20.0
     max_wait: float = 120.0
@@ -93,6 +118,8 @@ class OpenAIOptions(BackendOptions):
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.letters not in LETTER_MODES:
+            raise InputError(f"letters must be one of {LETTER_MODES}, got {self.letters!r}")
         if not _is_int(self.top_logprobs) or not 1 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}")
         if not _is_int(self.concurrency) or self.concurrency < 1:
@@ -143,6 +170,10 @@ class OpenAIBackend:
         Absent letters get ``log(min(p_min, max(R, 1e-6))) - floor_margin`` (see :mod:`.api_logprobs`).
     seed : int or None
         Sent to servers that support it; None omits it.
+    letters : {"auto", "exact", "topk"}
+        How letter log-probabilities are obtained (see the module docstring): ``"exact"`` needs a
+        server that scores a fixed token set (vLLM's ``logprob_token_ids``), ``"topk"`` uses the
+        top-k with the floor, ``"auto"`` asks the server once and falls back to ``"topk"``.
     backoff_base, backoff_max, max_wait : float
         Back-off schedule (see :mod:`.api_http`).
     """
@@ -174,18 +205,23 @@ class OpenAIBackend:
         self._key = Secret(os.environ.get(api_key_env))
         if not self._key and base.startswith("https://api.openai.com"):
             raise BackendError(f"the OpenAI API needs a key; set the environment variable {api_key_env}")
-        self.stats = APIStats()
+        self.letters = opts.letters
+        self.stats = APIStats(letter_source="topk" if self.letters == "topk" else "unresolved")
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()  # the first letter request asks the server once
+        self._token_ids: dict[str, list[int]] = {}  # text -> token ids (the server's /tokenize)
+        self.letters_note: str | None = None  # why letters="auto" fell back to the top-k
         self._warned_raw = False
         self.fingerprint = (
             f"openai:{model}@{self.api_base.split('://', 1)[1]};mode={mode};top_logprobs={top_logprobs};"
-            f"seed={seed};floor_margin={self.floor_margin:.6g};r_resolution={R_RESOLUTION:g}"
+            f"seed={seed};floor_margin={self.floor_margin:.6g};r_resolution={R_RESOLUTION:g};letters={self.letters}"
         )
 
     def __repr__(self) -> str:
         return (
             f"OpenAIBackend(model={self.model!r}, api_base={self.api_base!r}, mode={self.mode!r}, "
-            f"top_logprobs={self.top_logprobs}, concurrency={self.concurrency}, key={'set' if self._key else 'unset'})"
+            f"top_logprobs={self.top_logprobs}, letters={self.letters!r}, concurrency={self.concurrency}, "
+            f"key={'set' if self._key else 'unset'})"
         )
 
     @property
@@ -194,10 +230,11 @@ class OpenAIBackend:
         :func:`refcal.scoring.score_questions` stores this in the ScoreSet's ``meta["backend"]``."""
         return {
             "kind": "openai", "model": self.model, "api_base": self.api_base, "mode": self.mode,
-            "top_logprobs": self.top_logprobs, "seed": self.seed,
-            # letters from the top-k of the first token with the floor below (no server-side fixed-token scoring yet)
-            "letter_source": "topk", "cloze_source": "echo",
+            "top_logprobs": self.top_logprobs, "seed": self.seed, "letters": self.letters,
+            # letter_source (in the stats): "exact" (logprob_token_ids), "topk" (floor below) or "unresolved"
+            "cloze_source": "echo",
             "floor_rule": f"log(min(p_min, max(1 - sum p, {R_RESOLUTION:g}))) - {self.floor_margin:.6g}",
+            **({"letters_note": self.letters_note} if self.letters_note else {}),
             **self.stats.as_dict(),
         }
 
@@ -327,6 +364,110 @@ class OpenAIBackend:
         return body, url
 
     def _score_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
+        scores = None if self.stats.letter_source == "topk" else self._exact_letters(client, req, index, stop)
+        top: Any = ()
+        if scores is None:
+            scores, top = self._topk_letters(client, req, index, stop)
+        with self._lock:
+            self.stats.n_requests += 1
+            self.stats.n_letters += len(req.letters)
+            self.stats.n_floored_letters += scores.n_floored
+            self.stats.n_requests_with_floor += scores.n_floored > 0
+            self.stats.n_no_token += top is None
+        return scores
+
+    def _exact_letters(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores | None:
+        """Exact letter scores, or None where the server cannot give them (auto mode: asked once)."""
+        if self.stats.letter_source == "unresolved":
+            with self._probe_lock:  # other threads wait for the answer of the first request
+                if self.stats.letter_source == "unresolved":
+                    try:
+                        scores = self._exact_one(client, req, index, stop)
+                    except _NoExact as exc:
+                        if self.letters == "exact":
+                            raise BackendError(
+                                f"letters='exact' but the server at {self.api_base} cannot score a fixed token "
+                                f"set ({exc}); use letters=auto or letters=topk (top-k with the floor)") from None
+                        self.letters_note = str(exc)
+                        log.warning("the server at %s cannot score a fixed token set (%s): letters come from the "
+                                    "top-%d log-probabilities with the floor", self.api_base, exc, self.top_logprobs)
+                        self.stats.letter_source = "topk"
+                        return None
+                    self.stats.letter_source = "exact"
+                    return scores
+        if self.stats.letter_source == "topk":
+            return None
+        try:
+            return self._exact_one(client, req, index, stop)
+        except _NoExact as exc:  # the server did it before: never mix in floored rows silently
+            raise BackendError(f"the server at {self.api_base} scored a fixed token set before but not for this "
+                               f"request ({exc}); re-run with letters=topk") from None
+
+    def _exact_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
+        """One request with ``logprob_token_ids``; :class:`_NoExact` when the server refuses or ignores it."""
+        groups = self._letter_ids(client, req.letters, index, stop)
+        ids = sorted({i for g in groups for i in g})
+        raw = self.mode == "completions" and not req.chat
+        extra: dict[str, Any] = {"logprobs": 1} if raw else {"logprobs": True}
+        try:
+            body, _ = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1,
+                                 logprob_token_ids=ids, return_tokens_as_token_ids=True, **extra)
+        except RefusedError as exc:
+            raise _NoExact(f"it refused logprob_token_ids with HTTP {exc.status}") from None
+        values = _token_id_logprobs(body)
+        missing = [i for i in ids if i not in values]
+        if missing:
+            raise _NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
+                           "so it ignored logprob_token_ids")
+        lps = np.array([_logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
+        return LetterScores(lps, (False,) * len(groups), math.nan)
+
+    def _letter_ids(self, client: Any, letters: Sequence[str], index: int, stop: threading.Event) -> list[list[int]]:
+        """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`)."""
+        groups: list[list[int]] = []
+        for letter in letters:
+            ids: list[int] = []
+            for form in LETTER_FORMS:
+                toks = self._tokenize(client, form.format(letter), index, stop)
+                if len(toks) == 1 and toks[0] not in ids:
+                    ids.append(toks[0])
+            if not ids:
+                raise _NoExact(f"option label {letter!r} has no single-token spelling for this model")
+            groups.append(ids)
+        flat = [i for g in groups for i in g]
+        if len(set(flat)) != len(flat):
+            raise _NoExact(f"option labels {tuple(letters)} share a token for this model")
+        return groups
+
+    def _tokenize(self, client: Any, text: str, index: int, stop: threading.Event) -> list[int]:
+        """Token ids of ``text`` (no special tokens) from vLLM's ``POST /tokenize``; cached."""
+        with self._lock:
+            if text in self._token_ids:
+                return self._token_ids[text]
+        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
+        # letters="auto" asks once, without retries: a failed probe means the top-k (the scoring request
+        # that follows retries as usual and reports a dead server); letters="exact" retries as usual
+        auto = self.letters == "auto"
+        policy = replace(self.policy, max_retries=0) if auto else self.policy
+        try:
+            body = post_json(client, self._root_endpoint("tokenize"), payload, headers=headers, policy=policy,
+                             secret=self._key, rng=random.Random(index), stop=stop, on_retry=self._count_retry)
+        except RefusedError as exc:
+            raise _NoExact(f"it has no vLLM /tokenize endpoint (HTTP {exc.status})") from None
+        except BackendError as exc:
+            if not auto:
+                raise
+            raise _NoExact(f"its /tokenize did not answer: {exc}") from None
+        toks = body.get("tokens")
+        if not isinstance(toks, list) or not all(_is_int(t) and t >= 0 for t in toks):
+            raise _NoExact("its /tokenize answer has no list of token ids")
+        with self._lock:
+            self._token_ids[text] = list(toks)
+        return list(toks)
+
+    def _topk_letters(self, client: Any, req: LetterRequest, index: int,
+                      stop: threading.Event) -> tuple[LetterScores, list[tuple[str, float]] | None]:
         raw = self.mode == "completions" and not req.chat
         logprobs: dict[str, Any] = {"logprobs": self.top_logprobs} if raw else {
             "logprobs": True, "top_logprobs": self.top_logprobs}
@@ -340,13 +481,7 @@ class OpenAIBackend:
             scores = LetterScores(np.full(k, floor), (True,) * k, floor)
         else:
             scores = letter_logprobs(top, req.letters, floor_margin=self.floor_margin)
-        with self._lock:
-            self.stats.n_requests += 1
-            self.stats.n_letters += len(req.letters)
-            self.stats.n_floored_letters += scores.n_floored
-            self.stats.n_requests_with_floor += scores.n_floored > 0
-            self.stats.n_no_token += top is None
-        return scores
+        return scores, top
 
     def _cloze_one(self, client: Any, req: ClozeRequest, index: int, stop: threading.Event) -> ClozeResult:
         context = req.context.rstrip(" ")  # as the local backend: trailing spaces go with the option
@@ -389,6 +524,13 @@ class OpenAIBackend:
         parts = urlsplit(self._base.get())
         return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
+    def _root_endpoint(self, name: str) -> str:
+        """``name`` at the server root (vLLM serves ``/tokenize`` beside ``/v1``, not under it)."""
+        parts = urlsplit(self._base.get())
+        path = parts.path.rstrip("/")
+        path = path[:-3] if path.endswith("/v1") else path
+        return urlunsplit(parts._replace(path=f"{path}/{name}"))
+
     def _count_retry(self) -> None:
         with self._lock:
             self.stats.n_retries += 1
@@ -418,6 +560,36 @@ class OpenAIBackend:
                 f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "
                 "the server must support logprobs/top_logprobs for this model"
             ) from None
+
+
+class _NoExact(Exception):
+    """The server cannot score a fixed token set (the message says why)."""
+
+
+def _token_id_logprobs(body: Any) -> dict[int, float]:
+    """``{token id: logprob}`` of the first generated position of an answer to a request with
+    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
+    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``."""
+    try:
+        lp = body["choices"][0]["logprobs"]
+        if "content" in lp:
+            content = lp["content"] or []
+            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
+        else:
+            tops = lp.get("top_logprobs") or []
+            pairs = list((tops[0] or {}).items()) if tops else []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise _NoExact("its answer has no token log-probabilities") from None
+    out: dict[int, float] = {}
+    for tok, v in pairs:
+        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit() and _is_num(v):
+            out[int(tok[9:])] = float(v)
+    return out
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
 
 
 _NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "
