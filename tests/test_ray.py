@@ -148,6 +148,39 @@ def test_worker_error_is_one_typed_line(shared_ray):
     assert "\n" not in str(info.value)
 
 
+def test_api_counters_come_back_from_the_actors(shared_ray, tmp_path):
+    """An API backend's request counters (and letter_source) under Ray equal a single-process run's."""
+    from api_server import FakeVLLM
+
+    with FakeVLLM("vllm", scale=4.0) as fake:
+        for opts in ({"letters": "topk", "top_logprobs": 2}, {"letters": "auto"}):
+            opts = {**opts, "api_base": fake.url, "concurrency": 2}
+            local = load_backend("openai:fake-vllm", opts)
+            ref = score_questions(local, QUESTIONS, cache=False, progress=False, batch_size=3)
+            with RayBackend("openai:fake-vllm", opts, workers=2) as rb:
+                assert rb.stats["n_requests"] == 0  # nothing sent yet (the probe actor sends nothing)
+                out = score_questions(rb, QUESTIONS, cache_dir=tmp_path / "c", progress=False, batch_size=3)
+                assert rb.pids  # the batches were scored by the actors, their counters added up here
+            np.testing.assert_array_equal(out.logits, ref.logits)
+            want = local.stats.as_dict()
+            assert rb.stats == want and want["n_requests"] == len(QUESTIONS)
+            assert want["letter_source"] == ("exact" if opts["letters"] == "auto" else "topk")
+            assert (want["n_floored_letters"] > 0) == (opts["letters"] == "topk")
+            assert {k: out.meta["backend"][k] for k in want} == want  # the score file's meta, too
+
+
+def test_merge_stats_sums_counts_and_merges_sources():
+    from refcal.scoring_ray import merge_stats
+
+    total: dict = {}
+    for delta in ({"n": 2, "letter_source": "unresolved"}, {"n": 3, "letter_source": "exact"},
+                  {"n": 0, "letter_source": "unresolved"}, {"n": 1, "letter_source": "exact"}):
+        merge_stats(total, delta)
+    assert total == {"n": 6, "letter_source": "exact"}
+    merge_stats(total, {"n": 1, "letter_source": "topk"})  # actors that disagree: both are named
+    assert total == {"n": 7, "letter_source": "exact+topk"}
+
+
 def test_options_refused_before_ray_starts(monkeypatch):
     def no_start(self):
         raise AssertionError("Ray was started")
@@ -212,8 +245,6 @@ def test_run_with_ray_equals_run_without(shared_ray, tmp_path, monkeypatch):
     from refcal.scores import load_scores
 
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
-    # `run` gives every non-API model a batch_size option, which the fake backend does not have
-    monkeypatch.setattr("refcal.run.job.is_api_model", lambda spec: spec.startswith(("openai:", "fake:")))
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"id": q.id, "question": q.question, "choices": list(q.choices),
                                         "label": q.label}) + "\n" for q in QUESTIONS))

@@ -15,6 +15,11 @@ driver writes them to the same append-only cache as a single-process run, so
 * a killed worker is restarted by Ray and its batch sent again (``max_restarts=-1``,
   ``max_task_retries=-1``, Ray Data's defaults for actor pools).
 
+A backend that keeps request counters in ``stats`` (the API backend's :class:`~.backends.openai.APIStats`)
+has them in every actor; each result carries what its batch added, and :attr:`RayBackend.stats` sums
+them on the driver (strings such as ``letter_source`` are merged), so ``metrics.json`` and the report
+show the same counters as a single-process run.
+
 The driver needs the backend's fingerprint (it keys the cache), its meta and the length of every
 request (the batch plan) before any batch is sent; a short-lived *probe* actor with the same resources
 as a worker loads the backend once to answer them, and is gone before the pool starts. That is one
@@ -78,6 +83,45 @@ class RayOptions:
             raise InputError("--ray-address is empty; pass auto, HOST:PORT or leave it out for a private instance")
 
 
+def _stats(backend: Any) -> dict[str, Any] | None:
+    """A backend's ``stats`` (a dataclass or a mapping of counters) as a dict; None if it keeps none."""
+    import dataclasses
+
+    st = getattr(backend, "stats", None)
+    if st is None:
+        return None
+    if dataclasses.is_dataclass(st) and not isinstance(st, type):
+        return dataclasses.asdict(st)
+    return dict(st) if isinstance(st, Mapping) else None
+
+
+def _stats_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What one batch added to the counters (numbers); other values (strings) as they are after it."""
+    if after is None:
+        return None
+    before = before or {}
+    return {k: (v - before.get(k, 0) if _is_count(v) else v) for k, v in after.items()}
+
+
+def merge_stats(total: dict[str, Any], delta: Mapping[str, Any]) -> None:
+    """Add ``delta`` (from :func:`_stats_delta`) into ``total``: numbers are summed; strings that
+    differ between actors are joined with ``+`` (``"unresolved"`` yields to any resolved value)."""
+    for k, v in delta.items():
+        if _is_count(v):
+            total[k] = total.get(k, 0) + v
+        elif isinstance(v, str):
+            seen = [x for x in str(total.get(k, "")).split("+") if x and x != "unresolved"]
+            if v != "unresolved" and v not in seen:
+                seen.append(v)
+            total[k] = "+".join(sorted(seen)) if seen else "unresolved"
+        else:
+            total[k] = v
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def _load(spec: str, options: Mapping[str, Any], threads: int | None) -> Any:
     """The backend of one actor (runs in the Ray worker process)."""
     if threads:
@@ -104,7 +148,7 @@ class _Probe:
         return {"fingerprint": str(self.backend.fingerprint),
                 "batch_invariant": bool(getattr(self.backend, "batch_invariant", False)),
                 "meta": dict(meta) if isinstance(meta, Mapping) else None,
-                "length": hasattr(self.backend, "request_length")}
+                "length": hasattr(self.backend, "request_length"), "stats": _stats(self.backend)}
 
     def lengths(self, blob: bytes) -> list[int]:
         return [int(self.backend.request_length(r)) for r in pickle.loads(blob)]
@@ -122,12 +166,14 @@ class _Worker:
 
         from .backends.base import call_iter
 
-        out = []
+        out, stats = [], []
         for blob in batch["requests"]:
             reqs = pickle.loads(blob)
+            before = _stats(self.backend)
             got = dict(call_iter(self.backend, self.call, reqs))  # one backend call per planned batch
             out.append(pickle.dumps([got.get(j) for j in range(len(reqs))]))
-        return {"b": batch["b"], "results": np.array(out, dtype=object),
+            stats.append(pickle.dumps(_stats_delta(before, _stats(self.backend))))
+        return {"b": batch["b"], "results": np.array(out, dtype=object), "stats": np.array(stats, dtype=object),
                 "pid": np.full(len(out), os.getpid(), dtype=np.int64)}
 
 
@@ -173,14 +219,22 @@ class RayBackend:
         self.batch_invariant: bool = info["batch_invariant"]
         self._meta = info["meta"]
         self._has_length = info["length"]
-        self.stats = None
+        #: the actors' counters summed over the batches they returned (None if the backend keeps none);
+        #: as a single-process backend's ``stats``, they count what this process's run sent
+        self.stats: dict[str, Any] | None = None
+        if info["stats"] is not None:
+            self.stats = {}
+            merge_stats(self.stats, _stats_delta(info["stats"], info["stats"]))  # zeros, strings as loaded
 
     # ------------------------------------------------------------------------------ backend protocol
     @property
     def meta(self) -> dict[str, Any]:
         ro = self.ray_options
-        return {**(self._meta or {}), "ray": {"workers": ro.workers, "num_cpus": ro.num_cpus,
-                                              "num_gpus": ro.num_gpus, "threads": self._threads}}
+        meta = dict(self._meta or {})
+        if self.stats is not None:  # the counters in the backend's meta are the probe's: use the actors'
+            meta.update({k: v for k, v in self.stats.items() if k in meta})
+        return {**meta, "ray": {"workers": ro.workers, "num_cpus": ro.num_cpus,
+                                "num_gpus": ro.num_gpus, "threads": self._threads}}
 
     def request_lengths(self, requests: Sequence[Any]) -> list[int]:
         """Lengths of ``requests`` as the backend measures them (one round trip to the probe)."""
@@ -217,6 +271,11 @@ class RayBackend:
         try:
             for row in ds.iter_rows():
                 self.pids.add(int(row["pid"]))
+                delta = pickle.loads(row["stats"])
+                if delta is not None:
+                    if self.stats is None:
+                        self.stats = {}
+                    merge_stats(self.stats, delta)
                 results = pickle.loads(row["results"])
                 yield int(row["b"]), iter([(j, r) for j, r in enumerate(results) if r is not None])
         except Exception as exc:
