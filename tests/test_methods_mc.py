@@ -62,7 +62,8 @@ def test_cape_not_applicable_under_cloze_says_why():
     assert METHODS["reeval"].why_not(MethodContext(has_labels=True, scoring="cloze")) is None
 
 
-@pytest.mark.parametrize("key", [k for k, m in METHODS.items() if not m.needs_labels and m.fit is not None])
+@pytest.mark.parametrize("key", [k for k, m in METHODS.items()
+                                 if not m.needs_labels and m.fit is not None and m.source is None])
 def test_label_free_fit_ignores_labels(key):
     """Every label-free method fits the same parameters with the labels given, hidden (-1) or absent."""
     base, chat, y = _logits()
@@ -175,15 +176,43 @@ def test_premise_verdict_over_confident_base():
 
 
 # ---------------------------------------------------------------------------------------------- whole run
+def _every_method_shown(out, n_questions):
+    """Every method of the registry is in metrics.json with a finite ECE or listed with a stated reason, and
+    report.md, report.html and table.md / table.json show each one (numbers or its reason)."""
+    import html as html_mod
+
+    doc = json.loads((out / "metrics.json").read_text())
+    md = (out / "report.md").read_text().replace("\\", "")  # Markdown escapes removed
+    page = (out / "report.html").read_text()
+    table_md = (out / "table.md").read_text().replace("\\", "")
+    table = json.loads((out / "table.json").read_text())
+    assert [r["method"] for r in table["rows"]] == list(METHODS)
+    for key in METHODS:
+        label = doc["method_labels"][key]
+        if key in doc["methods"]:
+            assert key not in doc["unavailable"]
+            assert np.isfinite(doc["methods"][key]["ece"]["mean"]), key
+            assert f"| {label} | " in md and f"| {label} | " in table_md, key
+        else:
+            reason = doc["unavailable"][key]
+            assert reason.strip(), key
+            assert f"not applicable: {reason}" in md and f"not applicable: {reason}" in table_md, key
+            assert html_mod.escape(reason) in page, key
+        assert html_mod.escape(label) in page, key
+    for key in ("elicitation", "elicitation_ensemble"):
+        pf = doc["parse_failures"][key]
+        assert pf["n"] == n_questions
+        text = f"{doc['method_labels'][key]}: {pf['n_failed']} of {pf['n']} replies could not be used"
+        assert text in md and html_mod.escape(text) in page
+    return doc
+
+
 def test_run_all_methods_writes_every_key(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(60))
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring="letter", methods=["all"],
                     n_splits=2, progress=False)
     out = run(cfg, tmp_path / "run")
-    doc = json.loads((out / "metrics.json").read_text())
-    assert set(doc["methods"]) == set(METHODS) and doc["unavailable"] == {}
-    for key in METHODS:
-        assert np.isfinite(doc["methods"][key]["ece"]["mean"]), key
+    doc = _every_method_shown(out, 60)
     for key in ("reeval", "elicitation", "elicitation_ensemble"):
         assert doc["methods"][key]["nll"]["mean"] is None  # top-label: no distribution, no NLL
     # the fake backend's generations are random words: every reply fails, is counted, and is wrong
@@ -196,10 +225,104 @@ def test_run_all_methods_writes_every_key(tmp_path, monkeypatch, fake_models):
     md = (out / "report.md").read_text()
     assert "60 of 60 replies could not be used" in md and "Premise check" in md
     assert (out / "plots" / "ece_intervals.png").exists()
-    table = json.loads((out / "table.json").read_text())
-    assert [r["method"] for r in table["rows"]] == list(METHODS)
     assert "| CAPE (option permutations) |" in (out / "table.md").read_text()
     assert load_result(out).parse_failures == doc["parse_failures"]
+    t = doc["timing"]
+    assert t["wall_seconds"] >= t["scoring_seconds"] >= 0 and t["wall_seconds"] >= t["evaluation_seconds"] >= 0
+
+
+def test_cli_run_letter_all_methods_limit_40(tmp_path, capsys):
+    """`refcal run --scoring letter --methods all --limit 40` (the issue's acceptance command) on fake models:
+    every method of the registry is in metrics.json, the console table and both reports."""
+    from refcal.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["run", "--base", "fake:base", "--chat", "fake:chat", "--scoring", "letter", "--methods", "all",
+               "--limit", "40", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "-o", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    doc = _every_method_shown(out, 40)
+    assert doc["n_questions"] == 40 and doc["config"]["dataset"] == "sciq"
+    for key in METHODS:
+        assert doc["method_labels"][key] in printed
+    assert "wall time" in printed and doc["timing"]["wall_seconds"] > 0
+
+
+def test_cli_mmlu_table1_layout(tmp_path, capsys):
+    """The issue's Table 1 path on fake models: MMLU, the five templates, one calibrator per subject; table.json
+    holds each template's average over subjects and the mean ± std over the five templates."""
+    from itertools import product
+
+    from refcal.cli import main
+
+    out = tmp_path / "run"
+    subjects = ["astronomy", "virology"]
+    rc = main(["run", "--base", "fake:base", "--chat", "fake:chat", "--dataset", "mmlu", "--subjects",
+               ",".join(subjects), "--template", "all", "--scoring", "letter", "--methods", "default,cape,reeval",
+               "--limit", "6", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "-o", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    units = [(u["template"], u["group"]) for u in doc["units"]]
+    assert sorted(units) == sorted(product(range(1, 6), subjects)) and doc["n_units"] == 10
+    # one calibrator per (template, subject), fitted on validation
+    assert sorted((r["template"], r["group"]) for r in doc["fits"]["daca"]) == sorted(units)
+    assert "validation" in doc["protocol"]
+    table = json.loads((out / "table.json").read_text())
+    assert table["spread_over"] == "templates" and table["n_templates"] == 5 and table["groups"] == subjects
+    assert table["columns"] == ["ece", "mce", "aece", "brier", "accuracy"]
+    assert [r["method"] for r in table["rows"]] == ["chat", "base", "naive", "daca", "ts", "cape", "reeval"]
+    for row in table["rows"]:
+        for col in table["columns"]:
+            unit_vals = np.array(doc["methods"][row["method"]][col]["values"], dtype=float)
+            per_t = [unit_vals[[i for i, u in enumerate(units) if u[0] == t]].mean() for t in range(1, 6)]
+            cell = row[col]
+            np.testing.assert_allclose(cell["values"], per_t, rtol=1e-12)
+            assert cell["mean"] == pytest.approx(np.mean(per_t), rel=1e-12)
+            assert cell["std"] == pytest.approx(np.std(per_t, ddof=1), rel=1e-12)
+            # the spread over templates is not the spread over the 10 units
+            assert cell["unit_values"] == pytest.approx(unit_vals.tolist())
+    md = (out / "table.md").read_text()
+    assert "| method | ECE % | MCE % | AECE % | Brier | Acc % |" in md
+    assert "mean ± std over the 5 prompt templates, each the average over 2 subjects" in md and "wall time" in md
+    daca = next(r for r in table["rows"] if r["method"] == "daca")
+    assert f"| DACA | {100 * daca['ece']['mean']:.2f} ± {100 * daca['ece']['std']:.2f} |" in md
+    report = (out / "report.md").read_text()
+    assert "![ece_intervals](plots/ece_intervals.png)" in report and (out / "plots" / "ece_intervals.svg").exists()
+    assert "Table 1 layout" in report
+    t = doc["timing"]
+    assert set(t) == {"wall_seconds", "scoring_seconds", "evaluation_seconds"}
+
+
+def test_run_cape_options(tmp_path, monkeypatch, fake_models):
+    """--cape-orders all / --cape-templates all: their own cache, scores and label; the five-template members
+    are the same for every template's units; refused without CAPE."""
+    from refcal.scores import load_scores
+
+    monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(20))
+    base = {"base": "fake-base", "chat": "fake-chat", "dataset": "toy", "scoring": "letter", "n_splits": 2,
+            "progress": False, "templates": [1, 2]}
+    out1 = run(RunConfig(**base, methods=["chat", "cape"]), tmp_path / "cyclic", report=False)
+    calls = fake_models["fake-chat"].calls
+    out2 = run(RunConfig(**base, methods=["chat", "cape"], cape_orders="all", cape_templates="all"),
+               tmp_path / "all", report=False)
+    # 20 questions x 24 orders x 5 templates, scored once (template 2's units read template 1's cache file)
+    assert fake_models["fake-chat"].calls - calls == 20 * 24 * 5
+    cyc = load_scores(out1 / "scores" / "chat_cape_t1.parquet")
+    full1, full2 = (load_scores(out2 / "scores" / f"chat_cape_t{t}.parquet") for t in (1, 2))
+    np.testing.assert_array_equal(full1.logits, full2.logits)
+    assert not np.allclose(full1.logits, cyc.logits)
+    res = load_result(out2)
+    assert res.method_labels["cape"] == "CAPE (all k! orders × 5 templates)"
+    assert res.config["cape_orders"] == "all" and res.config["cape_templates"] == "all"
+    assert load_result(out1).method_labels["cape"] == METHODS["cape"].label
+    with pytest.raises(InputError, match="add cape to --methods"):
+        run(RunConfig(**base, methods=["chat"], cape_orders="all"), tmp_path / "x")
+    with pytest.raises(InputError, match="--cape-orders 'every'"):
+        run(RunConfig(**base, methods=["cape"], cape_orders="every"), tmp_path / "x")
+    with pytest.raises(InputError, match="at most 4 options"):
+        monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(20, k=5))
+        run(RunConfig(**base, methods=["cape"], cape_orders="all"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_run_cloze_lists_cape_with_reason(tmp_path, monkeypatch, fake_models):

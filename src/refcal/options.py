@@ -16,6 +16,15 @@ TEMPLATE_IDS: tuple[int, ...] = (1, 2, 3, 4, 5)
 SCORINGS: tuple[str, ...] = ("letter", "cloze", "cloze-norm", "cloze-token", "cape")
 CLOZE_SCORINGS: tuple[str, ...] = ("cloze", "cloze-norm", "cloze-token")
 
+#: CAPE's option orders (``--cape-orders``): ``cyclic``, the k cyclic shifts (k letter requests per question);
+#: ``all``, every one of the k! orders (k <= :data:`CAPE_MAX_ALL_ORDERS` options: at most 24 requests).
+CAPE_ORDERS: tuple[str, ...] = ("cyclic", "all")
+#: CAPE's prompt templates (``--cape-templates``): ``one``, the run's ``--template``; ``all``, DACA's five
+#: instructions as extra members (5x the requests, and the same CAPE scores whatever ``--template`` is).
+CAPE_TEMPLATES: tuple[str, ...] = ("one", "all")
+#: the most options ``--cape-orders all`` accepts (4! = 24 orders; 5! = 120 would be 120 requests a question)
+CAPE_MAX_ALL_ORDERS = 4
+
 #: Default scoring: cloze for local models (a proper likelihood); API models only expose the
 #: top-k log-probabilities of one generated token, so they default to letter scoring.
 DEFAULT_SCORING = "cloze"
@@ -72,6 +81,14 @@ def parse_templates(value: str | int | list | tuple, *, option: str = "--templat
         if t not in out:
             out.append(t)
     return out
+
+
+def check_cape_options(orders: str, templates: str) -> None:
+    """Refuse an unknown ``--cape-orders`` / ``--cape-templates`` value with one line naming the flag."""
+    if orders not in CAPE_ORDERS:
+        raise InputError(f"--cape-orders {orders!r} is not valid; use {' or '.join(CAPE_ORDERS)}")
+    if templates not in CAPE_TEMPLATES:
+        raise InputError(f"--cape-templates {templates!r} is not valid; use {' or '.join(CAPE_TEMPLATES)}")
 
 
 def parse_limit(value: int | None) -> int | None:

@@ -209,7 +209,7 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
     summary = [f"chat model: {chat}" if chat else None, f"base model: {base}" if base else None,
                f"data set: {ds}" if ds else None, f"questions: {_fmt(res.n_questions)}",
                f"evaluated: {_fmt(res.n_eval)}", f"protocol: {res.protocol or 'n/a'}",
-               f"refcal {res.refcal_version}"]
+               _wall(res.timing), f"refcal {res.refcal_version}"]
     out.append(("p", " · ".join(s for s in summary if s)))
     if not has_labels:
         out.append(("note", "This run has no labels. The metrics that need labels — " + _LABEL_METRICS + " — "
@@ -224,6 +224,9 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
                           "value among the chat-model calibrations (the base model is another model and is not "
                           "ranked). The oracle uses labels; DACA and naive alignment do not.")
                    if has_labels else "Label-free quantities only (mean over units)."))
+        if has_labels and res.methods:
+            out.append(("p", "table.md and table.json give the DACA paper's Table 1 layout (ECE, MCE, AECE, "
+                        f"Brier): {_paper_spread_text(res)}."))
     else:
         out.append(("p", "metrics.json holds no per-method results."))
 
@@ -282,6 +285,24 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
     out.append(("h2", "Configuration"))
     out.append(_kv_table(config or {}, collapsed="resolved configuration (config.json)"))
     return out
+
+
+def _wall(timing: Mapping[str, Any]) -> str | None:
+    """``wall time 12.3 s (scoring 10.1 s)`` when the run recorded it."""
+    wall = timing.get("wall_seconds")
+    if wall is None:
+        return None
+    scoring = timing.get("scoring_seconds")
+    return f"wall time {_fmt(wall, 1, 1)} s" + (f" (scoring {_fmt(scoring, 1, 1)} s)" if scoring is not None else "")
+
+
+def _paper_spread_text(res: RunResult) -> str:
+    """What the Table 1 layout's mean ± std are taken over (:func:`refcal.run.table.paper_spread`)."""
+    templates = {u["template"] for u in res.units}
+    if len(templates) > 1:
+        return (f"mean ± std over the {len(templates)} prompt templates of each template's average over its "
+                "units (one calibrator per subject or split)")
+    return "mean ± std over the units, as above"
 
 
 def _short(text: Any, n: int) -> str:

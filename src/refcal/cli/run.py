@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..calibrate.methods import DEFAULT_METHODS, METHODS
-from ..options import SCORINGS, default_scoring, parse_limit, parse_templates
+from ..options import CAPE_ORDERS, CAPE_TEMPLATES, SCORINGS, default_scoring, parse_limit, parse_templates
 from ..run.config import DEFAULT_BASE, DEFAULT_CHAT, DEFAULT_DATASET, DEFAULT_LIMIT, DTYPES, SCALINGS
 from ._options import column_options, pop_columns, pop_ray, ray_options
 
@@ -36,6 +36,12 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
               help="letter (paper's next-token letter logits), cloze (summed log-prob of the option text), "
                    "cloze-norm / cloze-token (per character / per token), cape (letter scoring averaged over "
                    "the k cyclic shifts of the options).")
+@click.option("--cape-orders", type=click.Choice(list(CAPE_ORDERS)), default=None, show_default="cyclic",
+              help="CAPE (the cape method, or --scoring cape): the k cyclic shifts of the options, or all k! "
+                   "orders (k <= 4: at most 24 letter requests a question).")
+@click.option("--cape-templates", type=click.Choice(list(CAPE_TEMPLATES)), default=None, show_default="one",
+              help="CAPE: the prompt template of each unit only, or DACA's five templates as extra members "
+                   "(5x the requests; the same CAPE scores in every template's units).")
 @click.option("--chat-template", type=click.Choice(["off", "on"]), default="off", show_default=True,
               help="Wrap prompts in the chat model's chat template (off reproduces the paper).")
 @click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
@@ -77,7 +83,8 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @column_options
 @ray_options
-def run(base, chat, dataset, split, calib_split, subjects, template, scoring, chat_template, fewshot, limit,
+def run(base, chat, dataset, split, calib_split, subjects, template, scoring, cape_orders, cape_templates,
+        chat_template, fewshot, limit,
         methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base,
         cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
     """Score both models (cached, resumable), fit the calibrators (default: DACA, naive alignment and the
@@ -110,7 +117,10 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
         calib_frac=calib_frac, scaling=scaling, n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base,
         device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress, columns=cols,
         methods=parse_freeform_methods(methods) if freeform else parse_methods(methods), ray=ray,
+        cape_orders=cape_orders or "cyclic", cape_templates=cape_templates or "one",
     )
+    if freeform and (cape_orders or cape_templates):
+        raise click.UsageError("--cape-orders and --cape-templates apply to multiple-choice data sets only")
     out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if freeform:
         run_dir = run_freeform(cfg, out, judge=judge, judge_api_base=judge_api_base, methods=cfg.methods,
@@ -137,6 +147,9 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ch
         click.echo("could not be fitted on some units (evaluated uncalibrated there): "
                    + ", ".join(f"{res.label(m)} {n}/{len(res.fits[m])}" for m, n in fallbacks.items()))
     click.echo(summary_table(res))
+    wall = res.timing.get("wall_seconds")
+    if wall is not None:
+        click.echo(f"wall time {wall:.1f} s (scoring {res.timing.get('scoring_seconds', float('nan')):.1f} s)")
     if not res.has_labels:
         click.echo("(no labels: ECE, Brier, NLL and accuracy need labels; only confidences are shown)")
     click.echo(f"\nrun folder: {run_dir}" + ("" if no_report else f"  (report: {run_dir / 'report.html'})"))

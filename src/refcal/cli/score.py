@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ..options import CLOZE_SCORINGS, SCORINGS, default_scoring, parse_limit, parse_templates
+from ..options import (
+    CAPE_ORDERS,
+    CAPE_TEMPLATES,
+    CLOZE_SCORINGS,
+    SCORINGS,
+    default_scoring,
+    parse_limit,
+    parse_templates,
+)
 from ._options import column_options, pop_columns, pop_ray, ray_options
 
 log = logging.getLogger(__name__)
@@ -27,7 +35,13 @@ log = logging.getLogger(__name__)
 @click.option("--scoring", type=click.Choice(list(SCORINGS)), default=None,
               show_default="cloze; letter for openai: models",
               help="letter: next-token logits of the option letters; cloze: summed log-prob of the option text; "
-                   "cloze-norm: per character; cloze-token: per token.")
+                   "cloze-norm: per character; cloze-token: per token; cape: letter scoring averaged over "
+                   "orders of the options (--cape-orders, --cape-templates).")
+@click.option("--cape-orders", type=click.Choice(list(CAPE_ORDERS)), default=None, show_default="cyclic",
+              help="--scoring cape: the k cyclic shifts of the options, or all k! orders (k <= 4: at most 24).")
+@click.option("--cape-templates", type=click.Choice(list(CAPE_TEMPLATES)), default=None, show_default="one",
+              help="--scoring cape: the --template prompt only, or DACA's five templates as extra members "
+                   "(5x the requests; one file whatever --template is).")
 @click.option("--chat-template", type=click.Choice(["on", "off"]), default="off", show_default=True,
               help="Wrap prompts in the model's chat template (off reproduces the paper).")
 @click.option("--fewshot", type=click.IntRange(min=0), default=0, show_default=True,
@@ -49,7 +63,7 @@ log = logging.getLogger(__name__)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output .parquet or .jsonl; with --template all, one file per template (name_t1.parquet, ...).")
 def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str | None,
-          chat_template: str, fewshot: int, limit: int | None, seed: int, batch_size: int, device: str | None,
+          cape_orders: str | None, cape_templates: str | None, chat_template: str, fewshot: int, limit: int | None, seed: int, batch_size: int, device: str | None,
           dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str,
           **columns: Any) -> None:
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
@@ -59,6 +73,7 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     from ..scores import check_output_path
     from ..scoring import score_questions
     from ..scoring_ray import open_backend
+    from ..tasks import make_task
 
     ray = pop_ray(columns)
     if ray is not None and cache_dir:
@@ -74,6 +89,12 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     if scoring in CLOZE_SCORINGS and len(templates) > 1:
         raise InputError("prompt templates apply to letter scoring only (cloze prompts have no instruction); "
                          "use --scoring letter with --template all, or one template")
+    if cape_templates == "all" and len(templates) > 1:
+        raise InputError("--cape-templates all already averages over the five templates (one file); "
+                         "drop --template or pass one template")
+    # refuses --cape-* with another scoring mode, before any slow work
+    tasks = {t: make_task(scoring, template=t, chat=chat, cape_orders=cape_orders, cape_templates=cape_templates)
+             for t in templates}
     questions = load_dataset(dataset, split=split, subjects=subjects, limit=limit, seed=seed, **pop_columns(columns))
     shots: Any = ()
     if fewshot:
@@ -94,12 +115,22 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
         for t in templates:
             meta = {"model": model, "dataset": dataset, "split": split, "subjects": subjects, "limit": limit,
                     "seed": seed}
-            scores = score_questions(backend, questions, scoring=scoring, template=t, chat=chat, fewshot=shots,
-                                     batch_size=batch_size, cache_dir=cache_dir, progress=not no_progress, meta=meta)
+            scores = score_questions(backend, questions, task=tasks[t], fewshot=shots, batch_size=batch_size,
+                                     cache_dir=cache_dir, progress=not no_progress, meta=meta)
             path = out if len(templates) == 1 else out.with_name(f"{out.stem}_t{t}{out.suffix}")
             scores.save(path)
             acc = ""
             if scores.has_labels:
                 acc = f", accuracy {float((scores.logits.argmax(1) == scores.labels).mean()):.3f}"
             how = scoring if scoring in CLOZE_SCORINGS else f"template {t}, {scoring}"  # cloze has no template
+            if scoring == "cape":
+                how = _cape_how(tasks[t])
             click.echo(f"wrote {len(scores)} questions to {path} ({how}{acc})")
+
+
+def _cape_how(task: Any) -> str:
+    """What a CAPE score file averages, for the closing line: orders x templates."""
+    templates = task.member_templates
+    orders = "cyclic shifts" if task.orders == "cyclic" else "all orders"
+    where = f"template {templates[0]}" if len(templates) == 1 else f"{len(templates)} templates"
+    return f"cape: {orders}, {where}"

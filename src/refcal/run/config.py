@@ -7,7 +7,7 @@ from typing import Any
 
 from ..calibrate.methods import DEFAULT_METHODS, parse_methods
 from ..errors import InputError
-from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, is_api_model
+from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
 
 #: The embedded default: the packaged cross-family pair on a data set where both are above chance.
 DEFAULT_BASE = "gemma-3-270m"
@@ -50,6 +50,9 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     dtype: str | None = None
     cache_dir: str | None = None
+    #: CAPE's members (``--scoring cape`` and the ``cape`` method): ``cyclic`` | ``all`` orders, ``one`` | ``all`` templates
+    cape_orders: str = "cyclic"
+    cape_templates: str = "one"
     #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
 
@@ -79,6 +82,11 @@ class RunConfig:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         self.methods = parse_methods(self.methods)
+        check_cape_options(self.cape_orders, self.cape_templates)
+        if (self.cape_orders, self.cape_templates) != ("cyclic", "one") and self.scoring != "cape" \
+                and "cape" not in self.methods:
+            raise InputError("--cape-orders / --cape-templates apply to CAPE only; add cape to --methods "
+                             "(or use --scoring cape)")
         if self.ray is not None:
             from ..scoring_ray import RayOptions
 

@@ -149,10 +149,12 @@ class ElicitationEnsembleTask(ElicitationTask):
                 "hints": list(pf.XIONG_HINTS), "seed": self.seed, "aggregation": "avg_conf"}
 
 
-def source_task(source: str, *, template: int, chat_template: bool, seed: int) -> Task:
-    """The task that scores ``source`` for the chat model."""
+def source_task(source: str, *, template: int, chat_template: bool, seed: int, cape_orders: str = "cyclic",
+                cape_templates: str = "one") -> Task:
+    """The task that scores ``source`` for the chat model (``cape_*``: CAPE's members, see
+    :class:`refcal.tasks.PermutedLetterTask`)."""
     if source == "cape":
-        return PermutedLetterTask(template=template, chat=chat_template)
+        return PermutedLetterTask(template=template, chat=chat_template, orders=cape_orders, templates=cape_templates)
     if source == "elicitation":
         return ElicitationTask()
     if source == "elicitation_ensemble":

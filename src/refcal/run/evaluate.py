@@ -131,6 +131,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
         n_eval=len(plotted_ids),
         n_units=len(per_unit),
         protocol=plan.description,
+        units=[{"template": u.template, "group": u.group} for u in plan.units],
         methods=aggregate(per_unit),
         method_labels={k: METHODS[k].label for k in cfg.methods},
         unavailable=unavailable,

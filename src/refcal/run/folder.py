@@ -57,6 +57,7 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
         "n_eval": result.n_eval,
         "n_units": result.n_units,
         "protocol": result.protocol,
+        "units": result.units,
         "methods": {m: {k: {"values": s.values, "n_undefined": s.n_undefined, "mean": s.mean, "std": s.std}
                         for k, s in rows.items()} for m, rows in result.methods.items()},
         "method_labels": result.method_labels,
@@ -267,6 +268,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         n_eval=_count(doc, "n_eval", path),
         n_units=_count(doc, "n_units", path),
         protocol=_text(doc.get("protocol"), "protocol", path),
+        units=_units(doc.get("units"), path),
         methods=methods,
         method_labels=_strings(_obj(doc, "method_labels", path), "method_labels", path),
         unavailable=_strings(_obj(doc, "unavailable", path), "unavailable", path),
@@ -284,6 +286,18 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
                                      lambda v: isinstance(v, dict) and all(isinstance(x, int) for x in v.values())),
         freeform=_obj(doc, "freeform", path),
     )
+
+
+def _units(v: Any, path: Path) -> list[dict[str, Any]]:
+    if v is None:
+        return []
+    ok = isinstance(v, list) and all(
+        isinstance(u, dict) and isinstance(u.get("group"), str)
+        and (u.get("template") is None or (isinstance(u["template"], int) and not isinstance(u["template"], bool)))
+        for u in v)
+    if not ok:
+        raise _bad(path, "units must be a list of {\"template\": int, \"group\": string} objects")
+    return [{"template": u.get("template"), "group": u["group"]} for u in v]
 
 
 def _metric(v: Any, where: str, path: Path) -> MetricSummary:

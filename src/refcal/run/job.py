@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..options import is_api_model
+from ..backends import options_class
 from ..scores import ScoreSet
 from . import protocol
 from .config import RunConfig
@@ -31,6 +31,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     from ..scoring_ray import open_backend
 
     cfg.validate()
+    t_start = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # before any slow work
         from ..errors import InputError
@@ -46,13 +47,10 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     api_stats: dict[str, Any] = {}
     for role, spec in (("base", cfg.base), ("chat", cfg.chat)):
         log.info("loading %s model %s", role, spec)
-        kwargs: dict[str, Any] = {}
-        if not is_api_model(spec):
-            kwargs["batch_size"] = cfg.batch_size
-            if cfg.device:
-                kwargs["device"] = cfg.device
-            if cfg.dtype:
-                kwargs["dtype"] = cfg.dtype
+        # only the options this backend has (an API or the fake backend has no device, dtype or batch size)
+        fields = options_class(spec).__dataclass_fields__
+        local = {"batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype}
+        kwargs: dict[str, Any] = {k: v for k, v in local.items() if k in fields and v is not None}
         # a Ray backend (cfg.ray) shuts its private instance down when deleted below
         backend = open_backend(spec, cfg.ray, api_base=cfg.api_base, **kwargs).__enter__()
         for t in cfg.templates:
@@ -61,7 +59,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         if role == "chat":
             for src in _sources(cfg):
                 for t in cfg.templates if per_template(src) else cfg.templates[:1]:
-                    task = source_task(src, template=t, chat_template=cfg.chat_template, seed=cfg.seed)
+                    task = source_task(src, template=t, chat_template=cfg.chat_template, seed=cfg.seed,
+                                       cape_orders=cfg.cape_orders, cape_templates=cfg.cape_templates)
                     for s in splits:
                         log.info("scoring the chat model's %s (template %s, split %s)", src, t, s)
                         scores[(f"chat_{src}", t, s)] = _score(backend, questions[s], cfg, t, s, role, task=task)
@@ -74,11 +73,29 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
 
     plan = protocol.plan(cfg, scores, test_split, calib_split)
     n_questions = int(sum(len(scores[("chat", cfg.templates[0], s)]) for s in {test_split, calib_split} if s))
+    t_eval = time.perf_counter()
     evaluation = evaluate(cfg, plan, n_questions=n_questions)
-    evaluation.result.timing = {"scoring_seconds": round(score_seconds, 2)}
+    t_end = time.perf_counter()
+    # wall_seconds: loading the questions, both models and every score set, fitting and evaluating (the
+    # run folder and report written after it are not counted); scoring_seconds: loading models + scoring
+    evaluation.result.timing = {"wall_seconds": round(t_end - t_start, 2), "scoring_seconds": round(score_seconds, 2),
+                                "evaluation_seconds": round(t_end - t_eval, 2)}
+    if "cape" in evaluation.result.method_labels:
+        evaluation.result.method_labels["cape"] = cape_label(cfg.cape_orders, cfg.cape_templates)
     evaluation.result.api_stats = api_stats
     evaluation.result.parse_failures = _parse_failures(cfg, scores, evaluation.result.methods)
     return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report)
+
+
+def cape_label(orders: str, templates: str) -> str:
+    """The ``cape`` method's label for its members (the registry's label for the default, cyclic shifts of
+    one template)."""
+    from ..calibrate.methods import METHODS
+
+    if (orders, templates) == ("cyclic", "one"):
+        return METHODS["cape"].label
+    what = "cyclic shifts" if orders == "cyclic" else "all k! orders"
+    return f"CAPE ({what}{' × 5 templates' if templates == 'all' else ''})"
 
 
 def _parse_failures(cfg: RunConfig, scores: dict[tuple[str, int, str | None], ScoreSet],
@@ -112,6 +129,7 @@ def _sources(cfg: RunConfig) -> list[str]:
 def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: str | None, role: str,
            task: Any = None) -> ScoreSet:
     from ..scoring import score_questions
+    from ..tasks import make_task
 
     fewshot: Any = ()
     if cfg.fewshot:
@@ -123,10 +141,12 @@ def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: 
         else:
             fewshot = fewshot_examples(cfg.dataset, k=cfg.fewshot)
     meta = {"role": role, "dataset": cfg.dataset, "split": split}
+    if task is None:
+        cape = {"cape_orders": cfg.cape_orders, "cape_templates": cfg.cape_templates} if cfg.scoring == "cape" else {}
+        task = make_task(cfg.scoring, template=template, chat=cfg.chat_template, **cape)
     return score_questions(
-        backend, questions, scoring=cfg.scoring, template=template, chat=cfg.chat_template,
-        fewshot=fewshot, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, progress=cfg.progress, meta=meta,
-        task=task,
+        backend, questions, fewshot=fewshot, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
+        progress=cfg.progress, meta=meta, task=task,
     )
 
 
@@ -145,4 +165,4 @@ def _floor_counts(sets: list[ScoreSet]) -> dict[str, int]:
             "n_scored_questions": int(sum(len(sc) for sc in sets))}
 
 
-__all__ = ["run"]
+__all__ = ["run", "cape_label"]

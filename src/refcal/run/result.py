@@ -102,6 +102,9 @@ class RunResult:
     n_eval: int | None = None
     n_units: int | None = None
     protocol: str = ""
+    #: the evaluation units in the order of every ``MetricSummary.values``: ``{"template": t, "group": g}``
+    #: (group: the subject or ``split<i>``); empty in a metrics.json written before it was recorded
+    units: list[dict[str, Any]] = field(default_factory=list)
     methods: dict[str, dict[str, MetricSummary]] = field(default_factory=dict)
     method_labels: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)

@@ -11,7 +11,15 @@ from functools import partial
 
 from ..errors import InputError
 from .base import KIND_CALLS, Task
-from .multiple_choice import CLOZE_MODES, ClozeTask, LetterTask, PermutedLetterTask, rotate
+from .multiple_choice import (
+    CLOZE_MODES,
+    ClozeTask,
+    LetterTask,
+    PermutedLetterTask,
+    cape_orders,
+    permute,
+    rotate,
+)
 from .requests import (
     ClozeRequest,
     ClozeResult,
@@ -23,7 +31,8 @@ from .requests import (
 
 __all__ = [
     "KIND_CALLS", "TASKS", "ClozeRequest", "ClozeResult", "ClozeTask", "GenerateRequest", "LetterRequest",
-    "LetterTask", "PermutedLetterTask", "Task", "make_task", "request_json", "request_text_length", "rotate",
+    "LetterTask", "PermutedLetterTask", "Task", "cape_orders", "make_task", "permute", "request_json",
+    "request_text_length", "rotate",
 ]
 
 #: scoring mode -> task class
@@ -32,10 +41,20 @@ TASKS: dict[str, Callable[..., Task]] = {
 }
 
 
-def make_task(scoring: str, *, template: int = 1, chat: bool = False) -> Task:
-    """The task of scoring mode ``scoring`` (one of :data:`refcal.options.SCORINGS`)."""
+def make_task(scoring: str, *, template: int = 1, chat: bool = False, cape_orders: str | None = None,
+              cape_templates: str | None = None) -> Task:
+    """The task of scoring mode ``scoring`` (one of :data:`refcal.options.SCORINGS`).
+
+    ``cape_orders`` (``cyclic`` | ``all``) and ``cape_templates`` (``one`` | ``all``) choose CAPE's members
+    (:class:`PermutedLetterTask`); ``None`` is the default, and another scoring mode refuses any value."""
     from ..options import SCORINGS
 
     if scoring not in SCORINGS or scoring not in TASKS:
         raise InputError(f"scoring {scoring!r} is not known; choose one of {', '.join(SCORINGS)}")
+    cape = {k: v for k, v in (("orders", cape_orders), ("templates", cape_templates)) if v is not None}
+    if scoring == "cape":
+        return PermutedLetterTask(template=template, chat=chat, **cape)
+    if cape:
+        raise InputError(f"--cape-{next(iter(cape))} applies to CAPE only (--scoring cape or the cape method), "
+                         f"not to --scoring {scoring}")
     return TASKS[scoring](template=template, chat=chat)
