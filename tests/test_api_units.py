@@ -304,3 +304,18 @@ def test_llama_cpp_python_server_takes_the_topk_path():
     np.testing.assert_array_equal(np.array(got), np.array(ref))
     assert b.stats.letter_source == "topk" and b.meta["letter_source"] == "topk" and proxy.n_forwarded == 3
     assert "no vLLM /tokenize endpoint (HTTP 404)" in b.meta["letters_note"]
+
+
+def test_a_tokenize_that_is_not_vllms_means_topk():
+    """llama.cpp's llama-server has a /tokenize that reads "content": for refcal's "prompt" it answers no
+    tokens, which must not read as "no single-token spelling"."""
+    from api_server import FakeVLLM
+
+    class LlamaServerTokenize(FakeVLLM):
+        def _answer(self, path, req):
+            return (200, {"tokens": []}) if path == "/tokenize" else super()._answer(path, req)
+
+    with LlamaServerTokenize("vllm") as fake:
+        b = OpenAIBackend("fake-vllm", api_base=fake.url, mode="completions")
+        b.score_letters(_letter_requests(2, chat=False))
+    assert b.stats.letter_source == "topk" and "not vLLM's" in b.meta["letters_note"]

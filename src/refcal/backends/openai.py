@@ -65,6 +65,7 @@ MODES = ("chat", "completions")
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 MAX_TOP_LOGPROBS = 20
 LETTER_MODES = ("auto", "exact", "topk")
+MAX_TOKEN_IDS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS
 #: spellings whose single token counts for a letter with ``letters="exact"`` (the top-k rule counts any
 #: returned token that strips to the letter; these are the ones a first answer token plausibly takes)
 LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
@@ -407,6 +408,8 @@ class OpenAIBackend:
         """One request with ``logprob_token_ids``; :class:`_NoExact` when the server refuses or ignores it."""
         groups = self._letter_ids(client, req.letters, index, stop)
         ids = sorted({i for g in groups for i in g})
+        if len(ids) > MAX_TOKEN_IDS:
+            raise _NoExact(f"{len(ids)} token ids are more than vLLM takes ({MAX_TOKEN_IDS})")
         raw = self.mode == "completions" and not req.chat
         extra: dict[str, Any] = {"logprobs": 1} if raw else {"logprobs": True}
         try:
@@ -462,6 +465,8 @@ class OpenAIBackend:
         toks = body.get("tokens")
         if not isinstance(toks, list) or not all(_is_int(t) and t >= 0 for t in toks):
             raise _NoExact("its /tokenize answer has no list of token ids")
+        if text and not toks:  # llama.cpp's llama-server reads "content", not "prompt": another /tokenize
+            raise _NoExact("its /tokenize is not vLLM's (no tokens for a non-empty prompt)")
         with self._lock:
             self._token_ids[text] = list(toks)
         return list(toks)
