@@ -308,3 +308,18 @@ def test_score_cli_cape_modes(tmp_path, capsys):
         assert out[mode].meta["cape_orders"] == mode and out[mode].meta["cape_templates"] == [1, 2, 3, 4, 5]
     assert "cape: all orders, 5 templates" in capsys.readouterr().out
     assert not np.allclose(out["cyclic"].logits, out["all"].logits)
+
+
+@pytest.mark.slow
+def test_full_permutation_cape_invariance_on_the_packaged_chat_model(smollm2):
+    """--cape-orders all on SmolLM2: a non-cyclic re-ordering (which the cyclic mode is not invariant to)
+    leaves every option's CAPE probability unchanged up to float32 batch effects."""
+    from refcal.data import load_dataset
+
+    qs = load_dataset("sciq", limit=2, seed=0)
+    task = PermutedLetterTask(orders="all")
+    ref = score_questions(smollm2, qs, task=task, cache=False, progress=False)
+    order = (2, 0, 3, 1)  # neither a rotation nor its own inverse
+    got = score_questions(smollm2, [permute(q, order) for q in qs], task=task, cache=False, progress=False)
+    # the same 24 prompts per question, in other batches: float32 differences only
+    np.testing.assert_allclose(np.exp(got.logits), np.exp(ref.logits[:, list(order)]), atol=1e-5)
