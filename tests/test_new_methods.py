@@ -121,6 +121,42 @@ def test_daca_agree_errors(data):
         AgreementDACA().fit(data.base[:, :1], data.chat[:, :1])
 
 
+def test_mutual_save_load_round_trip(data, tmp_path):
+    cal = MutualCalibration(n_bins=8, loss="brier").fit(data.base, data.chat)
+    path = tmp_path / "cal.json"
+    cal.save(path, inputs={"base": "b"})
+    doc = json.loads(path.read_text())
+    assert doc["method"] == "mutual" and doc["hyperparameters"] == {"n_bins": 8, "n_ref_bins": 10, "loss": "brier"}
+    back = load_calibrator(path)
+    assert isinstance(back, MutualCalibration) and repr(back) == repr(cal)
+    np.testing.assert_array_equal(back.predict_log_proba(data.chat), cal.predict_log_proba(data.chat))
+    for attr in ("bin_confidence_", "bin_projected_", "bin_unordered_", "bin_counts_"):
+        np.testing.assert_array_equal(getattr(back, attr), getattr(cal, attr))
+    assert (back.n_, back.n_options_, back.divergence_, back.objective_) == \
+        (cal.n_, cal.n_options_, cal.divergence_, cal.objective_)
+    params = doc["parameters"]
+    knots = params["bin_confidence"]
+    for key, value, what in (
+            ("parameters", dict(params, bin_confidence=knots[::-1]), "non-decreasing"),
+            ("parameters", dict(params, bin_projected=[1.5] * len(knots)), "bin_projected"),
+            ("parameters", dict(params, bin_counts=params["bin_counts"][:-1]), "differ in length"),
+            ("parameters", dict(params, bin_counts=[True] * len(knots)), "bin_counts"),
+            ("parameters", dict(params, bin_confidence=["0.1"] * len(knots)), "bin_confidence"),
+            ("hyperparameters", {"n_bins": 8, "n_ref_bins": 10, "loss": "hinge"}, "loss"),
+            ("hyperparameters", {"n_bins": 8, "n_ref_bins": 10, "loss": "log", "extra": 1}, "extra"),
+            ("scaling", "temperature", "binned"),
+            ("divergence", float("nan"), "divergence"),
+            ("n", 1, "bin_counts add up")):
+        bad = dict(doc, **{key: value})
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(CalibratorFileError, match=what):
+            load_calibrator(tmp_path / "bad.json")
+    bad = {k: v for k, v in doc.items() if k != "solver"}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(CalibratorFileError, match="missing key 'solver'"):
+        load_calibrator(tmp_path / "bad.json")
+
+
 def test_mutual_projection_is_the_bregman_projection():
     """Optimality, checked independently: the generalised Pythagorean inequality
     D(mu, c) >= D(mu, h) + D(h, c) for feasible points mu of the reference-compatible set."""
@@ -225,3 +261,93 @@ def test_demo_compares_every_method_in_a_world():
     assert "CAPE" not in out.output  # needs another score source, which synthetic data does not have
     bad = CliRunner().invoke(demo, ["--world", "flat"])
     assert bad.exit_code != 0 and "flat" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------- refcal fit / apply
+@pytest.fixture()
+def score_files(data, tmp_path):
+    from refcal.scores import ScoreSet
+
+    ids = [f"q{i}" for i in range(len(data.labels))]
+    # the base file lists the questions in another order: fit, apply and evaluate must join on id
+    rev = slice(None, None, -1)
+    base = ScoreSet.from_rows(ids[rev], data.base[rev].tolist(), data.labels[rev].tolist()).save(tmp_path / "b.parquet")
+    chat = ScoreSet.from_rows(ids, data.chat.tolist(), data.labels.tolist()).save(tmp_path / "c.parquet")
+    nolabels = ScoreSet.from_rows(ids, data.chat.tolist()).save(tmp_path / "c_nl.parquet")
+    return str(base), str(chat), str(nolabels)
+
+
+def test_cli_fit_daca_agree_records_both_temperatures_and_applies(data, score_files, tmp_path, capsys):
+    from refcal.cli import main
+    from refcal.scores import load_scores
+
+    base, chat, nolabels = score_files
+    out = tmp_path / "agree.json"
+    assert main(["fit", "--base", base, "--chat", nolabels, "--method", "daca_agree", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ref = AgreementDACA().fit(data.base, data.chat)
+    doc = json.loads(out.read_text())
+    assert doc["method"] == "daca_agree"
+    assert doc["parameters"] == {"temperature_agree": ref.temperature_agree_,
+                                 "temperature_disagree": ref.temperature_disagree_}
+    assert f"{ref.temperature_agree_:.6g}" in printed and f"{ref.temperature_disagree_:.6g}" in printed
+    assert doc["inputs"]["base"] == base
+    # apply: needs the base scores (the agreement), joined on id
+    calibrated = tmp_path / "cal.parquet"
+    assert main(["apply", "--scores", chat, "--calibrator", str(out), "-o", str(calibrated)]) == 2
+    assert "pass --base" in capsys.readouterr().err
+    assert main(["apply", "--scores", chat, "--base", base, "--calibrator", str(out), "-o", str(calibrated)]) == 0
+    np.testing.assert_allclose(load_scores(calibrated).logits, ref.predict_log_proba(data.base, data.chat),
+                               rtol=0, atol=1e-12)
+    metrics_json = tmp_path / "m.json"
+    assert main(["evaluate", "--scores", chat, "--base", base, "--calibrator", str(out), "--json",
+                 str(metrics_json)]) == 0
+    from refcal.metrics import ece
+
+    got = json.loads(metrics_json.read_text())["metrics"]["calibrated"]["ece"]
+    assert got == pytest.approx(ece(ref.predict_proba(data.base, data.chat), data.labels), abs=1e-12)
+
+
+def test_cli_fit_mutual_round_trips_through_apply_and_evaluate(data, score_files, tmp_path, capsys):
+    from refcal.cli import main
+    from refcal.metrics import ece
+    from refcal.scores import load_scores
+
+    base, chat, nolabels = score_files
+    out = tmp_path / "mutual.json"
+    assert main(["fit", "--base", base, "--chat", nolabels, "--method", "mutual", "-o", str(out)]) == 0
+    assert "confidence bins" in capsys.readouterr().out
+    ref = MutualCalibration().fit(data.base, data.chat)
+    calibrated = tmp_path / "cal.parquet"
+    assert main(["apply", "--scores", chat, "--calibrator", str(out), "-o", str(calibrated)]) == 0
+    np.testing.assert_allclose(load_scores(calibrated).logits, ref.predict_log_proba(data.chat), rtol=0, atol=1e-12)
+    metrics_json = tmp_path / "m.json"
+    assert main(["evaluate", "--scores", chat, "--calibrator", str(out), "--json", str(metrics_json)]) == 0
+    got = json.loads(metrics_json.read_text())["metrics"]["calibrated"]["ece"]
+    assert got == pytest.approx(ece(ref.predict_proba(data.chat), data.labels), abs=1e-12)
+    assert main(["apply", "--scores", chat, "--base", base, "--calibrator", str(out), "-o", str(calibrated)]) == 2
+    assert "only by a daca_agree" in capsys.readouterr().err
+
+
+def test_cli_fit_ts_needs_labels_and_no_base(data, score_files, tmp_path, capsys):
+    from refcal.calibrate import TemperatureScaling, VectorScaling
+    from refcal.cli import main
+
+    base, chat, nolabels = score_files
+    out = tmp_path / "ts.json"
+    assert main(["fit", "--chat", nolabels, "--method", "ts", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "have no label" in err and "--method ts" in err and err.count("\n") == 1
+    assert main(["fit", "--chat", chat, "--method", "ts", "-o", str(out)]) == 0
+    cal = load_calibrator(out)
+    assert isinstance(cal, TemperatureScaling)
+    assert cal.temperature_ == pytest.approx(TemperatureScaling().fit(data.chat, data.labels).temperature_, rel=1e-12)
+    assert json.loads(out.read_text())["inputs"]["base"] is None
+    assert main(["fit", "--chat", chat, "--method", "ts", "--scaling", "vector", "-o", str(out)]) == 0
+    assert isinstance(load_calibrator(out), VectorScaling)
+    for method in ("daca", "daca_agree", "mutual"):  # label-free methods need the base model
+        assert main(["fit", "--chat", chat, "--method", method, "-o", str(out)]) == 2
+        assert "pass --base" in capsys.readouterr().err
+    assert main(["fit", "--base", base, "--chat", chat, "--method", "mutual", "--scaling", "vector",
+                 "-o", str(out)]) == 2
+    assert "one form only" in capsys.readouterr().err

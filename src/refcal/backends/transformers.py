@@ -412,6 +412,13 @@ class TransformersBackend:
         """:meth:`score_letters` as ``(index, scores)`` pairs (all computed before the first is yielded)."""
         yield from enumerate(self.score_letters(requests))
 
+    def hidden_states(self, questions: Sequence[Any], **kwargs: Any) -> Any:
+        """Answer-position final hidden states of the letter prompts of ``questions``, cached (BaseCal-Proj):
+        :func:`refcal.backends._hidden.hidden_states`."""
+        from ._hidden import hidden_states
+
+        return hidden_states(self, questions, **kwargs)
+
     # ------------------------------------------------------------------------------------- generation
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Greedy continuation of each prompt: at most ``max_new_tokens`` tokens, cut before the first

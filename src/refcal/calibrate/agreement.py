@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .._io import atomic_write_json, ensure_parent
 from .._math import log_softmax
-from ..errors import CalibratorFileError, FitError, InputError, NotFittedError
-from ._base import FORMAT, FORMAT_VERSION, _is_real, _plain_number, _version
+from ..errors import FitError, InputError, NotFittedError
+from . import _pairfile
+from ._base import TASKS, _is_real, _plain_number
 from ._solvers import fit_temperature
 from ._validate import check_pair
 from .alignment import agreement_mask
@@ -90,6 +90,10 @@ class AgreementDACA:
     """
 
     method = METHOD
+    #: multiple-choice option logits only
+    #: both sides are temperatures (``refcal apply`` may transfer it to another option count)
+    scaling = "temperature"
+    task_ = TASKS[0]
     description = ("agreement-aware DACA: DACA's temperature where base and chat agree; where they disagree, "
                    "a temperature matching the chat's confidence to the base's probability of the chat's answer")
 
@@ -204,14 +208,9 @@ class AgreementDACA:
     # ------------------------------------------------------------------ export
     def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Plain-JSON description, read back by :func:`refcal.calibrate.load_calibrator`."""
-        self._check_fitted()
-        if inputs is not None and not isinstance(inputs, dict):
-            raise InputError(f"inputs must be a dict (e.g. score file paths and models), got {type(inputs).__name__}")
-        import json
-
+        head, provenance = _pairfile.header(self, inputs)
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "refcal_version": _version(),
-            "method": self.method, "description": self.description, "scaling": "temperature",
+            **head,
             "parameters": {"temperature_agree": self.temperature_agree_,
                            "temperature_disagree": self.temperature_disagree_},
             "n_options": self.n_options_, "n": self.n_,
@@ -221,78 +220,39 @@ class AgreementDACA:
             "hyperparameters": self._hyperparameters(),
             "solver": {"name": "newton+brent", "n_iter": self.n_iter_, "converged": self.converged_,
                        "objective": self.objective_},
-            "inputs": json.loads(json.dumps(inputs or {}, default=str)),
+            "inputs": provenance,
         }
 
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
         """Write :meth:`to_dict` as JSON atomically (see :meth:`refcal.DACA.save`)."""
-        doc = self.to_dict(inputs=inputs)
-        ensure_parent(path, what="the calibrator")
-        try:
-            atomic_write_json(path, doc, strict=True)
-        except OSError as exc:
-            raise InputError(f"cannot write the calibrator to {os.fspath(path)}: {exc.strerror}; "
-                             "choose a folder you can write to") from None
+        _pairfile.save(self, path, inputs)
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> AgreementDACA:
         """Inverse of :meth:`to_dict`, every field checked (a hand-edited file is refused, never applied)."""
-        def bad(what: str) -> CalibratorFileError:
-            return CalibratorFileError(f"{source}: malformed value ({what}); re-create it with `refcal fit`")
-
-        def obj(key: str) -> dict:
-            if not isinstance(data[key], dict):
-                raise bad(f"{key!r} must be a JSON object")
-            return data[key]
-
-        def integer(v: Any, name: str, low: int) -> int:
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise bad(f"{name} must be an integer >= {low}, got {v!r}")
-            return v
-
-        hp = dict(obj("hyperparameters"))
-        unknown = sorted(set(hp) - {"temperature_bounds", "min_group"})
-        if unknown:
-            raise bad(f"unknown hyperparameter {unknown[0]!r} for method {METHOD!r}")
-        if isinstance(hp.get("temperature_bounds"), list):
-            hp["temperature_bounds"] = tuple(hp["temperature_bounds"])
-        try:
-            cal = cls(**hp)
-            cal._check_params()
-        except (InputError, TypeError) as exc:
-            raise CalibratorFileError(f"{source}: {exc}; re-create it with `refcal fit`") from None
-        if data["scaling"] != "temperature":
-            raise bad(f"scaling must be 'temperature' for {METHOD}, got {data['scaling']!r}")
+        r = _pairfile.Reader(data, source, METHOD)
+        cal = r.build(cls, {"temperature_bounds", "min_group"}, "temperature")
         lo, hi = cal.temperature_bounds
-        params = obj("parameters")
+        params = r.obj("parameters")
         for side in ("agree", "disagree"):
             t = params[f"temperature_{side}"]
             if not (_is_real(t) and math.isfinite(t) and lo * (1 - 1e-12) <= t <= hi * (1 + 1e-12)):
-                raise bad(f"temperature_{side} must be a number within [{lo:g}, {hi:g}], got {t!r}")
+                raise r.bad(f"temperature_{side} must be a number within [{lo:g}, {hi:g}], got {t!r}")
             setattr(cal, f"temperature_{side}_", float(t))
-        cal.n_options_ = integer(data["n_options"], "n_options", 2)
-        cal.n_ = integer(data["n"], "n", 1)
-        agreement = obj("agreement")
-        cal.n_agree_ = integer(agreement["n_agree"], "agreement.n_agree", 0)
+        cal.n_options_ = r.integer(data["n_options"], "n_options", 2)
+        cal.n_ = r.integer(data["n"], "n", 1)
+        agreement = r.obj("agreement")
+        cal.n_agree_ = r.integer(agreement["n_agree"], "agreement.n_agree", 0)
         rate = agreement["agreement_rate"]
         if cal.n_agree_ > cal.n_ or not (_is_real(rate) and 0 <= rate <= 1):
-            raise bad(f"agreement {cal.n_agree_} of {cal.n_} questions, rate {rate!r}")
+            raise r.bad(f"agreement {cal.n_agree_} of {cal.n_} questions, rate {rate!r}")
         cal.agreement_rate_ = float(rate)
         target = data["target_disagree"]
         if target is not None and not (_is_real(target) and 0 <= target <= 1):
-            raise bad(f"target_disagree must be null or a probability, got {target!r}")
+            raise r.bad(f"target_disagree must be null or a probability, got {target!r}")
         cal.target_disagree_ = float("nan") if target is None else float(target)
         if data["fallback"] not in (None, "agree<-disagree", "disagree<-agree"):
-            raise bad(f"fallback must be null, \"agree<-disagree\" or \"disagree<-agree\", got {data['fallback']!r}")
+            raise r.bad(f"fallback must be null, \"agree<-disagree\" or \"disagree<-agree\", got {data['fallback']!r}")
         cal.fallback_ = data["fallback"]
-        solver = obj("solver")
-        cal.n_iter_ = integer(solver["n_iter"], "solver.n_iter", 0)
-        if not isinstance(solver["converged"], bool):
-            raise bad(f"solver.converged must be true or false, got {solver['converged']!r}")
-        cal.converged_ = solver["converged"]
-        value = solver["objective"]
-        if not (_is_real(value) and math.isfinite(value)):
-            raise bad(f"solver.objective must be a finite number, got {value!r}")
-        cal.objective_ = float(value)
+        r.solver(cal)
         return cal
-

@@ -15,11 +15,16 @@ from .agreement import METHOD as AGREEMENT_METHOD
 from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, _AlignmentCalibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
+from .mutual import METHOD as MUTUAL_METHOD
+from .mutual import MutualCalibration
 
 #: method name saved in the file -> class
 METHODS: dict[str, type[_Calibrator]] = {
     c.method: c for c in (DACA, NaiveAlignment, TemperatureScaling, VectorScaling, MatrixScaling)
 }
+
+#: calibrators fitted on (base, chat) logits that are not logit maps of the chat model alone: own JSON readers
+PAIR_METHODS: dict[str, Any] = {AGREEMENT_METHOD: AgreementDACA, MUTUAL_METHOD: MutualCalibration}
 
 
 def load_calibrator(path: str | os.PathLike) -> _Calibrator:
@@ -84,14 +89,15 @@ def from_dict(data: Any, *, source: str = "calibrator") -> _Calibrator:
             "with this version's `refcal fit`"
         )
     method = data.get("method")
-    if method == AGREEMENT_METHOD:  # two temperatures and the agreement at apply time: its own reader
+    own = PAIR_METHODS.get(method) if isinstance(method, str) else None
+    if own is not None:  # daca_agree (two temperatures), mutual (a binned map): their own readers
         try:
-            return AgreementDACA.from_dict(data, source)
+            return own.from_dict(data, source)
         except KeyError as exc:
             raise CalibratorFileError(f"{source}: missing key {exc.args[0]!r}; re-create it with `refcal fit`") from None
     if not isinstance(method, str) or method not in METHODS:
         raise CalibratorFileError(
-            f"{source}: unknown calibration method {method!r} (expected one of {', '.join(METHODS)}); "
+            f"{source}: unknown calibration method {method!r} (expected one of {', '.join([*METHODS, *PAIR_METHODS])}); "
             "re-create it with `refcal fit`"
         )
     try:

@@ -30,7 +30,7 @@ import numpy as np
 from .._math import log_softmax
 from ..errors import InputError
 
-__all__ = ["Method", "MethodContext", "METHODS", "DEFAULT_METHODS", "NO_GENERATION_METHODS", "get_method",
+__all__ = ["Method", "MethodContext", "METHODS", "HIDDEN_SOURCE", "DEFAULT_METHODS", "NO_GENERATION_METHODS", "get_method",
            "parse_methods", "ordered_keys", "method_label", "method_color"]
 
 
@@ -43,6 +43,8 @@ class MethodContext:
     has_base: bool = True
     scaling: str = "temperature"
     scoring: str = "letter"
+    #: both models' answer-position hidden states were extracted (local transformers models; ``proj``)
+    hidden_states: bool = False
 
 
 #: ``fit(base_logits, chat_logits, labels, *, scaling) -> fitted calibrator`` (labels is None without labels)
@@ -177,6 +179,45 @@ def _stated(_fitted: Any, base: np.ndarray, chat: np.ndarray) -> Any:
     return TopLabel(np.asarray(chat[:, 0], dtype=np.int64), np.clip(np.asarray(chat[:, 1], dtype=np.float64), 0, 1))
 
 
+#: ``source`` of a method reading both models' answer-position hidden states (``proj``): not a score set of the
+#: chat model but :class:`refcal.calibrate.proj.ProjInputs`, extracted by the run from local models
+HIDDEN_SOURCE = "hidden_states"
+
+
+class _HiddenStateMethod(Method):
+    """A method reading both models' hidden states (``proj``): letter scoring with local models only."""
+
+    def why_not(self, ctx: MethodContext) -> str | None:
+        if ctx.scoring != "letter":
+            return ("applies to letter scoring only: a cloze option's score sums log-probabilities over the "
+                    "positions of its own tokens, so there is no single answer position whose hidden state the "
+                    "base model's head could read over the options; use --scoring letter")
+        if not ctx.hidden_states:
+            return ("needs both models' hidden states: local transformers models only (not openai: or fake: "
+                    "models, not --ray)")
+        return super().why_not(ctx)
+
+
+def _proj_fit(base: np.ndarray, chat: Any, labels: np.ndarray | None, *, scaling: str = "temperature") -> Any:
+    """BaseCal-Proj on a :class:`~refcal.calibrate.proj.ProjInputs`: the map reads hidden states only."""
+    from .proj import BaseCalProj
+
+    return BaseCalProj().fit(chat.chat_hidden, chat.base_hidden)
+
+
+def _proj_apply(fitted: Any, base: np.ndarray, chat: Any) -> Any:
+    """The chat model's answer with its projected base-head probability (a TopLabel); the chat model's own
+    confidence where the fit failed (``run.evaluate.Unfitted``)."""
+    from ..metrics import TopLabel
+    from .proj import BaseCalProj
+
+    if isinstance(fitted, BaseCalProj):
+        return TopLabel(*fitted.predict_top_label(chat.chat_hidden, chat.head, chat.chat_logits))
+    lp = log_softmax(chat.chat_logits)
+    b = np.argmax(lp, axis=1)
+    return TopLabel(b.astype(np.int64), np.exp(lp[np.arange(b.size), b]))
+
+
 _ORACLES = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "matrix": "MatrixScaling"}
 
 
@@ -219,13 +260,11 @@ METHODS: dict[str, Method] = {m.key: m for m in (
            _calibrated_pair),
     Method("mutual", "mutual calibration", "#637939", False, True, _pair_fit("mutual", "MutualCalibration"),
            _calibrated_chat),
+    _HiddenStateMethod("proj", "BaseCal-Proj (hidden-state map)", "#e7969c", False, True, _proj_fit, _proj_apply,
+                       source=HIDDEN_SOURCE, top_label=True),
 )}
 
 DEFAULT_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if m.default)
-#: ``--methods no-generation``: every method whose inputs need no generated text (the cheap full comparison)
-NO_GENERATION_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if not m.needs_generation)
-#: ``--methods`` keywords: the bare ``refcal run`` selection, everything but generation, everything
-KEYWORDS = {"default": DEFAULT_METHODS, "no-generation": NO_GENERATION_METHODS, "all": tuple(METHODS)}
 #: ``--methods no-generation``: every method whose inputs need no generated text (the cheap full comparison)
 NO_GENERATION_METHODS: tuple[str, ...] = tuple(k for k, m in METHODS.items() if not m.needs_generation)
 #: ``--methods`` keywords: the bare ``refcal run`` selection, everything but generation, everything

@@ -23,6 +23,7 @@ stays its answer.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,13 @@ from scipy.optimize import isotonic_regression, minimize
 
 from .._math import log_softmax
 from ..errors import FitError, InputError, NotFittedError
+from . import _pairfile
+from ._base import TASKS, _is_real, _plain_number
 from ._validate import check_logits, check_pair
 
 __all__ = ["MutualCalibration", "project_mutual"]
 
+METHOD = "mutual"
 LOSSES = ("log", "brier")
 _EPS = 1e-9
 
@@ -126,7 +130,13 @@ class MutualCalibration:
         Questions and solver record.
     """
 
-    method = "mutual"
+    method = METHOD
+    description = ("mutual calibration: the chat model's option probabilities mapped through the Bregman projection "
+                   "of its binned confidences onto those mutually calibrated with the base model's")
+    #: multiple-choice option logits only (no free-form P(True) variant)
+    task_ = TASKS[0]
+    #: a binned map of option probabilities (what ``to_dict`` writes as ``scaling``)
+    scaling = "binned"
 
     def __init__(self, *, n_bins: int = 10, n_ref_bins: int = 10, loss: str = "log"):
         self.n_bins = n_bins
@@ -206,3 +216,64 @@ class MutualCalibration:
         """Calibrated probabilities (n, k); rows sum to 1."""
         return np.exp(self.predict_log_proba(chat_logits))
 
+    # ------------------------------------------------------------------ export
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {"n_bins": _plain_number(self.n_bins), "n_ref_bins": _plain_number(self.n_ref_bins),
+                "loss": self.loss}
+
+    def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Plain-JSON description (the map's knots, the solver record), read back by
+        :func:`refcal.calibrate.load_calibrator`."""
+        head, provenance = _pairfile.header(self, inputs)
+        return {
+            **head, "task": self.task_,
+            "parameters": {"bin_confidence": [float(v) for v in self.bin_confidence_],
+                           "bin_projected": [float(v) for v in self.bin_projected_],
+                           "bin_unordered": [float(v) for v in self.bin_unordered_],
+                           "bin_counts": [int(v) for v in self.bin_counts_]},
+            "n_options": self.n_options_, "n": self.n_, "divergence": self.divergence_,
+            "hyperparameters": self._hyperparameters(),
+            "solver": {"name": "slsqp+isotonic", "n_iter": self.n_iter_, "converged": self.converged_,
+                       "objective": self.objective_},
+            "inputs": provenance,
+        }
+
+    def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
+        """Write :meth:`to_dict` as JSON atomically (see :meth:`refcal.DACA.save`)."""
+        _pairfile.save(self, path, inputs)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> MutualCalibration:
+        """Inverse of :meth:`to_dict`, every field checked (a hand-edited file is refused, never applied):
+        the knots are probabilities, non-decreasing (the map is increasing), one count per knot."""
+        r = _pairfile.Reader(data, source, METHOD)
+        cal = r.build(cls, {"n_bins", "n_ref_bins", "loss"}, "binned")
+        if data.get("task", TASKS[0]) != TASKS[0]:
+            raise r.bad(f"task must be {TASKS[0]!r} for {METHOD}, got {data.get('task')!r}")
+        params = r.obj("parameters")
+        knots = {}
+        for name in ("bin_confidence", "bin_projected", "bin_unordered"):
+            v = params[name]
+            if not (isinstance(v, list) and 1 <= len(v) <= cal.n_bins and all(_is_real(x) and 0 <= x <= 1 for x in v)):
+                raise r.bad(f"parameters.{name} must be a list of 1 to n_bins = {cal.n_bins} probabilities")
+            knots[name] = np.asarray(v, dtype=np.float64)
+        counts = params["bin_counts"]
+        if not (isinstance(counts, list) and all(not isinstance(c, bool) and isinstance(c, int) and c >= 1
+                                                 for c in counts)):
+            raise r.bad("parameters.bin_counts must be a list of positive integers")
+        if len({len(counts), *(k.size for k in knots.values())}) != 1:
+            raise r.bad("parameters.bin_confidence, bin_projected, bin_unordered and bin_counts differ in length")
+        for name in ("bin_confidence", "bin_projected"):
+            if np.any(np.diff(knots[name]) < 0):
+                raise r.bad(f"parameters.{name} must be non-decreasing")
+        cal.bin_confidence_, cal.bin_projected_ = knots["bin_confidence"], knots["bin_projected"]
+        cal.bin_unordered_, cal.bin_counts_ = knots["bin_unordered"], np.asarray(counts, dtype=np.int64)
+        cal.n_options_ = r.integer(data["n_options"], "n_options", 2)
+        cal.n_ = r.integer(data["n"], "n", 1)
+        if int(cal.bin_counts_.sum()) > cal.n_ * cal.n_options_:
+            raise r.bad(f"bin_counts add up to more than n x n_options = {cal.n_ * cal.n_options_} pairs")
+        cal.divergence_ = r.real(data["divergence"], "divergence")
+        if cal.divergence_ < 0:
+            raise r.bad(f"divergence must be >= 0, got {cal.divergence_!r}")
+        r.solver(cal)
+        return cal

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from .._math import log_softmax
-from ..calibrate.methods import METHODS, MethodContext
+from ..calibrate.methods import HIDDEN_SOURCE, METHODS, MethodContext
 from ..errors import FitError
 from ..metrics import TopLabel
 from .config import RunConfig
@@ -72,7 +72,8 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
 
     from ..calibrate import DACA, agreement_diagnostics
 
-    ctx = MethodContext(has_labels=plan.has_labels, scaling=cfg.scaling, scoring=cfg.scoring)
+    ctx = MethodContext(has_labels=plan.has_labels, scaling=cfg.scaling, scoring=cfg.scoring,
+                        hidden_states=bool(plan.units) and all(HIDDEN_SOURCE in u.calib.extra for u in plan.units))
     selected = [METHODS[k] for k in cfg.methods]
     unavailable = {m.key: why for m in selected if (why := m.why_not(ctx))}
     usable = [m for m in selected if m.key not in unavailable]

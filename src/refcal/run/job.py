@@ -45,6 +45,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     # one model at a time, so only one is in memory
     scores: dict[tuple[str, int, str | None], ScoreSet] = {}
     api_stats: dict[str, Any] = {}
+    hidden: dict[Any, Any] | None = {} if _wants_hidden(cfg) else None  # proj: answer-position hidden states
     for role, spec in (("base", cfg.base), ("chat", cfg.chat)):
         log.info("loading %s model %s", role, spec)
         # only the options this backend has (an API or the fake backend has no device, dtype or batch size)
@@ -56,6 +57,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         for t in cfg.templates:
             for s in splits:
                 scores[(role, t, s)] = _score(backend, questions[s], cfg, t, s, role)
+        if hidden is not None:
+            _extract_hidden(backend, questions, cfg, splits, role, hidden)
         if role == "chat":
             for src in _sources(cfg):
                 for t in cfg.templates if per_template(src) else cfg.templates[:1]:
@@ -72,6 +75,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     score_seconds = time.perf_counter() - t0
 
     plan = protocol.plan(cfg, scores, test_split, calib_split)
+    if hidden:
+        _attach_hidden(plan, hidden, test_split, calib_split)
     n_questions = int(sum(len(scores[("chat", cfg.templates[0], s)]) for s in {test_split, calib_split} if s))
     t_eval = time.perf_counter()
     evaluation = evaluate(cfg, plan, n_questions=n_questions)
@@ -120,9 +125,9 @@ def _parse_failures(cfg: RunConfig, scores: dict[tuple[str, int, str | None], Sc
 
 def _sources(cfg: RunConfig) -> list[str]:
     """The extra score sets of the chat model that the selected, applicable methods read."""
-    from ..calibrate.methods import METHODS
+    from ..calibrate.methods import HIDDEN_SOURCE, METHODS
 
-    return sorted({m.source for k in cfg.methods if (m := METHODS[k]).source
+    return sorted({m.source for k in cfg.methods if (m := METHODS[k]).source and m.source != HIDDEN_SOURCE
                    and (m.scorings is None or cfg.scoring in m.scorings)})
 
 
@@ -131,15 +136,7 @@ def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: 
     from ..scoring import score_questions
     from ..tasks import make_task
 
-    fewshot: Any = ()
-    if cfg.fewshot:
-        from ..data import fewshot_examples
-
-        subjects = sorted({q.subject for q in questions if q.subject})
-        if subjects:  # one shared few-shot prefix per subject (MMLU: from its dev split)
-            fewshot = {s: fewshot_examples(cfg.dataset, subject=s, k=cfg.fewshot) for s in subjects}
-        else:
-            fewshot = fewshot_examples(cfg.dataset, k=cfg.fewshot)
+    fewshot = _fewshot(cfg, questions)
     meta = {"role": role, "dataset": cfg.dataset, "split": split}
     if task is None:
         cape = {"cape_orders": cfg.cape_orders, "cape_templates": cfg.cape_templates} if cfg.scoring == "cape" else {}
@@ -148,6 +145,63 @@ def _score(backend: Any, questions: list, cfg: RunConfig, template: int, split: 
         backend, questions, fewshot=fewshot, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
         progress=cfg.progress, meta=meta, task=task,
     )
+
+
+def _fewshot(cfg: RunConfig, questions: list) -> Any:
+    """The few-shot examples of ``questions``: one shared tuple, or one per subject (MMLU: its dev split)."""
+    if not cfg.fewshot:
+        return ()
+    from ..data import fewshot_examples
+
+    subjects = sorted({q.subject for q in questions if q.subject})
+    if subjects:
+        return {s: fewshot_examples(cfg.dataset, subject=s, k=cfg.fewshot) for s in subjects}
+    return fewshot_examples(cfg.dataset, k=cfg.fewshot)
+
+
+def _wants_hidden(cfg: RunConfig) -> bool:
+    """``proj`` is selected and can apply: letter scoring, both models local (hidden states in this process)."""
+    from ..backends import backend_kind
+
+    return ("proj" in cfg.methods and cfg.scoring == "letter" and not cfg.ray
+            and all(backend_kind(m) == "transformers" for m in (cfg.base, cfg.chat)))
+
+
+def _extract_hidden(backend: Any, questions: dict, cfg: RunConfig, splits: list, role: str, hidden: dict) -> None:
+    """Both models' answer-position hidden states for ``proj`` (cached like scores), and the base model's
+    output head over the option letters."""
+    from ..backends._hidden import option_head
+    from ..prompts import option_letters
+
+    if not hasattr(backend, "hidden_states"):
+        return
+    for t in cfg.templates:
+        for s in splits:
+            log.info("extracting the %s model's answer-position hidden states (template %s, split %s)", role, t, s)
+            hidden[(role, t, s)] = backend.hidden_states(
+                questions[s], template=t, chat=cfg.chat_template, fewshot=_fewshot(cfg, questions[s]),
+                cache_dir=cfg.cache_dir, meta={"dataset": cfg.dataset, "split": s})
+    if role == "base":
+        k = max(len(q.choices) for qs in questions.values() for q in qs)
+        hidden["head"] = option_head(backend, option_letters(k), cfg.chat_template)
+
+
+def _attach_hidden(plan: protocol.Plan, hidden: dict, test_split: str | None, calib_split: str | None) -> None:
+    """Give every part of ``plan`` its questions' :class:`~refcal.calibrate.proj.ProjInputs` (``proj``)."""
+    from ..calibrate.methods import HIDDEN_SOURCE
+    from ..calibrate.proj import ProjInputs
+
+    if "head" not in hidden or {k[0] for k in hidden if k != "head"} != {"base", "chat"}:
+        return  # a model without hidden states (checked again by evaluate: proj is then unavailable)
+    for unit in plan.units:
+        for part, split in ((unit.calib, calib_split or test_split), (unit.test, test_split)):
+            rows = {r: hidden[(r, unit.template, split)] for r in ("chat", "base")}
+            part.extra[HIDDEN_SOURCE] = ProjInputs(rows["chat"].take(part.ids), rows["base"].take(part.ids),
+                                                   part.chat, hidden["head"])
+    first = plan.units[0].calib
+    err = first.extra[HIDDEN_SOURCE].head_error(first.base)
+    (log.warning if err > 0.5 else log.info)(
+        "base head at the base model's own answer-position hidden states vs its letter scores: max %.2g", err)
 
 
 def _floor_counts(sets: list[ScoreSet]) -> dict[str, int]:
