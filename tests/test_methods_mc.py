@@ -227,6 +227,10 @@ def test_run_all_methods_writes_every_key(tmp_path, monkeypatch, fake_models):
     assert (out / "plots" / "ece_intervals.png").exists()
     assert "| CAPE (option permutations) |" in (out / "table.md").read_text()
     assert load_result(out).parse_failures == doc["parse_failures"]
+    table = json.loads((out / "table.json").read_text())
+    assert table["spread_over"] == "splits" and "mean ± std over 2 splits" in (out / "table.md").read_text()
+    daca = next(r for r in table["rows"] if r["method"] == "daca")["ece"]
+    assert daca["mean"] == doc["methods"]["daca"]["ece"]["mean"] and daca["values"] == daca["unit_values"]
     t = doc["timing"]
     assert t["wall_seconds"] >= t["scoring_seconds"] >= 0 and t["wall_seconds"] >= t["evaluation_seconds"] >= 0
 
@@ -323,6 +327,20 @@ def test_run_cape_options(tmp_path, monkeypatch, fake_models):
         monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(20, k=5))
         run(RunConfig(**base, methods=["cape"], cape_orders="all"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_paper_spread_without_recorded_units():
+    """A metrics.json written before units were recorded: mean ± std over all units, said so."""
+    from refcal.run.result import MetricSummary, RunResult
+    from refcal.run.table import paper_spread, paper_table
+
+    vals = [0.1, 0.2, float("nan"), 0.6]
+    res = RunResult(has_labels=True, n_units=4, methods={"chat": {"ece": MetricSummary(0.3, 0.26, vals, 1)}})
+    mean, std, values, over = paper_spread(res, res.methods["chat"]["ece"])
+    assert over == "units" and values == vals
+    assert mean == pytest.approx(0.3) and std == pytest.approx(np.std([0.1, 0.2, 0.6], ddof=1))
+    md, doc = paper_table(res)
+    assert doc["spread_over"] == "units" and "mean ± std over 4 units" in md and "| 30.00 ± 26.46 |" in md
 
 
 def test_run_cloze_lists_cape_with_reason(tmp_path, monkeypatch, fake_models):
