@@ -224,6 +224,9 @@ def test_run_with_the_new_methods(tmp_path, monkeypatch):
     for key in NEW:
         assert np.isfinite(res.methods[key]["ece"].mean)
         assert len(res.fits[key]) == 5 and all(r.error is None for r in res.fits[key])
+    # the agreement-aware fit records keep both temperatures (metrics.json round trip)
+    assert all(r.temperature_agree > 0 and r.temperature_disagree > 0 and r.temperature is None
+               for r in res.fits["daca_agree"])
 
 
 @pytest.mark.parametrize("world", ["calibrated-base", "overconfident-base", "agree-gain"])

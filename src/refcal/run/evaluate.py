@@ -160,7 +160,7 @@ def _fit_record(template: int, group: str, cal: Any) -> FitRecord:
         rec.error, rec.fallback = cal.error, "uncalibrated (temperature 1)"
     if hasattr(cal, "temperature_"):
         rec.temperature = float(cal.temperature_)
-    for attr in ("n_agree_", "agreement_rate_", "n_"):
+    for attr in ("temperature_agree_", "temperature_disagree_", "n_agree_", "agreement_rate_", "n_"):
         if hasattr(cal, attr):
             setattr(rec, attr.rstrip("_"), float(getattr(cal, attr)))
     return rec

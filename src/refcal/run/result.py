@@ -43,6 +43,9 @@ class FitRecord:
     n_iter: int | None = None
     converged: bool | None = None
     temperature: float | None = None
+    #: ``daca_agree``: its temperature where the two models agree / disagree
+    temperature_agree: float | None = None
+    temperature_disagree: float | None = None
     n_agree: float | None = None
     agreement_rate: float | None = None
     n: float | None = None
