@@ -351,6 +351,8 @@ def test_cli_fit_ts_needs_labels_and_no_base(data, score_files, tmp_path, capsys
     for method in ("daca", "daca_agree", "mutual"):  # label-free methods need the base model
         assert main(["fit", "--chat", chat, "--method", method, "-o", str(out)]) == 2
         assert "pass --base" in capsys.readouterr().err
+    assert main(["fit", "--base", base, "--chat", chat, "--method", "ts", "-o", str(out)]) == 2
+    assert "does not read --base" in capsys.readouterr().err
     assert main(["fit", "--base", base, "--chat", chat, "--method", "mutual", "--scaling", "vector",
                  "-o", str(out)]) == 2
     assert "one form only" in capsys.readouterr().err

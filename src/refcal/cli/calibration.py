@@ -50,6 +50,8 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     if method != "ts" and base_path is None:
         raise InputError(f"--method {method} is fitted on both models' scores: pass --base (only the labelled "
                          "--method ts needs none)")
+    if method == "ts" and base_path is not None:
+        raise InputError("--method ts is fitted on the chat model's labels alone and does not read --base; drop it")
     if method in ("daca_agree", "mutual") and scaling != "temperature":
         raise InputError(f"--scaling {scaling} applies to daca, naive and ts; {method} has one form only")
     streamed = None
@@ -89,7 +91,7 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
         n, n_agree = len(joined.ids), int(agreement_mask(joined.base, joined.chat).sum())
         base_meta, chat_meta = joined.base_scores.meta, joined.chat_scores.meta
     inputs = {
-        "base": None if method == "ts" else str(base_path), "chat": str(chat_path), "n_questions": int(n),
+        "base": None if base_path is None else str(base_path), "chat": str(chat_path), "n_questions": int(n),
         "base_meta": None if base_meta is None else _short_meta(base_meta), "chat_meta": _short_meta(chat_meta),
     }
     cal.save(output, inputs=inputs)
