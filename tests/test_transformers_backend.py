@@ -143,6 +143,26 @@ def test_tiny_greedy_generation_matches_full_forward_and_stops():
         be.generate([GenerateRequest("x", max_new_tokens=0)])
 
 
+def test_tiny_batched_generation_equals_one_at_a_time(monkeypatch):
+    """Rows of different lengths decoded in one left-padded batch, stopping at different steps, give the
+    same text as the independent full-forward reference; the batch really is one batch."""
+    from refcal.tasks import GenerateRequest
+
+    be = _tiny_backend(batch_size=8)
+    prompts = ["Question: 2+2=?\nAnswer:", "Question: 3+4=?\nAnswer:", "Question: what is x?\nAnswer:",
+               "Question: 10-2=?\nAnswer:"]
+    lengths = [5, 7, 3, 6]
+    refs = [_ref_generate(be, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    calls = []
+    real = be._generate_batch
+    monkeypatch.setattr(be, "_generate_batch", lambda p, r: calls.append(len(p)) or real(p, r))
+    got = be.generate([GenerateRequest(p, max_new_tokens=n) for p, n in zip(prompts, lengths, strict=True)])
+    assert got == refs
+    assert calls == [4]
+    pairs = list(be.generate_iter([GenerateRequest(p, max_new_tokens=n) for p, n in zip(prompts, lengths, strict=True)]))
+    assert sorted(pairs) == sorted(enumerate(refs)) and calls == [4, 4]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("alias", ["smollm2-135m-instruct", "gemma-3-270m"])
 def test_packaged_models(alias, monkeypatch):

@@ -422,34 +422,67 @@ class TransformersBackend:
     # ------------------------------------------------------------------------------------- generation
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Greedy continuation of each prompt: at most ``max_new_tokens`` tokens, cut before the first
-        stop string (or the model's end-of-sequence token)."""
+        stop string (or the model's end-of-sequence token).
+
+        Prompts are sorted by length and decoded together in left-padded batches (padding capped as for
+        scoring): one forward pass over the batch's prompts, then one single-token step per new token for
+        all rows still running, each reading the shared key-value cache. Only the last position's hidden
+        state goes through the output head. Padding changes the last digits of the logits, so a row's
+        greedy choice can differ from an unbatched run's only at a near tie of its top two tokens.
+        """
+        return collect(self.generate_iter(requests), len(requests))
+
+    def _eos_ids(self) -> frozenset[int]:
+        """Tokens that end a generation: the tokenizer's end of sequence and the model's generation
+        config's (chat models often end a turn with a token of their own, e.g. ``<|im_end|>``)."""
+        ids = {self.tokenizer.eos_token_id}
+        cfg = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(cfg if isinstance(cfg, (list, tuple)) else [cfg])
+        return frozenset(int(i) for i in ids if i is not None)
+
+    def _generate_batch(self, prompts: list[list[int]], requests: list[GenerateRequest]) -> list[str]:
         torch = self._torch
-        out: list[str] = []
-        eos = self.tokenizer.eos_token_id
+        eos = self._eos_ids()
+        n = len(prompts)
+        new: list[list[int]] = [[] for _ in range(n)]
+        running = [True] * n
         with torch.inference_mode():
-            for r in requests:
-                if isinstance(r.max_new_tokens, bool) or not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
-                    raise InputError("each generation request needs a positive max_new_tokens")
-                ids = self._encode_text(r.prompt, r.chat)
-                _, mask, kv = self._forward([ids[:-1]]) if len(ids) > 1 else (None, None, None)
-                last, new = ids[-1], []
-                for _ in range(r.max_new_tokens):
-                    h, own, kv = self._forward([[last]], kv, mask)
-                    mask = own if mask is None else torch.cat([mask, own], 1)
-                    last = int(self._head(h[0, -1]).argmax())
-                    if last == eos:
-                        break
-                    new.append(last)
-                    text = self.tokenizer.decode(new, skip_special_tokens=True)
-                    if any(s and s in text for s in r.stop):
-                        break
-                out.append(cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), r.stop))
-        return out
+            h, mask, kv = self._forward(prompts)
+            last = h[:, -1, :]
+            for _ in range(max(r.max_new_tokens for r in requests)):
+                picks = self._head(last).argmax(-1).tolist()
+                for b, tok in enumerate(picks):
+                    if not running[b]:
+                        continue
+                    if tok in eos:
+                        running[b] = False
+                        continue
+                    new[b].append(tok)
+                    r = requests[b]
+                    if len(new[b]) >= r.max_new_tokens or (
+                            r.stop and any(s and s in self.tokenizer.decode(new[b], skip_special_tokens=True)
+                                           for s in r.stop)):
+                        running[b] = False
+                if not any(running):
+                    break
+                # finished rows keep stepping (their tokens are ignored) so the batch's cache stays aligned
+                step = [[new[b][-1] if new[b] else self._pad] for b in range(n)]
+                h, own, kv = self._forward(step, kv, mask)
+                mask = torch.cat([mask, own], 1)
+                last = h[:, -1, :]
+        return [cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True), r.stop)
+                for t, r in zip(new, requests, strict=True)]
 
     def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
-        """:meth:`generate` as ``(index, text)`` pairs, each yielded as soon as it is done."""
-        for i, r in enumerate(requests):
-            yield i, self.generate([r])[0]
+        """:meth:`generate` as ``(index, text)`` pairs, yielded batch by batch as each batch finishes."""
+        for r in requests:
+            if isinstance(r.max_new_tokens, bool) or not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
+                raise InputError("each generation request needs a positive max_new_tokens")
+        enc = [self._encode_text(r.prompt, r.chat) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: (-len(enc[i]), i))
+        for chunk in _pack(order, [len(enc[i]) for i in order], self.batch_size):
+            texts = self._generate_batch([enc[i] for i in chunk], [requests[i] for i in chunk])
+            yield from zip(chunk, texts, strict=True)
 
 
 #: Largest share of padding a batch may carry. On a CPU a padded token costs as much as a real one and
