@@ -287,3 +287,28 @@ def test_api_chat_model_through_llama_cpp_server(tmp_path):
         assert res.freeform["methods"]["verbal"]["parse_failures"]["n"] == len(rows)
     finally:
         srv.stop()
+
+
+def test_freeform_metrics_are_those_of_confidence_against_correctness():
+    """A confidence c is scored as the claim "correct" held with c: AUROC and Brier equal scikit-learn's on
+    (correct, c), ECE bins c itself (not max(c, 1 - c)), NLL is the binary log loss."""
+    from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+    from refcal import metrics
+    from refcal.run.evaluate import _unit_metrics
+    from refcal.run.freeform import _correct_with, _two
+
+    rng = np.random.default_rng(3)
+    c = rng.uniform(0.02, 0.98, 300)
+    y = (rng.uniform(size=300) < c ** 2).astype(np.int64)  # over-confident: accuracy c^2
+    lp = _two(c)
+    row = _unit_metrics({"m": _correct_with(lp)}, y, 10)["m"]
+    assert row["auroc"] == pytest.approx(roc_auc_score(y, c), abs=1e-12)
+    assert row["brier"] == pytest.approx(brier_score_loss(y, c), abs=1e-12)
+    assert row["accuracy"] == pytest.approx(y.mean(), abs=1e-15)
+    edges = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(c, edges[1:-1], right=True), 0, 9)
+    ece = sum(abs(c[which == b].mean() - y[which == b].mean()) * (which == b).mean()
+              for b in range(10) if (which == b).any())
+    assert row["ece"] == pytest.approx(ece, abs=1e-12)
+    assert metrics.nll_from_log_proba(lp, y) == pytest.approx(log_loss(y, c), abs=1e-12)

@@ -6,8 +6,9 @@
    generating finished answers again.
 2. **Judge** each answer (evaluation only; :mod:`refcal.judge`): the labels of the metrics.
 3. **Score** each (question, chat answer) pair; every method gives a confidence ``c`` in [0, 1] that the
-   answer is correct, evaluated as the two-option probabilities ``[1 - c, c]`` with label 1 = correct, so
-   every multiple-choice metric applies unchanged (:data:`FREEFORM_METHODS`).
+   answer is correct (:data:`FREEFORM_METHODS`), evaluated as that claim held with confidence ``c``
+   (:class:`refcal.metrics.TopLabel`, label 1 = correct): ECE bins ``c`` against the share of correct
+   answers, AUROC ranks correct above wrong answers by ``c``, NLL is the binary log loss.
 4. **Evaluate** as for multiple choice (random calibration / test splits) and write the run folder:
    ``scores/base.parquet`` and ``scores/chat.parquet`` are the two models' P(True) logits (meta ``task`` =
    ``"free-form P(True)"``), ``calibrator.json`` the deployable DACA on them (``task`` recorded, so it is
@@ -28,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, metrics
 from .. import prompts_freeform as pf
 from .._math import log_softmax
 from ..backends.base import NotSupportedError
 from ..errors import FitError, InputError
+from ..metrics import TopLabel
 from ..scores import ScoreSet
 from ..tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
 from .config import RunConfig
@@ -248,6 +250,17 @@ def _two(c: np.ndarray) -> np.ndarray:
         return np.stack([np.log1p(-c), np.log(c)], axis=1)
 
 
+def _correct_with(lp: np.ndarray) -> TopLabel:
+    """``log [1 - c, c]`` -> the claim "this answer is correct" (option 1) held with confidence ``c``.
+
+    Evaluated against the verdicts (label 1 = correct), every top-label metric is then the usual one of
+    free-form calibration: ECE / MCE / AECE bin ``c`` against the share of correct answers, Brier is
+    ``(c - correct)^2``, AUROC ranks correct above wrong answers by ``c``, and accuracy is the answers' own.
+    """
+    c = np.exp(np.asarray(lp, dtype=np.float64)[:, 1])
+    return TopLabel(np.ones(len(c), dtype=np.int64), np.clip(c, 0.0, 1.0))
+
+
 # ---------------------------------------------------------------------------------------------- the run
 def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | None = None,
                  judge_api_base: str | None = None, methods: Sequence[str] | str | None = None,
@@ -358,9 +371,12 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
                 lp = log_softmax(base2[ti])
             else:
                 lp = fixed[m.source][ti]
-            row.update(_unit_metrics({k: lp}, y[ti] if has_labels else None, cfg.n_bins))
+            tl = _correct_with(lp)
+            row.update(_unit_metrics({k: tl}, y[ti] if has_labels else None, cfg.n_bins))
+            if has_labels:  # the binary log loss of c against the verdict (a TopLabel carries no NLL)
+                row[k]["nll"] = metrics.nll_from_log_proba(lp, y[ti])
             if ui == 0:
-                plotted[k] = (lp, y[ti])
+                plotted[k] = (tl, y[ti])
         per_unit.append(row)
 
     # the deployable calibrator: DACA on every question's P(True) 2-vectors
@@ -438,8 +454,9 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
         "methods": {k: {"needs": FREEFORM_METHODS[k].needs, "labels": FREEFORM_METHODS[k].needs_labels,
                         "base_model": FREEFORM_METHODS[k].needs_base, "generation": True,
                         **notes.get(k, {})} for k in keys},
-        "confidence": "each method's confidence c that the answer is correct, evaluated as [1 - c, c] with "
-                      "label 1 = correct; chat and reeval: exp(mean token log-probability); an empty answer "
+        "confidence": "each method's confidence c that the answer is correct, evaluated as the claim 'the "
+                      "answer is correct' held with confidence c (ECE bins c against the share of correct answers, "
+                      "AUROC ranks correct above wrong answers by c, NLL is the binary log loss); chat and reeval: exp(mean token log-probability); an empty answer "
                       "gets c = 0",
         "examples": [{"id": qs[i].id, "question": qs[i].question, "answer": sc.answers[i],
                       "references": list(qs[i].answers[:3]), "correct": int(labels[i]),
