@@ -62,6 +62,13 @@ def test_cape_not_applicable_under_cloze_says_why():
     assert METHODS["reeval"].why_not(MethodContext(has_labels=True, scoring="cloze")) is None
 
 
+def test_cape_under_scoring_cape_says_the_chat_scores_are_cape_already():
+    why = METHODS["cape"].why_not(MethodContext(has_labels=True, scoring="cape"))
+    assert why.startswith("under --scoring cape the chat model's scores are CAPE already")
+    assert "no order or letters" not in why and why.endswith("use --scoring letter to compare CAPE with plain "
+                                                              "letter scores")
+
+
 @pytest.mark.parametrize("key", [k for k, m in METHODS.items()
                                  if not m.needs_labels and m.fit is not None and m.source is None])
 def test_label_free_fit_ignores_labels(key):

@@ -102,6 +102,10 @@ class Method:
     def why_not(self, ctx: MethodContext) -> str | None:
         """The reason this method cannot apply to a run offering ``ctx``, or ``None`` when it can."""
         if self.scorings is not None and ctx.scoring not in self.scorings:
+            if ctx.scoring == self.source == "cape":  # not a limitation: the run's chat scores are CAPE's
+                return ("under --scoring cape the chat model's scores are CAPE already (the chat model (vanilla) "
+                        "row, which every calibrator starts from); use --scoring letter to compare CAPE with "
+                        "plain letter scores")
             return (f"applies to {' / '.join(self.scorings)} scoring only (the options of a {ctx.scoring} run "
                     "have no order or letters to permute or name); use --scoring letter")
         if self.needs_labels and not ctx.has_labels:
