@@ -83,6 +83,59 @@ def test_auroc_undefined_returns_nan_and_warns(caplog):
     assert "all 3 answers are correct" in caplog.text
 
 
+def test_auroc_warn_false_is_silent_and_evaluate_passes_it_on(caplog):
+    with caplog.at_level(logging.WARNING, logger="refcal.metrics"):
+        assert math.isnan(M.auroc(P[[1, 3]], Y[[1, 3]], warn=False))
+        assert math.isnan(M.evaluate(P[[0, 2, 4]], Y[[0, 2, 4]], warn=False)["auroc"])
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="refcal.metrics"):
+        assert math.isnan(M.evaluate(P[[1, 3]], Y[[1, 3]])["auroc"])  # default: warns, as auroc does
+    assert [r.getMessage() for r in caplog.records] == ["AUROC is undefined: all 2 answers are wrong; returning NaN"]
+
+
+def test_bootstrap_of_auroc_counts_undefined_resamples_in_one_line(caplog):
+    # 6 questions, one of them wrong: a resample misses it with probability (5/6)^6 = 0.33, so about a third
+    # of the resamples have only correct answers and an undefined AUROC
+    p = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.95, 0.05], [0.55, 0.45]])
+    y = np.array([0, 0, 0, 0, 0, 1])
+    with caplog.at_level(logging.WARNING, logger="refcal.metrics"):
+        ci = M.bootstrap_ci("auroc", p, y, n_boot=200, seed=0)
+    assert ci.estimate == 1.0 and ci.low <= ci.high == 1.0
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("bootstrap: ") and "of 200 resamples gave NaN" in lines[0]
+    n_nan = int(lines[0].split()[1])
+    assert 40 < n_nan < 100  # the count of resamples without a wrong answer (expected 67)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="refcal.metrics"):  # outside a bootstrap, auroc warns again
+        M.auroc(p[:5], y[:5])
+    assert len(caplog.records) == 1 and "all 5 answers are correct" in caplog.records[0].getMessage()
+
+
+def test_run_evaluation_says_once_per_method_where_auroc_is_undefined(caplog):
+    """A run's units are evaluated without per-call warnings; aggregate() logs one line per method."""
+    from refcal.run import evaluate as E
+
+    right = np.log(np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]))  # every answer right for y = (0, 0, 1)
+    wrong = right[:, ::-1]  # every answer wrong
+    mixed = np.log(np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]]))  # two right, one wrong: AUROC defined
+    y = np.array([0, 0, 1])
+    units = [{"chat": mixed, "daca": right}, {"chat": mixed, "daca": wrong}, {"chat": mixed, "daca": wrong},
+             {"chat": mixed, "daca": mixed}]
+    with caplog.at_level(logging.WARNING):
+        per_unit = [E._unit_metrics(u, y, 10) for u in units]
+        agg = E.aggregate(per_unit)
+    assert agg["daca"]["auroc"].n_undefined == 3 and agg["daca"]["auroc"].mean == 1.0
+    assert agg["chat"]["auroc"].n_undefined == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["DACA: AUROC is undefined on 3 of 4 units (every answer right on 1, every answer wrong on 2); "
+                     "left out of its mean"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # undefined everywhere; rows without accuracy give no split
+        E.aggregate([{"x": {"auroc": float("nan")}}, {"x": {"auroc": float("nan")}}])
+    assert [r.getMessage() for r in caplog.records] == [
+        "x: AUROC is undefined on 2 of 2 units (every answer right or every answer wrong there); shown as n/a"]
+
+
 def test_aurc_ties_equal_mean_over_tie_orders():
     # two tied questions, one right one wrong: orders give mean risks 0.25 and 0.75
     p = np.array([[0.8, 0.2], [0.8, 0.2]])

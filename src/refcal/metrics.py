@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 #: thresholds of the paper's selective-classification figure: 0.50, 0.55, ..., 0.95
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 _SUM_TOL = 1e-6
+#: set while bootstrap resamples are evaluated: :func:`auroc` then leaves its warning to the NaN count
+_QUIET: ContextVar[bool] = ContextVar("refcal_metrics_quiet", default=False)
 
 
 # ---------------------------------------------------------------------------------------------- top label
@@ -269,15 +272,17 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(_conf_correct(*_check(probs, labels))[1]))
 
 
-def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
+def auroc(probs: np.ndarray, labels: np.ndarray, *, warn: bool = True) -> float:
     """Area under the ROC curve of confidence as a score separating correct from wrong answers.
 
     Computed as the Mann-Whitney statistic with average ranks, so tied confidences count 1/2 (identical to
     ``sklearn.metrics.roc_auc_score(correct, confidence)``).
 
-    Returns NaN — and logs a warning — when every answer is correct or every answer is wrong: the AUROC
-    is undefined without both classes. It is not an error because a perfect (or hopeless) model on a small
-    split is a legitimate outcome that should not abort an evaluation; reports print it as "n/a".
+    Returns NaN — and, with ``warn``, logs a warning — when every answer is correct or every answer is
+    wrong: the AUROC is undefined without both classes. It is not an error because a perfect (or hopeless)
+    model on a small split is a legitimate outcome that should not abort an evaluation; reports print it
+    as "n/a". Callers that evaluate many subsets (bootstrap resamples, the units of a run) pass
+    ``warn=False`` and report the NaN values they count once (:func:`bootstrap_ci` does so itself).
     """
     from scipy.stats import rankdata
 
@@ -285,8 +290,9 @@ def auroc(probs: np.ndarray, labels: np.ndarray) -> float:
     n_pos = int(corr.sum())
     n_neg = len(corr) - n_pos
     if n_pos == 0 or n_neg == 0:
-        log.warning("AUROC is undefined: all %d answers are %s; returning NaN", len(corr),
-                    "correct" if n_neg == 0 else "wrong")
+        if warn and not _QUIET.get():
+                log.warning("AUROC is undefined: all %d answers are %s; returning NaN", len(corr),
+                        "correct" if n_neg == 0 else "wrong")
         return float("nan")
     ranks = rankdata(conf)  # average ranks for ties
     return float((ranks[corr == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -450,7 +456,11 @@ def _percentile_interval(stat: Callable[[np.ndarray], float], estimate: float, n
     if not 0 < alpha < 1:
         raise InputError(f"alpha must lie in (0, 1); got {alpha!r}")
     rng = np.random.default_rng(seed)
-    stats = np.array([stat(i) for i in (rng.integers(0, n, n) for _ in range(int(n_boot)))], dtype=np.float64)
+    token = _QUIET.set(True)  # a NaN resample is counted below, once, not warned about per resample
+    try:
+        stats = np.array([stat(i) for i in (rng.integers(0, n, n) for _ in range(int(n_boot)))], dtype=np.float64)
+    finally:
+        _QUIET.reset(token)
     ok = ~np.isnan(stats)
     if not ok.all():
         log.warning("bootstrap: %d of %d resamples gave NaN and were left out", int((~ok).sum()), n_boot)
@@ -483,14 +493,15 @@ METRICS: dict[str, Callable[..., float]] = {
 }
 
 
-def evaluate(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> dict[str, float]:
+def evaluate(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10, warn: bool = True) -> dict[str, float]:
     """All scalar metrics at once: keys ``ece, mce, aece, brier, brier_multiclass, nll, accuracy, auroc, aurc``.
 
-    Values are fractions (not percent). ``auroc`` may be NaN (see :func:`auroc`); for a :class:`TopLabel`
-    ``nll`` and ``brier_multiclass`` are NaN (they need a distribution).
+    Values are fractions (not percent). ``auroc`` may be NaN (see :func:`auroc`; ``warn`` is passed to it);
+    for a :class:`TopLabel` ``nll`` and ``brier_multiclass`` are NaN (they need a distribution).
     """
     p, y = _check(probs, labels)
     binned = {"ece": ece, "mce": mce, "aece": aece}
     skip = ("nll", "brier_multiclass") if isinstance(p, TopLabel) else ()
-    return {name: (float("nan") if name in skip else fn(p, y, n_bins=n_bins) if name in binned else fn(p, y))
+    return {name: (float("nan") if name in skip else fn(p, y, n_bins=n_bins) if name in binned
+                   else fn(p, y, warn=warn) if fn is auroc else fn(p, y))
             for name, fn in METRICS.items()}

@@ -175,13 +175,13 @@ def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins
         if isinstance(lp, TopLabel):  # an answer and its confidence: no distribution, no NLL
             row = {"mean_confidence": float(np.mean(lp.confidence))}
             if labels is not None:
-                row.update(metrics.evaluate(lp, labels, n_bins=n_bins))
+                row.update(metrics.evaluate(lp, labels, n_bins=n_bins, warn=False))  # aggregate() says it once
             res[name] = row
             continue
         p = np.exp(lp)
         row = {"mean_confidence": float(p.max(axis=1).mean())}
         if labels is not None:
-            row.update(metrics.evaluate(p, labels, n_bins=n_bins))
+            row.update(metrics.evaluate(p, labels, n_bins=n_bins, warn=False))  # aggregate() says it once
             row["nll"] = metrics.nll_from_log_proba(lp, labels)
         res[name] = row
     return res
@@ -189,7 +189,8 @@ def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins
 
 def aggregate(per_unit: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, MetricSummary]]:
     """Mean ± std of each metric over units. NaN marks an undefined value (e.g. AUROC when every answer of
-    a unit is right): left out and counted; an infinite value is real and makes the mean infinite."""
+    a unit is right): left out and counted; an infinite value is real and makes the mean infinite. An
+    undefined AUROC is logged once per method, with the units it concerns."""
     values: dict[str, dict[str, list[float]]] = {}
     for unit in per_unit:
         for method, row in unit.items():
@@ -205,7 +206,23 @@ def aggregate(per_unit: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
                 mean=float(kept.mean()) if kept.size else float("nan"),
                 std=float(kept.std(ddof=1)) if spread else float("nan"),
                 values=vals_list, n_undefined=int(vals.size - kept.size))
+    for method, rows in values.items():
+        _warn_undefined_auroc(method, rows)
     return out
+
+
+def _warn_undefined_auroc(method: str, rows: dict[str, list[float]]) -> None:
+    """One line for a method whose AUROC was undefined (a unit whose answers were all right or all wrong)."""
+    auroc, acc = rows.get("auroc", []), rows.get("accuracy", [])
+    bad = [i for i, v in enumerate(auroc) if np.isnan(v)]
+    if not bad:
+        return
+    right = sum(i < len(acc) and acc[i] == 1.0 for i in bad)
+    wrong = sum(i < len(acc) and acc[i] == 0.0 for i in bad)
+    why = (f"every answer right on {right}, every answer wrong on {wrong}" if right + wrong == len(bad)
+           else "every answer right or every answer wrong there")
+    log.warning("%s: AUROC is undefined on %d of %d units (%s); %s", METHODS[method].label if method in METHODS else method, len(bad), len(auroc),
+                why, "left out of its mean" if len(bad) < len(auroc) else "shown as n/a")
 
 
 def selective(preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
