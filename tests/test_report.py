@@ -251,6 +251,64 @@ def test_minimal_run_without_predictions(tmp_path):
     assert "No predictions/ folder" in files["report.md"].read_text()
 
 
+def _api_stats(source: str | None, n_letters: int, n_floored: int, rows: int, **extra) -> dict:
+    st = {"n_requests": n_letters // 4, "n_letters": n_letters, "n_floored_letters": n_floored,
+          "n_requests_with_floor": rows, "n_retries": 2, "n_no_token": 0, "n_scored_questions": n_letters // 4,
+          **extra}
+    return st if source is None else {**st, "letter_source": source}
+
+
+def _api_report(folder: Path, stats: dict) -> tuple[str, str]:
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"has_labels": False, "methods": {}, "api_stats": stats}))
+    files = write_report(folder)
+    md = files["report.md"].read_text()
+    return md[md.index("## API scoring"):], files["report.html"].read_text()
+
+
+def test_api_section_says_where_each_models_letters_came_from(tmp_path):
+    note = "it has no vLLM /tokenize endpoint (HTTP 404) <tokenize>"
+    md, page = _api_report(tmp_path / "a", {
+        "chat": _api_stats("exact", 160, 0, 0),
+        "base": _api_stats("topk", 160, 12, 7, letters_note=note),
+    })
+    table = {r[0]: r for r in _md_table(md, "model")[1:]}
+    assert _md_table(md, "model")[0][:3] == ["model", "letter scores", "requests"]
+    assert table["chat"][1:5] == ["exact", "40", "160", "0 (0.0%)"]
+    assert table["base"][1:5] == ["top-k + floor", "40", "160", "12 (7.5%)"]
+    assert ("chat: exact log-probabilities of the fixed letter tokens (vLLM's logprob\\_token\\_ids; the "
+            "probabilities of each letter's single-token spellings added), so no letter needed a floor.") in md
+    # the fallback is a note with the backend's reason; the floor count of the top-k model is given
+    assert ("> **Note.** base: the top-k log-probabilities of the first generated token, each option letter absent "
+            "from them floored (rule below): 12 of 160 option letters (7.5 %) got the floor, on 7 questions. "
+            "letters=auto asked the server for exact letter scores and fell back to the top-k: it has no vLLM "
+            "/tokenize endpoint (HTTP 404) \\<tokenize\\>.") in md
+    assert "log(min(p\\_min, max(1 - Σp, 1e-6))) - log 2" in md  # the floor rule, since a model used it
+    assert "fell back to the top-k: it has no vLLM /tokenize endpoint (HTTP 404) &lt;tokenize&gt;." in page
+    assert "API scoring: where the letter scores came from" in page and "<td>top-k + floor</td>" in page
+
+    # exact only: no floor rule, no mention of a top-k
+    md, _ = _api_report(tmp_path / "b", {"chat": _api_stats("exact", 80, 0, 0), "base": _api_stats("exact", 80, 0, 0)})
+    assert "top-k" not in md and "floor below" not in md and md.count("exact log-probabilities") == 2
+
+    # every answer from the cache (unresolved), a Ray run with both paths, an older metrics.json, cloze only
+    md, _ = _api_report(tmp_path / "c", {
+        "chat": _api_stats("unresolved", 80, 3, 2), "base": _api_stats("unresolved", 80, 0, 0),
+        "ray": _api_stats("exact+topk", 80, 5, 2, letters_note="its answer lacks 2 of the 8 requested token ids"),
+        "old": _api_stats(None, 80, 4, 1), "cloze": _api_stats("unresolved", 0, 0, 0),
+    })
+    table = {r[0]: r[1] for r in _md_table(md, "model")[1:]}
+    assert table == {"chat": "from the cache", "base": "from the cache", "ray": "exact + top-k",
+                     "old": "top-k + floor", "cloze": "none"}
+    assert ("chat: every answer came from the score cache, so this run did not see how the server scores letters; "
+            "3 of 80 option letters (3.8 %) got the floor, on 2 questions, so at least those were scored with the "
+            "top-k and the floor.") in md
+    assert "base: every answer came from the score cache" in md and "none of its 80 option letters got the floor" in md
+    assert ("ray: some Ray workers got exact letter scores and others the top-k with the floor: 5 of 80 option "
+            "letters (6.2 %) got the floor, on 2 questions. letters=auto asked the server") in md
+    assert "old: the top-k log-probabilities" in md and "cloze: no option letters were scored" in md
+
+
 def test_cli(run_dir, tmp_path, capsys):
     folder, _ = run_dir
     copy = tmp_path / "copy"

@@ -384,27 +384,67 @@ def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:
 
 
 def _api_section(stats: Mapping[str, Any]) -> list[Any]:
-    """How an API model's top-k log-probabilities were turned into option scores."""
+    """Where each API model's option-letter scores came from, and how many letters got the floor."""
     keys = [("n_requests", "requests"), ("n_letters", "option letters"),
             ("n_floored_letters", "letters floored"), ("n_requests_with_floor", "requests with a floor"),
             ("n_no_token", "no first token"), ("n_retries", "retries")]
-    rows = []
+    rows, lines, floored_any = [], [], False
     for role, st in stats.items():
         if not isinstance(st, Mapping):
             continue
+        source, kind, text = _letter_source(str(role), st)
+        floored_any |= bool(st.get("n_floored_letters"))
+        lines.append((kind, text))
         n_letters = st.get("n_letters") or 0
         share = f" ({100 * st.get('n_floored_letters', 0) / n_letters:.1f}%)" if n_letters else ""
-        rows.append([str(role)] + [_fmt(st.get(k), 1, 0) + (share if k == "n_floored_letters" else "")
-                                   for k, _ in keys])
-    return [
-        ("h2", "API scoring: top-k log-probabilities"),
-        ("p", "API models return only the top-k log-probabilities of the generated token. An option letter "
-              "absent from the top-k gets a floor below the smallest returned log-probability: "
-              "log(min(p_min, max(1 - Σp, 1e-6))) - log 2, i.e. at most half of the probability mass the top-k "
-              "leaves for it. Floor counts cover every scored question, answers served from the score cache "
-              "included; requests and retries count what this run sent."),
-        _Table(["model"] + [label for _, label in keys], rows),
-    ]
+        rows.append([str(role), source] + [_fmt(st.get(k), 1, 0) + (share if k == "n_floored_letters" else "")
+                                           for k, _ in keys])
+    out: list[Any] = [("h2", "API scoring: where the letter scores came from"),
+                      _Table(["model", "letter scores"] + [label for _, label in keys], rows), *lines]
+    if floored_any:
+        out.append(("p", "Top-k: the server returns only the top-k log-probabilities of the generated token. An "
+                    "option letter absent from the top-k gets a floor below the smallest returned "
+                    "log-probability: log(min(p_min, max(1 - Σp, 1e-6))) - log 2, i.e. at most half of the "
+                    "probability mass the top-k leaves for it."))
+    out.append(("p", "Letter and floor counts cover every scored question, answers served from the score cache "
+                "included; requests and retries count what this run sent."))
+    return out
+
+
+def _letter_source(role: str, st: Mapping[str, Any]) -> tuple[str, str, str]:
+    """``(table cell, block kind, sentence)``: how one API model's letters were scored (``letter_source``:
+    ``exact``, ``topk``, ``unresolved`` when every answer came from the cache, ``exact+topk`` when Ray
+    workers differed; absent in runs older than exact scoring, which had the top-k only)."""
+    n_letters, n_floored = int(st.get("n_letters") or 0), int(st.get("n_floored_letters") or 0)
+    floored = (f"{n_floored} of {n_letters} option letters ({100 * n_floored / max(n_letters, 1):.1f} %) got the "
+               f"floor, on {_fmt(st.get('n_requests_with_floor'))} questions")
+    sources = set(str(st.get("letter_source", "topk")).split("+")) - {"unresolved", ""}
+    note = st.get("letters_note")
+    fallback = (f" letters=auto asked the server for exact letter scores and fell back to the top-k: {note}."
+                if note else "")
+    if not n_letters:
+        return "none", "p", f"{role}: no option letters were scored (cloze or generated answers only)."
+    if sources == {"exact"}:
+        text = (f"{role}: exact log-probabilities of the fixed letter tokens (vLLM's logprob_token_ids; the "
+                "probabilities of each letter's single-token spellings added), so no letter needed a floor.")
+        if n_floored:
+            text += (f" Yet {floored}: those answers came from the score cache, scored with the top-k by an "
+                     "earlier run with letters=auto.")
+        return "exact", "note" if n_floored else "p", text
+    if sources == {"topk"}:
+        return ("top-k + floor", "note" if note else "p",
+                f"{role}: the top-k log-probabilities of the first generated token, each option letter absent "
+                f"from them floored (rule below): {floored}.{fallback}")
+    if sources == {"exact", "topk"}:
+        return ("exact + top-k", "note",
+                f"{role}: some Ray workers got exact letter scores and others the top-k with the floor: "
+                f"{floored}.{fallback}")
+    if sources:  # a value this report does not know: shown as it is
+        return str(st.get("letter_source")), "p", f"{role}: letter scores from {st.get('letter_source')}: {floored}."
+    return ("from the cache", "p",
+            f"{role}: every answer came from the score cache, so this run did not see how the server scores "
+            "letters; " + (f"{floored}, so at least those were scored with the top-k and the floor."
+                           if n_floored else f"none of its {n_letters} option letters got the floor."))
 
 
 def _diagnostics(d: Diagnostics | None, fits: Mapping[str, list[FitRecord]], has_labels: bool) -> list[Any]:

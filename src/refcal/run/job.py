@@ -71,6 +71,9 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         if stats is not None:
             api_stats[role] = dict(stats) if isinstance(stats, dict) else asdict(stats)
             api_stats[role].update(_floor_counts([sc for (r, _, _), sc in scores.items() if r == role]))
+            note = (getattr(backend, "meta", None) or {}).get("letters_note")  # why letters=auto took the top-k
+            if note:
+                api_stats[role]["letters_note"] = note
         del backend
     score_seconds = time.perf_counter() - t0
 
