@@ -293,8 +293,12 @@ def test_run_lists_proj_as_unavailable(tmp_path, spec, scoring, why):
 
 
 @pytest.mark.slow
-def test_real_models_proj_end_to_end(tmp_path):
-    """The packaged pair (Gemma-3-270M base, SmolLM2-135M-Instruct chat), 6 SciQ questions, letter scoring."""
+def test_real_models_proj_end_to_end(tmp_path, monkeypatch):
+    """The packaged pair (Gemma-3-270M base, SmolLM2-135M-Instruct chat), 6 SciQ questions, letter scoring;
+    the base head at the base model's extracted states gives back its letter scores (the answer position)."""
+    errors = []
+    head_error = ProjInputs.head_error
+    monkeypatch.setattr(ProjInputs, "head_error", lambda self, base: errors.append(head_error(self, base)) or errors[-1])
     out = tmp_path / "run"
     rc = main(["run", "--scoring", "letter", "--limit", "6", "--n-splits", "1", "--methods", "chat,proj",
                "--no-progress", "-o", str(out)])
@@ -302,6 +306,8 @@ def test_real_models_proj_end_to_end(tmp_path):
     doc = json.loads((out / "metrics.json").read_text())
     conf = doc["methods"]["proj"]["mean_confidence"]["mean"]
     assert "proj" not in doc["unavailable"] and 0 < conf <= 1
+    # float32 on CPU; the scores and the states come from differently padded batches (~1e-5)
+    assert len(errors) == 1 and errors[0] < 1e-3
     import pyarrow.parquet as pq
 
     pred = pq.read_table(out / "predictions" / "proj.parquet").to_pydict()
