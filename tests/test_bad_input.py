@@ -345,6 +345,7 @@ def test_import_stays_light():
     code = (
         "import sys, refcal\n"
         "refcal.DACA, refcal.load_scores, refcal.metrics, refcal.ScoreSet\n"
+        "refcal.AgreementDACA, refcal.MutualCalibration, refcal.BaseCalProj\n"
         "from refcal.cli import main\n"
         "rc = main(['--help'])\n"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules) or 'none', rc)\n"

@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "DACA": "calibrate", "NaiveAlignment": "calibrate", "TemperatureScaling": "calibrate",
     "VectorScaling": "calibrate", "MatrixScaling": "calibrate", "agreement_diagnostics": "calibrate",
-    "load_calibrator": "calibrate",
+    "load_calibrator": "calibrate", "AgreementDACA": "calibrate", "MutualCalibration": "calibrate",
+    "BaseCalProj": "calibrate",
     "ScoreSet": "scores", "load_scores": "scores", "join_scores": "scores",
     "RefcalError": "errors",
     "load_dataset": "data", "list_datasets": "data",

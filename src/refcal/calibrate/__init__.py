@@ -3,6 +3,9 @@
 * :class:`DACA` — label-free: match the base model's distribution on questions where both models agree.
 * :class:`NaiveAlignment` — label-free baseline: match it on every question.
 * :class:`TemperatureScaling`, :class:`VectorScaling`, :class:`MatrixScaling` — labelled oracles (NLL).
+* :class:`AgreementDACA` — label-free: separate temperatures for agreeing and disagreeing questions.
+* :class:`MutualCalibration` — label-free: projection onto mutual calibration with the reference model.
+* :class:`BaseCalProj` — label-free: a least-squares map of chat hidden states into the base model's head.
 
 All follow the scikit-learn estimator style (``fit`` returns ``self``, fitted values end in ``_``),
 save to plain JSON (:meth:`save`, :func:`load_calibrator`) and take float64 (n, k) logits with -inf
@@ -10,13 +13,19 @@ marking a missing option.
 """
 
 from ._base import CalibrationWarning
+from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, agreement_mask
 from .diagnostics import agreement_diagnostics
 from .io import METHODS, from_dict, load_calibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
+from .mutual import MutualCalibration
+from .proj import BaseCalProj
 
 __all__ = [
     "DACA",
+    "AgreementDACA",
+    "BaseCalProj",
+    "MutualCalibration",
     "METHODS",
     "CalibrationWarning",
     "MatrixScaling",
