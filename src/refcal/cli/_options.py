@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
+from ..backends.openai import LETTER_MODES
 from ..options import COLUMN_KEYS
+
+#: ``--api-letters``: how an ``openai:`` model's option letters are scored (its backend option ``letters``)
+API_LETTERS: tuple[str, ...] = LETTER_MODES
+API_LETTERS_HELP = ("openai: models: how option letters are scored. exact: the server scores the letter tokens "
+                    "themselves (vLLM's logprob_token_ids; a server without it is refused); topk: from the top-k "
+                    "log-probabilities, absent letters floored; auto: exact where the server can, else topk.")
 
 
 def column_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,7 +10,7 @@ import click
 from ..calibrate.methods import DEFAULT_METHODS, METHODS
 from ..options import CAPE_ORDERS, CAPE_TEMPLATES, SCORINGS, default_scoring, parse_limit, parse_templates
 from ..run.config import DEFAULT_BASE, DEFAULT_CHAT, DEFAULT_DATASET, DEFAULT_LIMIT, DTYPES, SCALINGS
-from ._options import column_options, pop_columns, pop_ray, ray_options
+from ._options import API_LETTERS, API_LETTERS_HELP, column_options, pop_columns, pop_ray, ray_options
 
 _EPILOG = """\b
 Exit codes: 0 success; 2 bad input or usage (the message names the option or file);
@@ -73,6 +73,8 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
               help="Local models' weights (default: bfloat16 on CUDA, float32 on CPU).")
 @click.option("--api-base", default=None, help="Base URL of an OpenAI-compatible API (for openai:MODEL).")
+@click.option("--api-letters", type=click.Choice(list(API_LETTERS)), default=None, show_default="auto",
+              help=API_LETTERS_HELP)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where resumable scores live (default $REFCAL_CACHE_DIR/scores, else "
                    "$XDG_CACHE_HOME/refcal/scores, else ~/.cache/refcal/scores).")
@@ -86,7 +88,7 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 def run(base, chat, dataset, split, calib_split, subjects, template, scoring, cape_orders, cape_templates,
         chat_template, fewshot, limit,
         methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base,
-        cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
+        api_letters, cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
     """Score both models (cached, resumable), fit the calibrators (default: DACA, naive alignment and the
     labelled oracle), evaluate on held-out questions and write a run folder with a report.
 
@@ -115,7 +117,8 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
         templates=parse_templates(template), scoring=scoring or default_scoring(base, chat),
         chat_template=chat_template == "on", fewshot=fewshot, limit=parse_limit(limit), n_splits=n_splits,
         calib_frac=calib_frac, scaling=scaling, n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base,
-        device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress, columns=cols,
+        api_letters=api_letters, device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress,
+        columns=cols,
         methods=parse_freeform_methods(methods) if freeform else parse_methods(methods), ray=ray,
         cape_orders=cape_orders or "cyclic", cape_templates=cape_templates or "one",
     )

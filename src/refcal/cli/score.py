@@ -15,10 +15,11 @@ from ..options import (
     CLOZE_SCORINGS,
     SCORINGS,
     default_scoring,
+    is_api_model,
     parse_limit,
     parse_templates,
 )
-from ._options import column_options, pop_columns, pop_ray, ray_options
+from ._options import API_LETTERS, API_LETTERS_HELP, column_options, pop_columns, pop_ray, ray_options
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Default: bfloat16 on CUDA, float32 on CPU.")
 @click.option("--api-base", default=None, help="Base URL of an OpenAI-compatible server (openai:MODEL).")
+@click.option("--api-letters", type=click.Choice(list(API_LETTERS)), default=None, show_default="auto",
+              help=API_LETTERS_HELP)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where resumable results live (default $REFCAL_CACHE_DIR/scores, else $XDG_CACHE_HOME/refcal/scores, else ~/.cache/refcal/scores).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -64,8 +67,8 @@ log = logging.getLogger(__name__)
               help="Output .parquet or .jsonl; with --template all, one file per template (name_t1.parquet, ...).")
 def score(model: str, dataset: str, split: str | None, subjects: str | None, template: str, scoring: str | None,
           cape_orders: str | None, cape_templates: str | None, chat_template: str, fewshot: int, limit: int | None, seed: int, batch_size: int, device: str | None,
-          dtype: str | None, api_base: str | None, cache_dir: str | None, no_progress: bool, output: str,
-          **columns: Any) -> None:
+          dtype: str | None, api_base: str | None, api_letters: str | None, cache_dir: str | None, no_progress: bool,
+          output: str, **columns: Any) -> None:
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
     from .._io import ensure_parent
     from ..backends import options_class
@@ -76,6 +79,8 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     from ..tasks import make_task
 
     ray = pop_ray(columns)
+    if api_letters is not None and not is_api_model(model):
+        raise InputError(f"--api-letters applies to openai:MODEL models, not {model}")
     if ray is not None and cache_dir:
         ray.setdefault("temp_dir", str(Path(cache_dir) / "ray"))  # a private instance's session files
     check_output_path(output)  # before any slow work
@@ -110,6 +115,8 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
             raise InputError(f"{flag} applies to local models, not {model}")
     local = {"device": device, "dtype": dtype, "batch_size": batch_size}
     kwargs: dict[str, Any] = {k: v for k, v in local.items() if k in fields and v is not None}
+    if api_letters is not None:
+        kwargs["letters"] = api_letters
     with open_backend(model, ray, api_base=api_base, **kwargs) as backend:
         out = Path(output)
         for t in templates:

@@ -44,6 +44,8 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 8
     api_base: str | None = None
+    #: ``--api-letters``: the ``letters`` option of the ``openai:`` models (auto | exact | topk); None: theirs
+    api_letters: str | None = None
     device: str | None = None
     progress: bool = True
     columns: dict[str, Any] = field(default_factory=dict)  # column mapping for user data files
@@ -75,6 +77,7 @@ class RunConfig:
         # at its first answer (OpenAIBackend.score_cloze), not here
         if api and self.dtype:
             raise InputError("--dtype applies to local models, not openai:MODEL")
+        check_api_letters(self)
         if self.limit is not None and self.limit < 2:
             raise InputError(f"--limit must be at least 2 (or 0 for every question), got {self.limit}")
         if self.scaling not in SCALINGS:
@@ -91,6 +94,19 @@ class RunConfig:
             from ..scoring_ray import RayOptions
 
             RayOptions(**self.ray)  # refuses bad values with the flag's name
+
+
+def check_api_letters(cfg: RunConfig) -> None:
+    """``--api-letters`` needs an ``openai:`` model (it is given to those only) and a known value."""
+    if cfg.api_letters is None:
+        return
+    if not any(is_api_model(m) for m in (cfg.base, cfg.chat)):
+        raise InputError(f"--api-letters applies to openai:MODEL models; neither --base {cfg.base} nor "
+                         f"--chat {cfg.chat} is one")
+    from ..backends.openai import LETTER_MODES
+
+    if cfg.api_letters not in LETTER_MODES:
+        raise InputError(f"--api-letters must be one of {', '.join(LETTER_MODES)}, got {cfg.api_letters!r}")
 
 
 __all__ = ["RunConfig", "DEFAULT_BASE", "DEFAULT_CHAT", "DEFAULT_DATASET", "DEFAULT_LIMIT", "SCALINGS", "DTYPES"]

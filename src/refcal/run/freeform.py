@@ -37,7 +37,7 @@ from ..errors import FitError, InputError
 from ..metrics import TopLabel
 from ..scores import ScoreSet
 from ..tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
-from .config import RunConfig
+from .config import RunConfig, check_api_letters
 from .evaluate import Evaluation, Unfitted, _fit_record, _unit_metrics, aggregate, bootstrap, selective
 from .result import DeployedCalibrator, Diagnostics, RunResult
 
@@ -183,6 +183,8 @@ def _load(spec: str, cfg: RunConfig) -> Any:
                            ("letter_style", "bare")):  # P(True): the bare letter after " (" / as the reply
             if key in known and value is not None:
                 kwargs[key] = value
+    elif cfg.api_letters is not None:  # --api-letters (P(True) asks for letters)
+        kwargs["letters"] = cfg.api_letters
     return load_backend(spec, api_base=cfg.api_base, **kwargs)
 
 
@@ -283,6 +285,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
         raise InputError(f"--limit must be at least 2 (or 0 for every question), got {cfg.limit}")
     if cfg.scaling != "temperature":
         raise InputError("free-form P(True) has two options: use --scaling temperature")
+    check_api_letters(cfg)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import options_class
+from ..options import is_api_model
 from ..scores import ScoreSet
 from . import protocol
 from .config import RunConfig
@@ -52,6 +53,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         fields = options_class(spec).__dataclass_fields__
         local = {"batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype}
         kwargs: dict[str, Any] = {k: v for k, v in local.items() if k in fields and v is not None}
+        if cfg.api_letters is not None and is_api_model(spec):  # --api-letters: openai: models only
+            kwargs["letters"] = cfg.api_letters
         # a Ray backend (cfg.ray) shuts its private instance down when deleted below
         backend = open_backend(spec, cfg.ray, api_base=cfg.api_base, **kwargs).__enter__()
         for t in cfg.templates:
