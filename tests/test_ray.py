@@ -152,20 +152,25 @@ def test_api_counters_come_back_from_the_actors(shared_ray, tmp_path):
     """An API backend's request counters (and letter_source) under Ray equal a single-process run's."""
     from api_server import FakeVLLM
 
-    with FakeVLLM("vllm", scale=4.0) as fake:
-        for opts in ({"letters": "topk", "top_logprobs": 2}, {"letters": "auto"}):
+    for kind, opts in (("vllm", {"letters": "topk", "top_logprobs": 2}), ("vllm", {"letters": "auto"}),
+                       ("old", {"letters": "auto", "top_logprobs": 2})):
+        with FakeVLLM(kind, scale=4.0) as fake:
             opts = {**opts, "api_base": fake.url, "concurrency": 2}
             local = load_backend("openai:fake-vllm", opts)
             ref = score_questions(local, QUESTIONS, cache=False, progress=False, batch_size=3)
             with RayBackend("openai:fake-vllm", opts, workers=2) as rb:
                 assert rb.stats["n_requests"] == 0  # nothing sent yet (the probe actor sends nothing)
-                out = score_questions(rb, QUESTIONS, cache_dir=tmp_path / "c", progress=False, batch_size=3)
+                out = score_questions(rb, QUESTIONS, cache_dir=tmp_path / f"c-{kind}-{opts['letters']}", progress=False,
+                                      batch_size=3)
                 assert rb.pids  # the batches were scored by the actors, their counters added up here
             np.testing.assert_array_equal(out.logits, ref.logits)
             want = local.stats.as_dict()
+            exact = kind == "vllm" and opts["letters"] == "auto"
             assert rb.stats == want and want["n_requests"] == len(QUESTIONS)
-            assert want["letter_source"] == ("exact" if opts["letters"] == "auto" else "topk")
-            assert (want["n_floored_letters"] > 0) == (opts["letters"] == "topk")
+            assert want["letter_source"] == ("exact" if exact else "topk")
+            assert (want["n_floored_letters"] > 0) == (not exact)
+            # why auto fell back (an older vLLM ignores the field) comes back from the actors too
+            assert bool(want["letters_note"]) == (kind == "old") and rb.stats["letters_note"] == want["letters_note"]
             assert {k: out.meta["backend"][k] for k in want} == want  # the score file's meta, too
 
 
@@ -179,6 +184,9 @@ def test_merge_stats_sums_counts_and_merges_sources():
     assert total == {"n": 6, "letter_source": "exact"}
     merge_stats(total, {"n": 1, "letter_source": "topk"})  # actors that disagree: both are named
     assert total == {"n": 7, "letter_source": "exact+topk"}
+    for note in ("", "first reason", "second reason"):  # a note (a sentence) keeps the first non-empty one
+        merge_stats(total, {"letters_note": note})
+    assert total["letters_note"] == "first reason"
 
 
 def test_options_refused_before_ray_starts(monkeypatch):

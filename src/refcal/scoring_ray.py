@@ -105,10 +105,13 @@ def _stats_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | No
 
 def merge_stats(total: dict[str, Any], delta: Mapping[str, Any]) -> None:
     """Add ``delta`` (from :func:`_stats_delta`) into ``total``: numbers are summed; strings that
-    differ between actors are joined with ``+`` (``"unresolved"`` yields to any resolved value)."""
+    differ between actors are joined with ``+`` (``"unresolved"`` yields to any resolved value); a note
+    (a key ending in ``_note``, a sentence) keeps the first non-empty one."""
     for k, v in delta.items():
         if _is_count(v):
             total[k] = total.get(k, 0) + v
+        elif k.endswith("_note"):
+            total[k] = total.get(k) or v
         elif isinstance(v, str):
             seen = [x for x in str(total.get(k, "")).split("+") if x and x != "unresolved"]
             if v != "unresolved" and v not in seen:

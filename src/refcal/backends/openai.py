@@ -91,6 +91,9 @@ class APIStats:
     #: how letters were scored: "exact" (fixed token set), "topk" (top-k with the floor), or
     #: "unresolved" (no letter request sent by this backend yet)
     letter_source: str = "unresolved"
+    #: why letters="auto" fell back to the top-k ("" when it did not); kept in the stats so that it also
+    #: reaches the driver from Ray actors
+    letters_note: str = ""
 
     def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
@@ -389,7 +392,7 @@ class OpenAIBackend:
                             raise BackendError(
                                 f"letters='exact' but the server at {self.api_base} cannot score a fixed token "
                                 f"set ({exc}); use letters=auto or letters=topk (top-k with the floor)") from None
-                        self.letters_note = str(exc)
+                        self.letters_note = self.stats.letters_note = str(exc)
                         log.warning("the server at %s cannot score a fixed token set (%s): letters come from the "
                                     "top-%d log-probabilities with the floor", self.api_base, exc, self.top_logprobs)
                         self.stats.letter_source = "topk"
