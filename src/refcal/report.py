@@ -164,7 +164,8 @@ def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], 
         data = P.confidence_histogram_data(conf, low=low)
         ax = P.plot_confidence_histogram(data, labels=names, title="Confidence before and after calibration")
         save(ax.figure, "confidence_histogram",
-             "Confidence (max probability) of each method on the evaluation questions; dotted lines: means.")
+             ("Confidence that the answer is correct" if preds and all(isinstance(p, TopLabel) for p, _ in preds.values())
+              else "Confidence (max probability)") + " of each method on the evaluation questions; dotted lines: means.")
     if preds and labels_ok:
         bins = {m: metrics.reliability_bins(p, y, n_bins=n_bins) for m, (p, y) in preds.items()}
         fig = P.plot_reliability_grid(bins, titles=names)
@@ -320,10 +321,11 @@ def _freeform_section(ff: Mapping[str, Any], names: Mapping[str, str]) -> list[A
                 + (f"{_fmt(acc, 100, 1)} % were judged correct by {judge.get('kind', 'the judge')}"
                    + (" with containment" if judge.get("containment") else "") + " (evaluation only). "
                    if acc is not None else "no references, so nothing was judged. ")
-                + "Each method's confidence c that the answer is correct is evaluated as the two options "
-                "[1 − c, c] with label 1 = correct, so Acc in the table above is how often c > 0.5 agrees "
-                "with the verdict, not the answers' accuracy. The agreement diagnostics compare the two "
-                "models' P(True) verdicts on the same answer."))
+                + "Each method's confidence c that the answer is correct is evaluated against the verdicts: "
+                "ECE and the reliability diagrams bin c against the share of correct answers, Brier is the "
+                "mean of (c − correct)², NLL the binary log loss, AUROC ranks correct above wrong answers by "
+                "c, and Acc is the answers' own accuracy (verbal: of its own guess). The agreement "
+                "diagnostics compare the two models' P(True) verdicts on the same answer."))
     for key, info in (ff.get("methods") or {}).items():
         pf = info.get("parse_failures") if isinstance(info, Mapping) else None
         if isinstance(pf, Mapping) and pf.get("n"):
