@@ -188,6 +188,79 @@ def test_mutual_leaves_a_mutually_calibrated_model_alone(data):
     np.testing.assert_allclose(cal.bin_projected_, cal.bin_confidence_, atol=2e-3)
 
 
+def test_mutual_projection_stops_at_the_reference_ceiling():
+    """Known answer, worked by hand. Reference bins (rows): 150 pairs at rate 0.1, 50 at rate 0.7, so
+    R = (15, 35); chat bins (columns): 150 low pairs, 50 top pairs. The compatible set lets every right
+    answer of a reference bin sit on any of its pairs, so the top bin can be right at most
+    (min(15, 10) + min(35, 40)) / 50 = 0.9 (the max-flow cut), and at least (0 + 25) / 50 = 0.5. A chat
+    model claiming 0.96 there is lowered to exactly 0.9, not towards the reference's 0.7, under both
+    losses; one claiming 0.85 is already compatible and is left alone."""
+    counts = np.array([[140.0, 10.0], [10.0, 40.0]])
+    ref_sums = np.array([15.0, 35.0])
+    for loss in ("log", "brier"):
+        h, res = project_mutual(counts, ref_sums, np.array([2 / 150, 0.96]), loss)
+        assert res.success
+        np.testing.assert_allclose(h, [5 / 150, 0.9], atol=1e-6)  # totals kept: 150 h_low + 50 h_top = 50
+        h, _ = project_mutual(counts, ref_sums, np.array([7.5 / 150, 0.85]), loss)
+        np.testing.assert_allclose(h, [7.5 / 150, 0.85], atol=1e-6)
+
+
+def test_mutual_is_the_identity_when_the_chat_model_matches_each_reference_bin():
+    """Sufficient condition for doing nothing: if the chat model's probabilities add up to the reference's
+    in every reference bin, y_ij = (chat mass of cell ij) is feasible, so c is in the compatible set and
+    the projection returns it, however over-confident the chat model is on a single question."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        counts = rng.integers(1, 30, size=(6, 5)).astype(float)
+        chat_mass = counts * rng.uniform(0.02, 0.98, size=counts.shape)  # mean chat probability per cell
+        c = chat_mass.sum(axis=0) / counts.sum(axis=0)
+        h, res = project_mutual(counts, chat_mass.sum(axis=1), c, "log")
+        np.testing.assert_allclose(h, c, atol=1e-6)
+
+
+def _two_level_pair(aligned: bool, n: int = 400, k: int = 4, conf: float = 0.8, ref: float = 0.3):
+    """Chat model: `conf` on its answer b, the rest spread evenly. Reference: `ref` on one option, the rest
+    spread evenly; that option is b itself (aligned) or, independently of b, each option equally often."""
+    q = np.arange(n)
+    b = q % k
+    r = b if aligned else (q // k) % k
+    chat = np.full((n, k), np.log((1 - conf) / (k - 1)))
+    chat[q, b] = np.log(conf)
+    base = np.full((n, k), np.log((1 - ref) / (k - 1)))
+    base[q, r] = np.log(ref)
+    return base, chat
+
+
+def test_mutual_moves_only_where_the_reference_separates_the_chat_answers():
+    """The analytic property behind the near-vanilla real runs. Both references below give the same
+    probabilities (0.3 on one option of 4, 0.7 / 3 on the others), both are calibrated on their two bins
+    for some labelling, and the chat model says 0.8 on its answer in both cases.
+
+    * aligned (the reference's 0.3 is always on the chat model's answer): the reference bins are exactly the
+      chat model's answers and the other options, each cell is a whole bin, the compatible set is the single
+      point (0.7 / 3, 0.3), and the fit must move the chat model's 0.8 to exactly 0.3;
+    * mixed (the reference's 0.3 is on the chat model's answer in a quarter of the questions): the 0.7 n
+      right answers of the 0.233 bin may all fall on the 0.75 n chat answers it holds, so the chat answers
+      can be right up to (min(0.3 n, 0.25 n) + min(0.7 n, 0.75 n)) / n = 0.95 >= 0.8: nothing contradicts
+      the chat model and the fit is the identity (divergence 0)."""
+    base, chat = _two_level_pair(aligned=True)
+    cal = MutualCalibration().fit(base, chat)
+    np.testing.assert_allclose(cal.bin_confidence_, [0.2 / 3, 0.8], atol=1e-9)
+    np.testing.assert_allclose(cal.bin_projected_, [0.7 / 3, 0.3], atol=1e-6)
+    np.testing.assert_allclose(cal.predict_proba(chat).max(axis=1), 0.3, atol=1e-6)
+
+    base, chat = _two_level_pair(aligned=False)
+    assert (base.argmax(1) == chat.argmax(1)).mean() == 0.25
+    cal = MutualCalibration().fit(base, chat)
+    np.testing.assert_allclose(cal.bin_projected_, cal.bin_confidence_, atol=1e-6)
+    assert cal.divergence_ < 1e-9
+    np.testing.assert_allclose(cal.predict_proba(chat), softmax(chat), atol=1e-6)
+
+    # a flat (uninformative) reference contradicts nothing either: one bin, R = n = the chat model's total
+    cal = MutualCalibration().fit(np.zeros_like(chat), chat)
+    np.testing.assert_allclose(cal.bin_projected_, cal.bin_confidence_, atol=1e-6)
+
+
 def test_mutual_lowers_an_over_confident_chat_model_and_keeps_its_answers(data):
     cal = MutualCalibration().fit(data.base, data.chat)
     p = cal.predict_proba(data.chat)

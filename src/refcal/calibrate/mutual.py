@@ -3,22 +3,28 @@ confidences that are mutually calibrated with a reference (base) model.
 
 Reconstructed from the public description of Kong, Song, Wang and Wu, "Calibration without Ground Truth"
 (arXiv 2601.19862); the reconstruction, its assumptions and its guarantee are in ``docs/METHODS.md``.
-In short, for the event "the chat model's answer ``b = argmax g`` is right":
+In short, every (question, option) pair is one forecast of the event "this option is right":
 
-* ``Q1`` = the chat model's confidence ``softmax(g)_b``, grouped into ``n_bins`` equal-mass bins ``j``;
-  ``Q0`` = the reference's probability of the same answer ``softmax(f)_b``, in ``n_ref_bins`` bins ``i``;
+* ``Q1`` = the chat model's probability of the option, grouped into ``n_bins`` equal-mass bins ``j``;
+  ``Q0`` = the reference's probability of the same option, in ``n_ref_bins`` equal-mass bins ``i``;
 * two predictors are *mutually calibrated* when some joint law of (bins, outcome) that reproduces the
   observed counts ``n_ij`` makes both calibrated. With ``y_ij`` the expected number of right answers in
   cell ``(i, j)`` (``0 <= y_ij <= n_ij``), the reference is calibrated when ``sum_j y_ij = R_i`` (the sum of
   its probabilities in bin ``i``), and a map ``h`` of the chat bins is then calibrated when
   ``h_j = sum_i y_ij / n_j``. The set of such ``h`` is convex (a linear image of a polytope);
-* the fitted map is the Bregman projection of the chat bins' mean confidences ``c_j`` onto that set under
-  the chosen proper loss: ``min sum_j n_j D(h_j, c_j)`` (``D`` = binary KL for the log loss, squared
+* the fitted map is the Bregman projection of the chat bins' mean probabilities ``c_j`` onto that set
+  under the chosen proper loss: ``min sum_j n_j D(h_j, c_j)`` (``D`` = binary KL for the log loss, squared
   difference for the Brier score), a smooth convex program in ``y`` solved by SLSQP.
 
-At apply time the chat confidence is mapped through the piecewise-linear interpolation of ``(c_j, h_j)``
-(constant beyond the first and last bin), the other options keep their ratios, and the chat model's answer
-stays its answer.
+Right answers may sit anywhere inside a reference bin, so the projection moves a chat bin only as far as
+a max-flow cut forces it (``sum_{j in T} n_j h_j <= sum_i min(R_i, n_iT)`` for every set ``T`` of chat
+bins); it is the identity whenever the chat model's probabilities add up to the reference's in every
+reference bin (``docs/METHODS.md`` works this through on the packaged pair).
+
+At apply time every option's chat probability is mapped through the piecewise-linear interpolation of
+``(c_j, h_j)`` (made increasing by isotonic regression; constant beyond the first and last knot, which
+clamps the most and least confident probabilities even when ``h == c``) and each question is renormalised,
+so the chat model's answer stays its answer.
 """
 
 from __future__ import annotations
