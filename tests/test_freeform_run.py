@@ -87,6 +87,9 @@ def test_end_to_end_writes_every_method(labelled_run):
         assert math.isfinite(m["ece"].mean) and math.isfinite(m["brier"].mean)
     assert len(res.fits["daca"]) == 5 and all(r.n_agree is not None for r in res.fits["daca"])
     assert res.diagnostics is not None and res.diagnostics.n == N
+    t = res.timing  # the same timing keys as a multiple-choice run
+    assert set(t) == {"wall_seconds", "scoring_seconds", "evaluation_seconds"}
+    assert t["wall_seconds"] >= t["scoring_seconds"] + t["evaluation_seconds"] - 0.02 and t["evaluation_seconds"] >= 0
     # the verbal replies of the fake never parse: every one counted, none dropped
     pf = res.freeform["methods"]["verbal"]["parse_failures"]
     assert pf["n"] == N and pf["n_failed"] == N

@@ -291,6 +291,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
         raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
     from ..data.registry import _canonical, _spec
 
+    t_start = time.perf_counter()  # wall time: loading the questions through evaluation, as for multiple choice
     split = cfg.split or (_spec(cfg.dataset).info.default_split if _canonical(cfg.dataset) else None)
     qs = load_freeform_questions(cfg, split)
     if len(qs) < 2:
@@ -407,7 +408,6 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
         methods=aggregate(per_unit), method_labels={k: FREEFORM_METHODS[k].label for k in keys},
         unavailable=unavailable, diagnostics=diag, fits=fits, calibrator=calibrator,
         fallbacks={m: sum(r.error is not None for r in recs) for m, recs in fits.items()},
-        timing={"scoring_seconds": round(score_seconds, 2)},
     )
     if has_labels and plotted:
         for k, (lp, y) in plotted.items():
@@ -417,6 +417,8 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
                 result.bootstrap = b
             else:
                 result.bootstrap.methods.update(b.methods)
+    result.timing = {"wall_seconds": round(time.perf_counter() - t_start, 2), "scoring_seconds": round(score_seconds, 2),
+                     "evaluation_seconds": round(time.perf_counter() - t0 - score_seconds, 2)}
     ids = [qs[i].id for i in first_test]
     predictions = {k: (ids, lp, [int(v) if v >= 0 else None for v in y]) for k, (lp, y) in plotted.items()}
 
