@@ -44,13 +44,13 @@ def _logits(n=200, k=4, seed=0):
 
 # ---------------------------------------------------------------------------------------------- registry
 def test_methods_keywords():
-    assert parse_methods(None) == list(DEFAULT_METHODS) == ["chat", "base", "naive", "daca", "ts"]
+    assert parse_methods(None) == list(DEFAULT_METHODS) == ["chat", "base", "naive", "daca", "ts", "daca_agree"]
     assert parse_methods("default") == list(DEFAULT_METHODS)
     assert parse_methods("all") == list(METHODS)
     gen = {k for k, m in METHODS.items() if m.needs_generation}
     assert gen == {"elicitation", "elicitation_ensemble"}
     assert set(parse_methods("no-generation")) == set(METHODS) - gen == set(NO_GENERATION_METHODS)
-    assert parse_methods("default,cape") == ["chat", "base", "naive", "daca", "ts", "cape"]
+    assert parse_methods("default,cape") == ["chat", "base", "naive", "daca", "ts", "cape", "daca_agree"]
     with pytest.raises(InputError, match="no-generation"):
         parse_methods("capes")
 
@@ -281,7 +281,7 @@ def test_cli_mmlu_table1_layout(tmp_path, capsys):
     table = json.loads((out / "table.json").read_text())
     assert table["spread_over"] == "templates" and table["n_templates"] == 5 and table["groups"] == subjects
     assert table["columns"] == ["ece", "mce", "aece", "brier", "accuracy"]
-    assert [r["method"] for r in table["rows"]] == ["chat", "base", "naive", "daca", "ts", "cape", "reeval"]
+    assert [r["method"] for r in table["rows"]] == ["chat", "base", "naive", "daca", "ts", "cape", "reeval", "daca_agree"]
     for row in table["rows"]:
         for col in table["columns"]:
             unit_vals = np.array(doc["methods"][row["method"]][col]["values"], dtype=float)

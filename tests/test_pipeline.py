@@ -45,7 +45,7 @@ def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
     out = run(cfg, tmp_path / "run", report=False)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["has_labels"]
-    assert set(doc["methods"]) == {"chat", "base", "daca", "naive", "ts"}
+    assert set(doc["methods"]) == {"chat", "base", "daca", "naive", "ts", "daca_agree"}
     n_units = 5 * len(cfg.templates)
     assert len(doc["methods"]["daca"]["ece"]["values"]) == n_units
     # chat = 3 x base on every question: DACA must find temperature 3 on every split
@@ -223,7 +223,8 @@ def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
 def test_method_registry_entries():
     from refcal.calibrate.methods import DEFAULT_METHODS, METHODS, parse_methods
 
-    assert DEFAULT_METHODS == ("chat", "base", "naive", "daca", "ts")  # the default table must not move
+    # the paper's five, plus daca_agree (made a default by the measured rule of issue 13)
+    assert DEFAULT_METHODS == ("chat", "base", "naive", "daca", "ts", "daca_agree")
     assert {"daca_vector", "daca_matrix", "vs", "ms"} <= set(METHODS)
     assert len({m.label for m in METHODS.values()}) == len({m.color for m in METHODS.values()}) == len(METHODS)
     assert parse_methods("all") == list(METHODS)

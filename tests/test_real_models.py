@@ -24,7 +24,7 @@ def test_embedded_default_run_small(tmp_path, fresh_score_cache, capsys):
     assert rc == 0, printed.err
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["config"]["base"] == "gemma-3-270m" and doc["config"]["chat"] == "smollm2-135m-instruct"
-    assert doc["has_labels"] and set(doc["methods"]) == {"chat", "base", "naive", "daca", "ts"}
+    assert doc["has_labels"] and set(doc["methods"]) == {"chat", "base", "naive", "daca", "ts", "daca_agree"}
     # both packaged models are above chance (0.25) on SciQ with normalised cloze scoring
     assert doc["methods"]["chat"]["accuracy"]["mean"] > 0.3
     assert doc["methods"]["base"]["accuracy"]["mean"] > 0.3
