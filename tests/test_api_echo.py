@@ -124,13 +124,16 @@ def test_echo_cloze_equals_transformers_on_gemma(gemma_server):
     diff = np.concatenate([np.subtract(g.logprob, r.logprob) for g, r in zip(got, ref, strict=True)])
     print(f"echo vs transformers: max |diff| {np.abs(diff).max():.4f} nats, mean {np.abs(diff).mean():.4f}")
     # llama.cpp runs the Q4_K_M weights with 8-bit activations, transformers the same weights de-quantised
-    # in fp32: close, not equal. Measured on these 8 options: max |diff| 0.237 nats (mean 0.128), mostly
-    # a shift shared by a question's options, so the option distributions differ by a total variation of
-    # at most 0.0012. Bounds at about twice that (a one-token shift gives diffs of 10-30 nats).
-    assert np.abs(diff).max() < 0.5
+    # in fp32: close, not equal, and how close depends on the llama.cpp build (its CPU kernels are chosen
+    # when llama-cpp-python is compiled on the machine). Measured on these 8 options with two builds of
+    # llama-cpp-python 0.3.36: max |diff| 0.237 / 0.398 nats (mean 0.128 / 0.140), mostly a shift shared by a
+    # question's options, so the option distributions differ by a total variation of at most 0.0012 / 0.0090.
+    # The bounds leave room for other builds and still fail on what this test guards against: a one-token
+    # shift of the prompt log-probabilities gives diffs of 10-30 nats and option distributions far apart.
+    assert np.abs(diff).max() < 1.0
     for g, r in zip(got, ref, strict=True):
         p, q = (np.exp(np.subtract(x, np.logaddexp.reduce(x))) for x in (g.logprob, r.logprob))
-        assert 0.5 * np.abs(p - q).sum() < 0.003
+        assert 0.5 * np.abs(p - q).sum() < 0.03
     assert all(np.argmax(g.logprob) == np.argmax(r.logprob) for g, r in zip(got, ref, strict=True))
     assert api.stats.n_requests == sum(len(r.continuations) for r in reqs)  # one request per option
 
