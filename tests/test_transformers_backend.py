@@ -143,6 +143,26 @@ def test_tiny_greedy_generation_matches_full_forward_and_stops():
         be.generate([GenerateRequest("x", max_new_tokens=0)])
 
 
+def test_tiny_generation_stops_at_the_generation_configs_end_token(monkeypatch):
+    """A chat model's end-of-turn token (its generation config's ``eos_token_id``, not the tokenizer's) ends
+    the answer, as the tokenizer's end of sequence does."""
+    from refcal.tasks import GenerateRequest
+
+    be = _tiny_backend()
+    prompt = "Question: 2+2=?\nAnswer:"
+    ids = be.tokenizer(prompt)["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(6):
+            new.append(int(be.model(torch.tensor([ids + new])).logits[0, -1].argmax()))
+    stop = next(i for i, t in enumerate(new) if t != be.tokenizer.eos_token_id and t not in new[:i])
+    monkeypatch.setattr(be.model.generation_config, "eos_token_id", [new[stop]], raising=False)
+    got = be.generate([GenerateRequest(prompt, max_new_tokens=6)])[0]
+    assert got == be.tokenizer.decode(new[:stop], skip_special_tokens=True)
+    assert be._eos_ids() == {new[stop]} | ({be.tokenizer.eos_token_id} - {None})
+    assert got != be.tokenizer.decode(new, skip_special_tokens=True)  # the end token really cut the answer
+
+
 def test_tiny_batched_generation_equals_one_at_a_time(monkeypatch):
     """Rows of different lengths decoded in one left-padded batch, stopping at different steps, give the
     same text as the independent full-forward reference; the batch really is one batch."""

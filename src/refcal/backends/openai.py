@@ -214,7 +214,6 @@ class OpenAIBackend:
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()  # the first letter request asks the server once
         self._token_ids: dict[str, list[int]] = {}  # text -> token ids (the server's /tokenize)
-        self.letters_note: str | None = None  # why letters="auto" fell back to the top-k
         self._warned_raw = False
         self.fingerprint = (
             f"openai:{model}@{self.api_base.split('://', 1)[1]};mode={mode};top_logprobs={top_logprobs};"
@@ -238,7 +237,6 @@ class OpenAIBackend:
             # letter_source (in the stats): "exact" (logprob_token_ids), "topk" (floor below) or "unresolved"
             "cloze_source": "echo",
             "floor_rule": f"log(min(p_min, max(1 - sum p, {R_RESOLUTION:g}))) - {self.floor_margin:.6g}",
-            **({"letters_note": self.letters_note} if self.letters_note else {}),
             **self.stats.as_dict(),
         }
 
@@ -392,7 +390,7 @@ class OpenAIBackend:
                             raise BackendError(
                                 f"letters='exact' but the server at {self.api_base} cannot score a fixed token "
                                 f"set ({exc}); use letters=auto or letters=topk (top-k with the floor)") from None
-                        self.letters_note = self.stats.letters_note = str(exc)
+                        self.stats.letters_note = str(exc)
                         log.warning("the server at %s cannot score a fixed token set (%s): letters come from the "
                                     "top-%d log-probabilities with the floor", self.api_base, exc, self.top_logprobs)
                         self.stats.letter_source = "topk"

@@ -74,8 +74,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         if stats is not None:
             api_stats[role] = dict(stats) if isinstance(stats, dict) else asdict(stats)
             api_stats[role].update(_floor_counts([sc for (r, _, _), sc in scores.items() if r == role]))
-            # why letters=auto took the top-k (in the stats, so also from Ray actors; else the backend's meta)
-            note = api_stats[role].pop("letters_note", "") or (getattr(backend, "meta", None) or {}).get("letters_note")
+            # why letters=auto took the top-k (in the stats, so also from Ray actors); kept only when it did
+            note = api_stats[role].pop("letters_note", "")
             if note:
                 api_stats[role]["letters_note"] = note
         del backend
