@@ -18,7 +18,7 @@ _LAZY = {
     "DACA": "calibrate", "NaiveAlignment": "calibrate", "TemperatureScaling": "calibrate",
     "VectorScaling": "calibrate", "MatrixScaling": "calibrate", "agreement_diagnostics": "calibrate",
     "load_calibrator": "calibrate", "AgreementDACA": "calibrate", "MutualCalibration": "calibrate",
-    "BaseCalProj": "calibrate",
+    "BaseCalProj": "calibrate", "Calibrator": "calibrate", "CALIBRATORS": "calibrate",
     "ScoreSet": "scores", "load_scores": "scores", "join_scores": "scores",
     "RefcalError": "errors",
     "load_dataset": "data", "list_datasets": "data",

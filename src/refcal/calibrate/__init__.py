@@ -7,16 +7,18 @@
 * :class:`MutualCalibration` — label-free: projection onto mutual calibration with the reference model.
 * :class:`BaseCalProj` — label-free: a least-squares map of chat hidden states into the base model's head.
 
-All follow the scikit-learn estimator style (``fit`` returns ``self``, fitted values end in ``_``),
-save to plain JSON (:meth:`save`, :func:`load_calibrator`) and take float64 (n, k) logits with -inf
-marking a missing option.
+All share one base, :class:`Calibrator` (:mod:`.base`): scikit-learn estimator style (``fit`` returns
+``self``, fitted values end in ``_``), ``predict_log_proba(chat, base=None)``, ``fitted_params()``, and
+plain-JSON files (:meth:`Calibrator.save`, :func:`load_calibrator` through the one table
+:data:`CALIBRATORS`). Logits are float64 (n, k) with -inf marking a missing option.
+The methods a run compares (calibrators and fit-free methods) are the registry :mod:`.methods`.
 """
 
-from ._base import CalibrationWarning
 from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, agreement_mask
+from .base import CALIBRATORS, CalibrationWarning, Calibrator
 from .diagnostics import agreement_diagnostics
-from .io import METHODS, from_dict, load_calibrator
+from .io import from_dict, load_calibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 from .mutual import MutualCalibration
 from .proj import BaseCalProj
@@ -26,7 +28,8 @@ __all__ = [
     "AgreementDACA",
     "BaseCalProj",
     "MutualCalibration",
-    "METHODS",
+    "CALIBRATORS",
+    "Calibrator",
     "CalibrationWarning",
     "MatrixScaling",
     "NaiveAlignment",

@@ -17,19 +17,18 @@ Derivation, assumptions and measured verdict: ``docs/METHODS.md``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from .._math import log_softmax
-from ..errors import FitError, InputError, NotFittedError
-from . import _pairfile
-from ._base import TASKS, _is_real, _plain_number
+from ..errors import FitError, InputError
+from ._scaling import bound_message, check_bounds, scale_by_temperature, warn_at_bound
 from ._solvers import fit_temperature
 from ._validate import check_pair
 from .alignment import agreement_mask
+from .base import Calibrator, Reader, is_real
 
 __all__ = ["AgreementDACA", "answer_cross_entropy", "top_label"]
 
@@ -60,16 +59,18 @@ def top_label(log_p: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return log_c, log_rest
 
 
-class AgreementDACA:
+class AgreementDACA(Calibrator):
     """Agreement-aware DACA: separate temperatures for questions where base and chat agree / disagree.
 
     Label-free. ``fit(base_logits, chat_logits)``; at apply time the agreement of each question is read
-    from both models' logits, so ``predict_log_proba`` takes both.
+    from both models' logits, so ``predict_log_proba(chat, base)`` needs both (``needs_base_at_apply``).
 
     Parameters
     ----------
     temperature_bounds : (float, float), default (1e-3, 1e4)
-        Allowed temperature range on both sides.
+        Allowed temperature range on both sides. A temperature fitted at a bound is warned about (a
+        :class:`CalibrationWarning`, like DACA's) and recorded (``at_bound_agree_`` / ``at_bound_disagree_``):
+        at the upper bound the calibrated probabilities of that side are near uniform.
     min_group : int, default 1
         A side (agreeing / disagreeing) with fewer calibration questions than this borrows the other
         side's temperature (``fallback_`` says which); an empty side always does.
@@ -78,6 +79,8 @@ class AgreementDACA:
     ----------
     temperature_agree_, temperature_disagree_ : float
         Fitted temperatures (``temperature_agree_`` equals :class:`DACA`'s ``temperature_``).
+    at_bound_agree_, at_bound_disagree_ : str or None
+        ``"max_temperature"`` / ``"min_temperature"`` when that temperature sits at a bound of its solver.
     n_, n_agree_, agreement_rate_ : int, int, float
         Questions, agreeing questions, ratio.
     target_disagree_ : float
@@ -90,10 +93,10 @@ class AgreementDACA:
     """
 
     method = METHOD
-    #: multiple-choice option logits only
     #: both sides are temperatures (``refcal apply`` may transfer it to another option count)
     scaling = "temperature"
-    task_ = TASKS[0]
+    needs_base_at_apply = True
+    solver_name = "newton+brent"
     description = ("agreement-aware DACA: DACA's temperature where base and chat agree; where they disagree, "
                    "a temperature matching the chat's confidence to the base's probability of the chat's answer")
 
@@ -101,19 +104,8 @@ class AgreementDACA:
         self.temperature_bounds = temperature_bounds
         self.min_group = min_group
 
-    def __repr__(self) -> str:
-        return f"AgreementDACA(temperature_bounds={self.temperature_bounds!r}, min_group={self.min_group!r})"
-
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {"temperature_bounds": [_plain_number(b) for b in self.temperature_bounds],
-                "min_group": _plain_number(self.min_group)}
-
     def _check_params(self) -> None:
-        b = self.temperature_bounds
-        ok = (isinstance(b, list | tuple) and len(b) == 2 and all(_is_real(v) for v in b)
-              and 0 < b[0] < b[1] < math.inf)
-        if not ok:
-            raise InputError(f"temperature_bounds must be (low, high) with 0 < low < high, got {b!r}")
+        check_bounds(self.temperature_bounds)
         m = self.min_group
         if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
             raise InputError(f"min_group must be an integer >= 1, got {m!r}")
@@ -167,8 +159,14 @@ class AgreementDACA:
         elif tau_d is None:
             tau_d, self.fallback_ = tau_a, "disagree<-agree"
         self.temperature_agree_, self.temperature_disagree_ = float(tau_a), float(tau_d)
+        self.at_bound_agree_, self.at_bound_disagree_ = (_at_bound(t, lo, hi) for t in (tau_a, tau_d))
         self.n_options_ = int(g.shape[1])
         self.n_iter_, self.converged_, self.objective_ = int(it), True, float(obj)
+        for side in ("agree", "disagree"):
+            at = getattr(self, f"at_bound_{side}_")
+            if at is not None:
+                where = " where the models agree" if side == "agree" else " where the models disagree"
+                warn_at_bound(bound_message(at, getattr(self, f"temperature_{side}_"), where), stacklevel=3)
         return self
 
     @staticmethod
@@ -185,74 +183,73 @@ class AgreementDACA:
         return math.exp(u), int(grid.size + res.nfev), value
 
     # ------------------------------------------------------------------ prediction
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "objective_"):
-            raise NotFittedError("this AgreementDACA is not fitted yet; call fit(base_logits, chat_logits) first")
-
-    def transform(self, base_logits: object, chat_logits: object) -> np.ndarray:
+    def transform(self, chat_logits: object, base_logits: object) -> np.ndarray:
         """Calibrated chat logits: ``g / tau_a`` where base and chat agree, ``g / tau_d`` where they differ."""
         self._check_fitted()
         f, g = check_pair(base_logits, chat_logits)
-        agree = agreement_mask(f, g)
-        tau = np.where(agree, self.temperature_agree_, self.temperature_disagree_)
-        return g / tau[:, None]
+        tau = np.where(agreement_mask(f, g), self.temperature_agree_, self.temperature_disagree_)
+        for side in ("agree", "disagree"):  # a hand-edited file: the same guard as DACA's
+            scale_by_temperature(g[:0], getattr(self, f"temperature_{side}_"), f"temperature_{side}_")
+        return scale_by_temperature(g, tau, "temperature")
 
-    def predict_log_proba(self, base_logits: object, chat_logits: object) -> np.ndarray:
-        """Calibrated log-probabilities of the chat model, shape (n, k)."""
-        return log_softmax(self.transform(base_logits, chat_logits))
-
-    def predict_proba(self, base_logits: object, chat_logits: object) -> np.ndarray:
-        """Calibrated probabilities of the chat model, shape (n, k); rows sum to 1."""
-        return np.exp(self.predict_log_proba(base_logits, chat_logits))
+    def predict_log_proba(self, chat: object, base: object = None) -> np.ndarray:
+        """Calibrated log-probabilities of the chat model (n, k); ``base``: the base model's logits (required)."""
+        return log_softmax(self.transform(chat, self._base_at_apply(base)))
 
     # ------------------------------------------------------------------ export
-    def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Plain-JSON description, read back by :func:`refcal.calibrate.load_calibrator`."""
-        head, provenance = _pairfile.header(self, inputs)
+    def fitted_params(self) -> dict[str, Any]:
+        return {**super().fitted_params(), "n_agree": self.n_agree_, "agreement_rate": self.agreement_rate_,
+                "temperature_agree": self.temperature_agree_, "temperature_disagree": self.temperature_disagree_,
+                "temperature_agree_at_bound": self.at_bound_agree_ is not None,
+                "temperature_disagree_at_bound": self.at_bound_disagree_ is not None}
+
+    def _state(self) -> dict[str, Any]:
         return {
-            **head,
             "parameters": {"temperature_agree": self.temperature_agree_,
                            "temperature_disagree": self.temperature_disagree_},
             "n_options": self.n_options_, "n": self.n_,
             "agreement": {"n": self.n_, "n_agree": self.n_agree_, "agreement_rate": self.agreement_rate_},
             "target_disagree": None if math.isnan(self.target_disagree_) else self.target_disagree_,
             "fallback": self.fallback_,
-            "hyperparameters": self._hyperparameters(),
-            "solver": {"name": "newton+brent", "n_iter": self.n_iter_, "converged": self.converged_,
-                       "objective": self.objective_},
-            "inputs": provenance,
         }
 
-    def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
-        """Write :meth:`to_dict` as JSON atomically (see :meth:`refcal.DACA.save`)."""
-        _pairfile.save(self, path, inputs)
+    def _solver_record(self) -> dict[str, Any]:
+        return {**super()._solver_record(), "at_bound": {"agree": self.at_bound_agree_,
+                                                         "disagree": self.at_bound_disagree_}}
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> AgreementDACA:
-        """Inverse of :meth:`to_dict`, every field checked (a hand-edited file is refused, never applied)."""
-        r = _pairfile.Reader(data, source, METHOD)
-        cal = r.build(cls, {"temperature_bounds", "min_group"}, "temperature")
-        lo, hi = cal.temperature_bounds
-        params = r.obj("parameters")
+    def _read_state(self, r: Reader) -> None:
+        data, params = r.data, r.obj("parameters")
         for side in ("agree", "disagree"):
-            t = params[f"temperature_{side}"]
-            if not (_is_real(t) and math.isfinite(t) and lo * (1 - 1e-12) <= t <= hi * (1 + 1e-12)):
-                raise r.bad(f"temperature_{side} must be a number within [{lo:g}, {hi:g}], got {t!r}")
-            setattr(cal, f"temperature_{side}_", float(t))
-        cal.n_options_ = r.integer(data["n_options"], "n_options", 2)
-        cal.n_ = r.integer(data["n"], "n", 1)
-        agreement = r.obj("agreement")
-        cal.n_agree_ = r.integer(agreement["n_agree"], "agreement.n_agree", 0)
-        rate = agreement["agreement_rate"]
-        if cal.n_agree_ > cal.n_ or not (_is_real(rate) and 0 <= rate <= 1):
-            raise r.bad(f"agreement {cal.n_agree_} of {cal.n_} questions, rate {rate!r}")
-        cal.agreement_rate_ = float(rate)
+            name = f"temperature_{side}"
+            setattr(self, f"{name}_", r.temperature(params[name], name, self.temperature_bounds))
+        self.n_options_ = r.integer(data["n_options"], "n_options", 2)
+        self.n_ = r.integer(data["n"], "n", 1)
+        r.agreement(self)
         target = data["target_disagree"]
-        if target is not None and not (_is_real(target) and 0 <= target <= 1):
+        if target is not None and not (is_real(target) and 0 <= target <= 1):
             raise r.bad(f"target_disagree must be null or a probability, got {target!r}")
-        cal.target_disagree_ = float("nan") if target is None else float(target)
+        self.target_disagree_ = float("nan") if target is None else float(target)
         if data["fallback"] not in (None, "agree<-disagree", "disagree<-agree"):
             raise r.bad(f"fallback must be null, \"agree<-disagree\" or \"disagree<-agree\", got {data['fallback']!r}")
-        cal.fallback_ = data["fallback"]
-        r.solver(cal)
-        return cal
+        self.fallback_ = data["fallback"]
+
+    def _read_solver(self, r: Reader) -> None:
+        super()._read_solver(r)
+        lo, hi = (float(v) for v in self.temperature_bounds)
+        at = r.obj("solver").get("at_bound")
+        if at is None:  # format_version 1 did not record it: the same test as fit's
+            at = {side: _at_bound(getattr(self, f"temperature_{side}_"), lo, hi) for side in ("agree", "disagree")}
+        if not (isinstance(at, dict) and set(at) == {"agree", "disagree"}
+                and all(v in (None, "max_temperature", "min_temperature") for v in at.values())):
+            raise r.bad(f"solver.at_bound must be {{\"agree\": ..., \"disagree\": ...}} with null, \"max_temperature\" "
+                        f"or \"min_temperature\", got {at!r}")
+        self.at_bound_agree_, self.at_bound_disagree_ = at["agree"], at["disagree"]
+
+
+def _at_bound(tau: float, lo: float, hi: float) -> str | None:
+    """Which bound ``tau`` sits at (within 1e-6 relative: the solvers stop within 1e-10 of it), or None."""
+    if tau >= hi * (1 - 1e-6):
+        return "max_temperature"
+    if tau <= lo * (1 + 1e-6):
+        return "min_temperature"
+    return None

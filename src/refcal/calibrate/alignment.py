@@ -8,7 +8,8 @@ import numpy as np
 
 from .._math import log_softmax
 from ..errors import FitError
-from ._base import _Calibrator
+from ._scaling import ScalingCalibrator
+from .base import Reader
 from ._validate import check_pair, check_sample_weight
 
 
@@ -20,7 +21,7 @@ def agreement_mask(base_logits: np.ndarray, chat_logits: np.ndarray) -> np.ndarr
     return np.argmax(base_logits, axis=1) == np.argmax(chat_logits, axis=1)
 
 
-class _AlignmentCalibrator(_Calibrator):
+class _AlignmentCalibrator(ScalingCalibrator):
     _masked = True
 
     def fit(self, base_logits: object, chat_logits: object, *, sample_weight: object = None) -> _AlignmentCalibrator:
@@ -70,11 +71,16 @@ class _AlignmentCalibrator(_Calibrator):
         self._fit_core(log_softmax(f[keep]), g[keep], weight[keep], float(w.sum()))
         return self
 
-    def _fitted_record(self) -> dict[str, Any]:
-        return {
-            "n": self.n_,
-            "agreement": {"n": self.n_, "n_agree": self.n_agree_, "agreement_rate": self.agreement_rate_},
-        }
+    def fitted_params(self) -> dict[str, Any]:
+        return {**super().fitted_params(), "n_agree": self.n_agree_, "agreement_rate": self.agreement_rate_}
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(),
+                "agreement": {"n": self.n_, "n_agree": self.n_agree_, "agreement_rate": self.agreement_rate_}}
+
+    def _read_state(self, r: Reader) -> None:
+        super()._read_state(r)
+        r.agreement(self)
 
 
 class DACA(_AlignmentCalibrator):

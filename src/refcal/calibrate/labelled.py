@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import _Calibrator
+from ..errors import InputError
+from ._scaling import ScalingCalibrator
 from ._validate import check_labels, check_logits, check_sample_weight
 
 
-class _LabelledCalibrator(_Calibrator):
+class _LabelledCalibrator(ScalingCalibrator):
     _scaling = "temperature"
 
     def fit(self, logits: object, labels: object, *, sample_weight: object = None) -> _LabelledCalibrator:
@@ -39,6 +40,12 @@ class _LabelledCalibrator(_Calibrator):
         self._fit_core(logp, g, w, float(w.sum()))
         return self
 
+    def fit_roles(self, chat: object, base: object = None, labels: object = None) -> _LabelledCalibrator:
+        """A labelled oracle reads the chat model's logits and the labels (never the base model's)."""
+        if labels is None:
+            raise InputError("a labelled oracle needs the labels of the calibration questions")
+        return self.fit(chat, labels)
+
 
 class TemperatureScaling(_LabelledCalibrator):
     """Labelled temperature scaling: ``softmax(g / tau)`` with ``tau`` minimising the NLL.
@@ -55,18 +62,10 @@ class TemperatureScaling(_LabelledCalibrator):
         super().__init__("temperature", max_iter=max_iter, tol=tol, temperature_bounds=temperature_bounds,
                          on_bound=on_bound)
 
-    def _hyperparameters(self) -> dict:
-        hp = super()._hyperparameters()
-        del hp["scaling"], hp["l2"]
-        return hp
-
 
 class _AffineLabelled(_LabelledCalibrator):
     def __init__(self, *, l2: float = 0.0, max_iter: int = 1000, tol: float = 1e-10):
         super().__init__(self._scaling, l2=l2, max_iter=max_iter, tol=tol)
-
-    def _hyperparameters(self) -> dict:
-        return {"l2": self.l2, "max_iter": self.max_iter, "tol": self.tol}
 
 
 class VectorScaling(_AffineLabelled):

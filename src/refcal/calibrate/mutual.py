@@ -23,29 +23,34 @@ reference bin (``docs/METHODS.md`` works this through on the packaged pair).
 
 At apply time every option's chat probability is mapped through the piecewise-linear interpolation of
 ``(c_j, h_j)`` (made increasing by isotonic regression; constant beyond the first and last knot, which
-clamps the most and least confident probabilities even when ``h == c``) and each question is renormalised,
-so the chat model's answer stays its answer.
+clamps the most and least confident probabilities even when ``h == c``) and each question is renormalised.
+The map is increasing, so no option overtakes the chat model's answer; but it is flat beyond the last knot,
+so with many options two of them can tie at the clamped value. The chat model's answer ``argmax g`` is
+kept anyway: on a question whose calibrated argmax is another option (a tie, where the first index wins),
+the answer's mapped probability is set a relative ``1e-9`` above the largest other one before renormalising,
+so the calibrated argmax is the chat model's answer on every question, whatever ``k`` (every other question
+is left exactly as the map gives it).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 from scipy.optimize import isotonic_regression, minimize
 
 from .._math import log_softmax
-from ..errors import FitError, InputError, NotFittedError
-from . import _pairfile
-from ._base import TASKS, _is_real, _plain_number
+from ..errors import FitError, InputError
 from ._validate import check_logits, check_pair
+from .base import Calibrator, Reader, is_real
 
 __all__ = ["MutualCalibration", "project_mutual"]
 
 METHOD = "mutual"
 LOSSES = ("log", "brier")
 _EPS = 1e-9
+#: how far above the largest other option the chat model's answer is put where the map ties them
+_KEEP_ANSWER = 1e-9
 
 
 def _equal_mass_bins(x: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +114,7 @@ def project_mutual(counts: np.ndarray, ref_sums: np.ndarray, c: np.ndarray, loss
     return np.clip(h_of(np.clip(res.x, 0, 1)), 0.0, 1.0), res
 
 
-class MutualCalibration:
+class MutualCalibration(Calibrator):
     """Mutual calibration against a reference model (label-free); see the module docstring.
 
     Parameters
@@ -139,18 +144,14 @@ class MutualCalibration:
     method = METHOD
     description = ("mutual calibration: the chat model's option probabilities mapped through the Bregman projection "
                    "of its binned confidences onto those mutually calibrated with the base model's")
-    #: multiple-choice option logits only (no free-form P(True) variant)
-    task_ = TASKS[0]
     #: a binned map of option probabilities (what ``to_dict`` writes as ``scaling``)
     scaling = "binned"
+    solver_name = "slsqp+isotonic"
 
     def __init__(self, *, n_bins: int = 10, n_ref_bins: int = 10, loss: str = "log"):
         self.n_bins = n_bins
         self.n_ref_bins = n_ref_bins
         self.loss = loss
-
-    def __repr__(self) -> str:
-        return f"MutualCalibration(n_bins={self.n_bins!r}, n_ref_bins={self.n_ref_bins!r}, loss={self.loss!r})"
 
     def _check_params(self) -> None:
         for name in ("n_bins", "n_ref_bins"):
@@ -198,70 +199,54 @@ class MutualCalibration:
         self.n_iter_, self.converged_, self.objective_ = int(res.nit), bool(res.success), float(res.fun)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "objective_"):
-            raise NotFittedError("this MutualCalibration is not fitted yet; call fit(base_logits, chat_logits) first")
-
     def confidence_map(self, conf: np.ndarray) -> np.ndarray:
         """The fitted map applied to chat confidences (piecewise linear through the bins' knots)."""
         self._check_fitted()
         return np.interp(conf, self.bin_confidence_, self.bin_projected_)
 
-    def predict_log_proba(self, chat_logits: object) -> np.ndarray:
+    def predict_log_proba(self, chat: object, base: object = None) -> np.ndarray:
         """Calibrated log-probabilities (n, k): every option's chat probability goes through the fitted
-        increasing map, then each row is renormalised (so the answer stays the chat model's; ties aside)."""
+        increasing map, then each row is renormalised; the chat model's answer stays the argmax (see the
+        module docstring). ``base`` is not read."""
         self._check_fitted()
-        g = check_logits(chat_logits, "chat_logits")
+        g = check_logits(chat, "chat_logits")
         present = np.isfinite(g)
         h = np.zeros(g.shape)
         h[present] = np.clip(self.confidence_map(np.exp(log_softmax(g))[present]), _EPS, 1.0)
         with np.errstate(divide="ignore"):
-            return np.log(h / h.sum(axis=1, keepdims=True))
-
-    def predict_proba(self, chat_logits: object) -> np.ndarray:
-        """Calibrated probabilities (n, k); rows sum to 1."""
-        return np.exp(self.predict_log_proba(chat_logits))
+            lp = np.log(h / h.sum(axis=1, keepdims=True))
+        b = np.argmax(g, axis=1)
+        moved = np.flatnonzero(np.argmax(lp, axis=1) != b)  # a tie at the clamped top (first index wins)
+        if moved.size:
+            hm, bm = h[moved], b[moved]
+            others = hm.copy()
+            others[np.arange(moved.size), bm] = -np.inf
+            hm[np.arange(moved.size), bm] = others.max(axis=1) * (1 + _KEEP_ANSWER)
+            with np.errstate(divide="ignore"):
+                lp[moved] = np.log(hm / hm.sum(axis=1, keepdims=True))
+        return lp
 
     # ------------------------------------------------------------------ export
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {"n_bins": _plain_number(self.n_bins), "n_ref_bins": _plain_number(self.n_ref_bins),
-                "loss": self.loss}
+    def fitted_params(self) -> dict[str, Any]:
+        return {**super().fitted_params(), "divergence": self.divergence_}
 
-    def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Plain-JSON description (the map's knots, the solver record), read back by
-        :func:`refcal.calibrate.load_calibrator`."""
-        head, provenance = _pairfile.header(self, inputs)
+    def _state(self) -> dict[str, Any]:
         return {
-            **head, "task": self.task_,
             "parameters": {"bin_confidence": [float(v) for v in self.bin_confidence_],
                            "bin_projected": [float(v) for v in self.bin_projected_],
                            "bin_unordered": [float(v) for v in self.bin_unordered_],
                            "bin_counts": [int(v) for v in self.bin_counts_]},
             "n_options": self.n_options_, "n": self.n_, "divergence": self.divergence_,
-            "hyperparameters": self._hyperparameters(),
-            "solver": {"name": "slsqp+isotonic", "n_iter": self.n_iter_, "converged": self.converged_,
-                       "objective": self.objective_},
-            "inputs": provenance,
         }
 
-    def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
-        """Write :meth:`to_dict` as JSON atomically (see :meth:`refcal.DACA.save`)."""
-        _pairfile.save(self, path, inputs)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> MutualCalibration:
-        """Inverse of :meth:`to_dict`, every field checked (a hand-edited file is refused, never applied):
-        the knots are probabilities, non-decreasing (the map is increasing), one count per knot."""
-        r = _pairfile.Reader(data, source, METHOD)
-        cal = r.build(cls, {"n_bins", "n_ref_bins", "loss"}, "binned")
-        if data.get("task", TASKS[0]) != TASKS[0]:
-            raise r.bad(f"task must be {TASKS[0]!r} for {METHOD}, got {data.get('task')!r}")
-        params = r.obj("parameters")
+    def _read_state(self, r: Reader) -> None:
+        """The knots are probabilities, non-decreasing (the map is increasing), one count per knot."""
+        data, params = r.data, r.obj("parameters")
         knots = {}
         for name in ("bin_confidence", "bin_projected", "bin_unordered"):
             v = params[name]
-            if not (isinstance(v, list) and 1 <= len(v) <= cal.n_bins and all(_is_real(x) and 0 <= x <= 1 for x in v)):
-                raise r.bad(f"parameters.{name} must be a list of 1 to n_bins = {cal.n_bins} probabilities")
+            if not (isinstance(v, list) and 1 <= len(v) <= self.n_bins and all(is_real(x) and 0 <= x <= 1 for x in v)):
+                raise r.bad(f"parameters.{name} must be a list of 1 to n_bins = {self.n_bins} probabilities")
             knots[name] = np.asarray(v, dtype=np.float64)
         counts = params["bin_counts"]
         if not (isinstance(counts, list) and all(not isinstance(c, bool) and isinstance(c, int) and c >= 1
@@ -272,14 +257,12 @@ class MutualCalibration:
         for name in ("bin_confidence", "bin_projected"):
             if np.any(np.diff(knots[name]) < 0):
                 raise r.bad(f"parameters.{name} must be non-decreasing")
-        cal.bin_confidence_, cal.bin_projected_ = knots["bin_confidence"], knots["bin_projected"]
-        cal.bin_unordered_, cal.bin_counts_ = knots["bin_unordered"], np.asarray(counts, dtype=np.int64)
-        cal.n_options_ = r.integer(data["n_options"], "n_options", 2)
-        cal.n_ = r.integer(data["n"], "n", 1)
-        if int(cal.bin_counts_.sum()) > cal.n_ * cal.n_options_:
-            raise r.bad(f"bin_counts add up to more than n x n_options = {cal.n_ * cal.n_options_} pairs")
-        cal.divergence_ = r.real(data["divergence"], "divergence")
-        if cal.divergence_ < 0:
-            raise r.bad(f"divergence must be >= 0, got {cal.divergence_!r}")
-        r.solver(cal)
-        return cal
+        self.bin_confidence_, self.bin_projected_ = knots["bin_confidence"], knots["bin_projected"]
+        self.bin_unordered_, self.bin_counts_ = knots["bin_unordered"], np.asarray(counts, dtype=np.int64)
+        self.n_options_ = r.integer(data["n_options"], "n_options", 2)
+        self.n_ = r.integer(data["n"], "n", 1)
+        if int(self.bin_counts_.sum()) > self.n_ * self.n_options_:
+            raise r.bad(f"bin_counts add up to more than n x n_options = {self.n_ * self.n_options_} pairs")
+        self.divergence_ = r.real(data["divergence"], "divergence")
+        if self.divergence_ < 0:
+            raise r.bad(f"divergence must be >= 0, got {self.divergence_!r}")

@@ -13,6 +13,11 @@ projected option logits are the base head's option rows at the mapped state,
 ``z = softcap(E (W^T u + c) + e)``; the prediction is the chat model's answer ``b = argmax g`` and its
 confidence ``softmax(z)_b``, as the paper scores the post-trained model's response. Derivation,
 assumptions and what is reconstructed: ``docs/METHODS.md``.
+
+Its inputs go through the common calibrator signature: ``fit(chat_hidden, base_hidden, head=...)`` and
+``predict_log_proba(chat, base=None)`` where ``chat`` is a :class:`ProjInputs` (the chat model's hidden
+states and option logits of the questions; ``base`` is not read). A calibrator fitted with the base
+model's ``head`` keeps its option rows and saves them with the map, so a loaded one needs no model.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from .._math import log_softmax
-from ..errors import FitError, InputError, MismatchError, NotFittedError
-from ._base import _is_real
+from ..errors import FitError, InputError, MismatchError
 from ._validate import check_logits
+from .base import Calibrator, Reader, is_real
 
 __all__ = ["BaseCalProj", "ProjInputs", "fit_linear_map"]
 
@@ -78,12 +83,13 @@ class ProjInputs:
     """
 
     chat_hidden: np.ndarray
-    base_hidden: np.ndarray
+    base_hidden: np.ndarray | None
     chat_logits: np.ndarray
-    head: Any
+    head: Any = None
 
     def __post_init__(self) -> None:
-        n = {len(self.chat_hidden), len(self.base_hidden), len(self.chat_logits)}
+        n = {len(self.chat_hidden), len(self.chat_logits)} | ({len(self.base_hidden)} if self.base_hidden is not None
+                                                              else set())
         if len(n) != 1:
             raise MismatchError(f"proj inputs cover different numbers of questions: {sorted(n)}")
 
@@ -98,7 +104,28 @@ class ProjInputs:
         return float(np.abs(np.where(present, d, 0.0)).max())
 
 
-class BaseCalProj:
+@dataclass
+class StoredHead:
+    """The base model's output head over the option tokens, as saved with a fitted ``proj``: the same
+    ``logits`` as :class:`refcal.backends._hidden.OptionHead` (``z = softcap(h @ weight.T + bias)``)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    softcap: float | None
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        h = np.asarray(hidden, dtype=np.float64)
+        if h.ndim != 2 or h.shape[1] != self.weight.shape[1]:
+            raise InputError(f"hidden states of shape {h.shape} do not fit a head of width {self.weight.shape[1]}")
+        z = h @ self.weight.T
+        if self.bias is not None:
+            z = z + self.bias
+        if self.softcap:
+            z = np.tanh(z / self.softcap) * self.softcap
+        return z
+
+
+class BaseCalProj(Calibrator):
     """BaseCal-Proj: a linear map from chat to base answer-position hidden states (see the module docstring).
 
     Parameters
@@ -117,26 +144,30 @@ class BaseCalProj:
     r2_ : float
         Share of the base states' variance (about their mean) the map explains on the calibration
         questions (1.0 when the system is underdetermined: the map interpolates them).
-    n_ : int
-        Calibration questions.
-    n_iter_, converged_ : int, bool
-        For the run's fit record (a closed-form solve: 1, True).
+    head_ : StoredHead or None
+        The base model's option rows, when ``fit`` was given ``head`` (needed to save, and to apply without one).
+    n_, n_options_ : int
+        Calibration questions; option rows of the head (0 without one).
+    n_iter_, converged_, objective_ : int, bool, float
+        A closed-form solve: 1, True, the mean squared residual.
     """
 
     method = "proj"
+    description = ("BaseCal-Proj: the chat model's answer-position hidden state mapped linearly to the base "
+                   "model's, read by the base model's output head over the options")
+    scaling = "hidden-state map"
+    solver_name = "lstsq"
 
     def __init__(self, *, alpha: float = 0.0):
         self.alpha = alpha
 
-    def __repr__(self) -> str:
-        return f"BaseCalProj(alpha={self.alpha!r})"
-
     def _check_params(self) -> None:
-        if not (_is_real(self.alpha) and np.isfinite(self.alpha) and self.alpha >= 0):
+        if not (is_real(self.alpha) and np.isfinite(self.alpha) and self.alpha >= 0):
             raise InputError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
 
-    def fit(self, chat_hidden: object, base_hidden: object) -> BaseCalProj:
-        """Fit the map on the calibration questions' hidden states (no labels, no logits).
+    def fit(self, chat_hidden: object, base_hidden: object, *, head: Any = None) -> BaseCalProj:
+        """Fit the map on the calibration questions' hidden states (no labels, no logits); ``head`` (the base
+        model's option rows, any object with ``weight``, ``bias``, ``softcap``) is kept for saving.
 
         Raises
         ------
@@ -159,12 +190,18 @@ class BaseCalProj:
         total = float(((v - v.mean(axis=0)) ** 2).sum())
         self.r2_ = 1.0 - float((resid ** 2).sum()) / total if total > 0 else 1.0
         self.n_ = int(u.shape[0])
-        self.n_iter_, self.converged_ = 1, True
+        self.head_ = None if head is None else StoredHead(
+            np.asarray(head.weight, dtype=np.float64), None if head.bias is None else np.asarray(head.bias, np.float64),
+            None if not head.softcap else float(head.softcap))
+        self.n_options_ = 0 if head is None else int(self.head_.weight.shape[0])
+        self.n_iter_, self.converged_, self.objective_ = 1, True, float((resid ** 2).sum(axis=1).mean())
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
-            raise NotFittedError("this BaseCalProj is not fitted yet; call fit(chat_hidden, base_hidden) first")
+    def fit_roles(self, chat: Any, base: Any = None, labels: Any = None) -> BaseCalProj:
+        """Fit on a run's :class:`ProjInputs` (both models' hidden states and the base head); label-free."""
+        if not isinstance(chat, ProjInputs) or chat.base_hidden is None:
+            raise InputError("proj is fitted on ProjInputs with both models' hidden states")
+        return self.fit(chat.chat_hidden, chat.base_hidden, head=chat.head)
 
     def transform(self, chat_hidden: object) -> np.ndarray:
         """Mapped states ``u W + c`` (n, H_b) in the base model's space."""
@@ -175,20 +212,59 @@ class BaseCalProj:
                              f"{self.coef_.shape[0]}; use hidden states of the same chat model")
         return u @ self.coef_ + self.intercept_
 
-    def predict_log_proba(self, chat_hidden: object, head: Any, chat_logits: object) -> np.ndarray:
-        """Projected option log-probabilities (n, k): the base head's option rows at the mapped states,
-        log-softmax over the options each question has (those finite in ``chat_logits``)."""
-        g = check_logits(chat_logits, "chat_logits")
-        z = head.logits(self.transform(chat_hidden))
+    def predict_log_proba(self, chat: Any, base: Any = None) -> np.ndarray:
+        """Projected option log-probabilities (n, k) of ``chat``, a :class:`ProjInputs`: the base head's option
+        rows at the mapped states, log-softmax over the options each question has (those finite in
+        ``chat.chat_logits``). The head is ``chat.head`` when given, else the one saved with the fit."""
+        self._check_fitted()
+        if not isinstance(chat, ProjInputs):
+            raise InputError("proj reads hidden states: pass chat=ProjInputs(chat_hidden, None, chat_logits)")
+        head = chat.head if chat.head is not None else self.head_
+        if head is None:
+            raise InputError("this proj calibrator was fitted without the base model's head: pass ProjInputs(head=...)")
+        g = check_logits(chat.chat_logits, "chat_logits")
+        z = head.logits(self.transform(chat.chat_hidden))
         if z.shape[1] < g.shape[1] or z.shape[0] != g.shape[0]:
             raise MismatchError(f"the head scores {z.shape[1]} options for {z.shape[0]} questions but the chat "
                                 f"logits have {g.shape[1]} options for {g.shape[0]}")
         z = np.where(np.isfinite(g), z[:, : g.shape[1]], -np.inf)
         return log_softmax(z)
 
-    def predict_top_label(self, chat_hidden: object, head: Any, chat_logits: object) -> tuple[np.ndarray, np.ndarray]:
+    def predict_top_label(self, chat: ProjInputs) -> tuple[np.ndarray, np.ndarray]:
         """``(b, confidence)``: the chat model's answer ``argmax g`` (n,) and its projected probability (n,)."""
-        g = check_logits(chat_logits, "chat_logits")
+        g = check_logits(chat.chat_logits, "chat_logits")
         b = np.argmax(g, axis=1)
-        lp = self.predict_log_proba(chat_hidden, head, g)
+        lp = self.predict_log_proba(chat)
         return b.astype(np.int64), np.exp(lp[np.arange(b.size), b])
+
+    # ------------------------------------------------------------------ export
+    def fitted_params(self) -> dict[str, Any]:
+        return {**super().fitted_params(), "rank": self.rank_, "r2": self.r2_}
+
+    def _state(self) -> dict[str, Any]:
+        if self.head_ is None:
+            raise InputError("this proj calibrator was fitted without the base model's head (fit(..., head=)); "
+                             "it cannot be saved without it")
+        h = self.head_
+        return {"parameters": {"coef": self.coef_.tolist(), "intercept": self.intercept_.tolist(),
+                               "head_weight": h.weight.tolist(),
+                               "head_bias": None if h.bias is None else h.bias.tolist(),
+                               "head_softcap": h.softcap},
+                "n_options": self.n_options_, "n": self.n_, "rank": self.rank_, "r2": self.r2_}
+
+    def _read_state(self, r: Reader) -> None:
+        data, params = r.data, r.obj("parameters")
+        coef = params["coef"]
+        if not (isinstance(coef, list) and coef and isinstance(coef[0], list) and coef[0]):
+            raise r.bad("parameters.coef must be a non-empty matrix (chat width x base width)")
+        hc, hb = len(coef), len(coef[0])
+        self.coef_ = r.matrix(coef, (hc, hb), "coef")
+        self.intercept_ = r.matrix(params["intercept"], (hb,), "intercept")
+        self.n_options_ = k = r.integer(data["n_options"], "n_options", 2)
+        weight = r.matrix(params["head_weight"], (k, hb), "head_weight")
+        bias = None if params["head_bias"] is None else r.matrix(params["head_bias"], (k,), "head_bias")
+        cap = params["head_softcap"]
+        self.head_ = StoredHead(weight, bias, None if cap is None else r.real(cap, "head_softcap"))
+        self.n_ = r.integer(data["n"], "n", 2)
+        self.rank_ = r.integer(data["rank"], "rank", 0)
+        self.r2_ = r.real(data["r2"], "r2")
