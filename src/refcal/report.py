@@ -188,7 +188,7 @@ def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], 
             save(ax.figure, "ece_intervals", f"ECE of each method on the {result.bootstrap.n} plotted questions "
                  f"(dot) with its {100 * result.bootstrap.level:.0f} % bootstrap interval ({result.bootstrap.n_boot} "
                  "resamples, the same for every method); lower is better.")
-    groups = {m: P.group_values([asdict(r) for r in recs]) for m, recs in result.fits.items()}
+    groups = {m: P.group_values([r.flat() for r in recs]) for m, recs in result.fits.items()}
     main = groups.get("daca")
     if main is not None and len(main.groups) > 1:
         others = {m: g for m, g in groups.items() if m != "daca" and g.groups}
@@ -470,7 +470,7 @@ def _diagnostics(d: Diagnostics | None, fits: Mapping[str, list[FitRecord]], has
     for m, fit_recs in fits.items():
         if not fit_recs:
             continue
-        recs = [{k: v for k, v in asdict(r).items() if v is not None} for r in fit_recs]
+        recs = [r.flat() for r in fit_recs]
         cols = [c for c in ("template", "group", "temperature", "n_agree", "agreement_rate", "n", "n_iter",
                             "converged") if any(c in r for r in recs)]
         counts = ("n_agree", "n", "n_iter")  # may arrive as floats (199.0): shown as integers

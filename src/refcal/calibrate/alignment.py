@@ -9,8 +9,8 @@ import numpy as np
 from .._math import log_softmax
 from ..errors import FitError
 from ._scaling import ScalingCalibrator
-from .base import Reader
 from ._validate import check_pair, check_sample_weight
+from .base import Reader
 
 
 def agreement_mask(base_logits: np.ndarray, chat_logits: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ def demo(n_questions: int, n_options: int, chat_temperature: float, seed: int, w
     from ..calibrate.methods import METHODS, parse_methods
     from ..synthetic import make_world
 
-    keys = [k for k in parse_methods(methods) if not getattr(METHODS[k], "source", None)]
+    keys = [k for k in parse_methods(methods) if METHODS[k].inputs.get("multiple-choice") is not None
+            and METHODS[k].inputs["multiple-choice"].chat == "scores"]  # synthetic worlds have logits only
     data = make_world(world, n_questions, n_options, chat_temperature=chat_temperature, seed=seed)
     rng = np.random.default_rng(seed + 1)
     perm = rng.permutation(n_questions)
@@ -48,13 +49,13 @@ def demo(n_questions: int, n_options: int, chat_temperature: float, seed: int, w
     click.echo(f"{'method':<40}{'temperature':>12}{'ECE %':>9}{'MCE %':>9}{'Brier':>8}{'NLL':>8}{'Acc':>7}")
     for key in keys:  # the registry's methods, fitted and applied as `refcal run` does
         method = METHODS[key]
-        fitted = method.fit(b[cal_idx], c[cal_idx], y[cal_idx]) if method.fit is not None else None
-        log_p = method.apply(fitted, b[test_idx], c[test_idx])
+        fitted = method.fit(c[cal_idx], b[cal_idx], y[cal_idx])
+        log_p = method.predict(fitted, c[test_idx], b[test_idx], c[test_idx], "multiple-choice")
         probs = np.exp(log_p) if isinstance(log_p, np.ndarray) else log_p  # a top-label method: as it is
         m = metrics.evaluate(probs, y[test_idx], n_bins=10)
-        t = getattr(fitted, "temperature_", None)
-        ts_txt = f"{t:12.3f}" if t is not None else f"{'-':>12}"
-        if hasattr(fitted, "temperature_agree_"):  # agreement-aware: agreeing / disagreeing temperature
-            ts_txt = f"{f'{fitted.temperature_agree_:.2f}/{fitted.temperature_disagree_:.2f}':>12}"
+        fp = fitted.fitted_params() if fitted is not None else {}
+        temps = [fp[k] for k in ("temperature", "temperature_agree", "temperature_disagree") if k in fp]
+        ts_txt = (f"{temps[0]:12.3f}" if len(temps) == 1 else f"{'-':>12}" if not temps
+                  else f"{'/'.join(f'{t:.2f}' for t in temps[1:]):>12}")  # daca_agree: agreeing / disagreeing
         click.echo(f"{method.label:<40}{ts_txt}{100 * m['ece']:9.3f}{100 * m['mce']:9.3f}{m['brier']:8.4f}"
                    f"{m['nll']:8.4f}{m['accuracy']:7.3f}")

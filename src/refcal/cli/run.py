@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..calibrate.methods import DEFAULT_METHODS, METHODS
+from ..calibrate.methods import FREEFORM, MC, METHODS, default_methods
 from ..options import CAPE_ORDERS, CAPE_TEMPLATES, SCORINGS, default_scoring, parse_limit, parse_templates
 from ..run.config import DEFAULT_BASE, DEFAULT_CHAT, DEFAULT_DATASET, DEFAULT_LIMIT, DTYPES, SCALINGS
 from ._options import API_LETTERS, API_LETTERS_HELP, column_options, pop_columns, pop_ray, ray_options
@@ -48,11 +48,13 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
               help="Solved examples before each question (MMLU: per subject, from dev).")
 @click.option("--limit", type=click.IntRange(min=0), default=DEFAULT_LIMIT, show_default=True,
               help="Questions per split (MMLU: per subject); 0 = every question.")
-@click.option("--methods", default=None, show_default=",".join(DEFAULT_METHODS),
-              help=f"Methods to compare, comma-separated: {', '.join(METHODS)}; or the keywords default, "
+@click.option("--methods", default=None, show_default=",".join(default_methods(MC)),
+              help="Methods to compare, comma-separated: "
+                   f"{', '.join(k for k, m in METHODS.items() if MC in m.inputs)}; or the keywords default, "
                    "no-generation (every method without generated text) and all (adds the slow elicitation "
                    "methods). Free-form data sets: "
-                   "chat, p_true, base, naive, daca, reeval, verbal, ts (default all).")
+                   f"{', '.join(k for k, m in METHODS.items() if FREEFORM in m.inputs)} (default all; chat is the "
+                   "chat model's P(True), likelihood the answer's mean token probability).")
 @click.option("--judge", default=None, show_default="exact (TruthfulQA: ROUGE-L)",
               help="Free-form data sets: how answers are judged correct (evaluation only): exact, contains, "
                    "or openai:MODEL (an OpenAI-compatible judge model at --judge-api-base).")
@@ -75,6 +77,10 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @click.option("--api-base", default=None, help="Base URL of an OpenAI-compatible API (for openai:MODEL).")
 @click.option("--api-letters", type=click.Choice(list(API_LETTERS)), default=None, show_default="auto",
               help=API_LETTERS_HELP)
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="A backend option of both models (chat.KEY=VALUE / base.KEY=VALUE: one of them), repeatable; "
+                   "VALUE is JSON when it parses (3, 0.5, true, [0.8]), else text. Checked against the backend's "
+                   "options, e.g. --model-option timeout=60 for openai: models.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where resumable scores live (default $REFCAL_CACHE_DIR/scores, else "
                    "$XDG_CACHE_HOME/refcal/scores, else ~/.cache/refcal/scores).")
@@ -88,7 +94,7 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 def run(base, chat, dataset, split, calib_split, subjects, template, scoring, cape_orders, cape_templates,
         chat_template, fewshot, limit,
         methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base,
-        api_letters, cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
+        api_letters, model_options, cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
     """Score both models (cached, resumable), fit the calibrators (default: DACA, naive alignment and the
     labelled oracle), evaluate on held-out questions and write a run folder with a report.
 
@@ -97,39 +103,28 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
     chat model answers each question, the answers are judged, and every method's confidence that an
     answer is correct is evaluated (docs/FREEFORM.md).
     """
-    from ..calibrate.methods import parse_methods
     from ..run import RunConfig, load_result, summary_table
     from ..run import run as run_job
-    from ..run.freeform import is_freeform, parse_freeform_methods, run_freeform
+    from ..run.backend_options import parse_model_options
+    from ..run.kinds import detect_kind
 
     cols = pop_columns(columns)
     ray = pop_ray(columns)
-    freeform = is_freeform(dataset, cols)
-    if freeform and ray is not None:
-        raise click.UsageError("--ray applies to multiple-choice data sets; score free-form runs without it")
     if ray is not None and cache_dir:
         ray.setdefault("temp_dir", str(Path(cache_dir) / "ray"))  # a private instance's session files
-    if not freeform and (judge or judge_api_base):
-        raise click.UsageError("--judge and --judge-api-base apply to free-form data sets only")
     cfg = RunConfig(
-        base=base, chat=chat, dataset=dataset, split=split, calib_split=calib_split,
+        task=detect_kind(dataset, cols), base=base, chat=chat, dataset=dataset, split=split, calib_split=calib_split,
         subjects=[s.strip() for s in subjects.split(",")] if subjects else None,
         templates=parse_templates(template), scoring=scoring or default_scoring(base, chat),
         chat_template=chat_template == "on", fewshot=fewshot, limit=parse_limit(limit), n_splits=n_splits,
         calib_frac=calib_frac, scaling=scaling, n_bins=bins, seed=seed, batch_size=batch_size, api_base=api_base,
         api_letters=api_letters, device=device, dtype=dtype, cache_dir=cache_dir, progress=not no_progress,
-        columns=cols,
-        methods=parse_freeform_methods(methods) if freeform else parse_methods(methods), ray=ray,
-        cape_orders=cape_orders or "cyclic", cape_templates=cape_templates or "one",
+        columns=cols, methods=methods, ray=ray, cape_orders=cape_orders or "cyclic",
+        cape_templates=cape_templates or "one", model_options=parse_model_options(model_options), judge=judge,
+        judge_api_base=judge_api_base,
     )
-    if freeform and (cape_orders or cape_templates):
-        raise click.UsageError("--cape-orders and --cape-templates apply to multiple-choice data sets only")
     out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if freeform:
-        run_dir = run_freeform(cfg, out, judge=judge, judge_api_base=judge_api_base, methods=cfg.methods,
-                               overwrite=overwrite, report=not no_report)
-    else:
-        run_dir = run_job(cfg, out, overwrite=overwrite, report=not no_report)
+    run_dir = run_job(cfg, out, overwrite=overwrite, report=not no_report)
     res = load_result(run_dir)
     if res.freeform:
         acc = res.freeform.get("accuracy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..calibrate.methods import DEFAULT_METHODS, parse_methods
+from ..calibrate.methods import FREEFORM, KINDS, MC, parse_methods
 from ..errors import InputError
 from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
 
@@ -22,9 +22,14 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 class RunConfig:
     """Everything that defines a run; written to ``config.json`` (and ``metrics.json["config"]``).
 
-    ``methods`` are keys of :data:`refcal.calibrate.methods.METHODS` (default: chat, base, naive, daca,
-    ts); ``limit`` ``None`` scores every question; ``cache_dir`` ``None`` uses the default score cache.
+    ``task``: the kind of run (``multiple-choice`` or ``free-form``, :mod:`refcal.run.kinds`); ``methods`` are
+    keys of :data:`refcal.calibrate.methods.METHODS` that apply to it (default: its default selection);
+    ``limit`` ``None`` scores every question; ``cache_dir`` ``None`` uses the default score cache;
+    ``model_options``: ``--model-option`` values (:mod:`refcal.run.backend_options`); ``judge`` /
+    ``judge_api_base``: how free-form answers are judged.
     """
+
+    task: str = MC
 
     base: str = DEFAULT_BASE
     chat: str = DEFAULT_CHAT
@@ -49,7 +54,7 @@ class RunConfig:
     device: str | None = None
     progress: bool = True
     columns: dict[str, Any] = field(default_factory=dict)  # column mapping for user data files
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] | None = None
     dtype: str | None = None
     cache_dir: str | None = None
     #: CAPE's members (``--scoring cape`` and the ``cape`` method): ``cyclic`` | ``all`` orders, ``one`` | ``all`` templates
@@ -57,13 +62,30 @@ class RunConfig:
     cape_templates: str = "one"
     #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
+    #: ``--model-option KEY=VALUE`` (``chat.KEY`` / ``base.KEY``: one model): validated by the backends' options
+    model_options: dict[str, Any] = field(default_factory=dict)
+    #: free-form runs: the judge (exact, contains, openai:MODEL; None: the data set's default) and its API
+    judge: str | None = None
+    judge_api_base: str | None = None
+
+    def flags(self) -> dict[str, Any]:
+        """The run's dedicated flags by the backend option they set (kept where a backend has the option)."""
+        return {"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype,
+                "letters": self.api_letters}
 
     def validate(self) -> None:
         """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""
+        if self.task not in KINDS:
+            raise InputError(f"task must be one of {', '.join(KINDS)}, got {self.task!r}")
         if not 0.0 < self.calib_frac < 1.0:
             raise InputError(f"--calib-frac must be strictly between 0 and 1, got {self.calib_frac}")
         if self.n_splits < 1:
             raise InputError(f"--n-splits must be at least 1, got {self.n_splits}")
+        if self.task == FREEFORM:
+            self._validate_freeform()
+            return
+        if self.judge or self.judge_api_base:
+            raise InputError("--judge and --judge-api-base apply to free-form data sets only")
         bad = [t for t in self.templates if t not in TEMPLATE_IDS]
         if bad:
             raise InputError(f"--template must be 1..5 or 'all', got {bad[0]}")
@@ -84,7 +106,8 @@ class RunConfig:
             raise InputError(f"--scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        self.methods = parse_methods(self.methods)
+        self.methods = parse_methods(self.methods, MC)
+        self._check_model_options()
         check_cape_options(self.cape_orders, self.cape_templates)
         if (self.cape_orders, self.cape_templates) != ("cyclic", "one") and self.scoring != "cape" \
                 and "cape" not in self.methods:
@@ -94,6 +117,24 @@ class RunConfig:
             from ..scoring_ray import RayOptions
 
             RayOptions(**self.ray)  # refuses bad values with the flag's name
+
+    def _validate_freeform(self) -> None:
+        if self.limit is not None and self.limit < 2:
+            raise InputError(f"--limit must be at least 2 (or 0 for every question), got {self.limit}")
+        if self.scaling != "temperature":
+            raise InputError("free-form P(True) has two options: use --scaling temperature")
+        if self.ray is not None:
+            raise InputError("--ray applies to multiple-choice data sets; score free-form runs without it")
+        if (self.cape_orders, self.cape_templates) != ("cyclic", "one"):
+            raise InputError("--cape-orders and --cape-templates apply to multiple-choice data sets only")
+        check_api_letters(self)
+        self.methods = parse_methods(self.methods, FREEFORM)
+        self._check_model_options()
+
+    def _check_model_options(self) -> None:
+        from .backend_options import check_model_options
+
+        check_model_options({"base": self.base, "chat": self.chat}, self.model_options)
 
 
 def check_api_letters(cfg: RunConfig) -> None:

@@ -2,26 +2,28 @@
 
 Metrics come from :mod:`refcal.metrics` on ``exp`` of each method's log-probabilities, except the NLL,
 taken from the log-probabilities themselves (``exp`` underflows below -745 and would make it infinite).
-A ``top_label`` method (an answer and a confidence, :class:`refcal.metrics.TopLabel`) gets the metrics of
+A top-label method (an answer and a confidence, :class:`refcal.metrics.TopLabel`) gets the metrics of
 confidence and correctness; its NLL and multiclass Brier score are undefined (NaN, "n/a" in tables).
-A method with a ``source`` reads that score set of the chat model (``Part.extra``) as its ``chat`` input.
+Each method reads the inputs its registry entry names for the run's kind (:func:`part_input`); free-form
+runs (``plan.claim``) evaluate every method's ``log [1 - c, c]`` as the claim that the answer is correct.
+Both kinds of run go through :func:`evaluate`; nothing here names a method.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import __version__
-from .._math import log_softmax
-from ..calibrate.methods import HIDDEN_SOURCE, METHODS, MethodContext
+from ..calibrate import DACA, agreement_diagnostics
+from ..calibrate.methods import METHODS, Method, MethodContext
 from ..errors import FitError
 from ..metrics import TopLabel
 from .config import RunConfig
-from .protocol import Plan
+from .protocol import Part, Plan
 from .result import (
     Bootstrap,
     DeployedCalibrator,
@@ -35,81 +37,118 @@ log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 ALPHA = 0.05  # 95 % intervals
-
-
-class Unfitted:
-    """Stand-in when a fit is impossible on one unit (e.g. no agreeing question in a small subject): that
-    unit is evaluated with the chat model unchanged (τ = 1), and its fit record says so."""
-
-    temperature_ = 1.0
-    n_iter_ = 0
-    converged_ = False
-
-    def __init__(self, error: str):
-        self.error = error
-
-    def predict_log_proba(self, chat: np.ndarray) -> np.ndarray:
-        return log_softmax(chat)
+#: the fit record of a unit whose fit was impossible: evaluated with the chat model unchanged
+UNFITTED = {"temperature": 1.0}
 
 
 @dataclass
 class Evaluation:
     """The result, plus what the run folder stores beside ``metrics.json``.
 
-    ``predictions``: ``{method: (ids, log-probabilities (n, k), labels)}`` on the plotted questions;
-    ``calibrator``: the deployable DACA (``None`` when it could not be fitted) and the inputs it records.
+    ``predictions``: ``{method: (ids, log-probabilities (n, k) or TopLabel, labels)}`` on the plotted
+    questions; ``calibrator``: the deployable DACA (``None`` when it could not be fitted) and the inputs
+    it records.
     """
 
     result: RunResult
-    predictions: dict[str, tuple[list, np.ndarray, list[int | None]]] = field(default_factory=dict)
+    predictions: dict[str, tuple[list, Any, list[int | None]]] = field(default_factory=dict)
     calibrator: Any = None
     calibrator_inputs: dict[str, Any] = field(default_factory=dict)
 
 
+def part_input(part: Part, role: str, name: str | None) -> Any:
+    """The input ``name`` of ``role`` (``"chat"`` / ``"base"``) for a part's questions: ``scores`` are the
+    part's own logits, anything else one of its ``extra`` inputs (the base model's under ``base_<name>``)."""
+    if name is None:
+        return None
+    if name == "scores":
+        return part.chat if role == "chat" else part.base
+    return part.extra[name if role == "chat" else f"base_{name}"]
+
+
 def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
-    """Fit, evaluate and aggregate every method of ``cfg.methods`` on the units of ``plan``."""
-    from dataclasses import asdict
-
-    from ..calibrate import DACA, agreement_diagnostics
-
-    ctx = MethodContext(has_labels=plan.has_labels, scaling=cfg.scaling, scoring=cfg.scoring,
-                        hidden_states=bool(plan.units) and all(HIDDEN_SOURCE in u.calib.extra for u in plan.units))
+    """Fit, evaluate and aggregate every method of ``cfg.methods`` on the units of ``plan`` (either kind)."""
+    ctx = MethodContext(has_labels=plan.has_labels, has_base=plan.pool is not None, scaling=cfg.scaling,
+                        scoring=cfg.scoring, kind=plan.kind, missing=plan.missing, no_labels=plan.no_labels)
     selected = [METHODS[k] for k in cfg.methods]
     unavailable = {m.key: why for m in selected if (why := m.why_not(ctx))}
     usable = [m for m in selected if m.key not in unavailable]
     for key, why in unavailable.items():
-        log.warning("%s is not evaluated: %s", METHODS[key].label, why)
+        log.warning("%s is not evaluated: %s", METHODS[key].kind_label(plan.kind), why)
 
     per_unit: list[dict[str, dict[str, float]]] = []
     fits: dict[str, list[FitRecord]] = {}
     plotted: dict[str, list[Any]] = {}
     plotted_ids: list = []
-    plotted_labels: list[int] = []
+    plotted_labels: dict[str, list[int]] = {}
     for unit in plan.units:
-        labels = unit.calib.labels if plan.has_labels else None
-        logp: dict[str, np.ndarray] = {}
+        preds: dict[str, Any] = {}
+        labels: dict[str, np.ndarray] = {}
         for m in usable:
-            fitted = None
-            calib_chat = unit.calib.extra[m.source] if m.source else unit.calib.chat
-            test_chat = unit.test.extra[m.source] if m.source else unit.test.chat
-            if m.fit is not None:
-                try:
-                    fitted = m.fit(unit.calib.base, calib_chat, labels, scaling=cfg.scaling)
-                except FitError as e:
-                    log.warning("%s: %s; this unit is evaluated uncalibrated", m.label, e)
-                    fitted = Unfitted(str(e))
-                fits.setdefault(m.key, []).append(_fit_record(unit.template, unit.group, fitted))
-            logp[m.key] = m.apply(fitted, unit.test.base, test_chat)
-        per_unit.append(_unit_metrics(logp, unit.test.labels if plan.has_labels else None, cfg.n_bins))
+            fitted, record = _fit(m, unit.calib, plan, cfg.scaling)
+            if record is not None:
+                fits.setdefault(m.key, []).append(FitRecord(group=unit.group, template=unit.template, **record))
+            inputs = m.inputs[plan.kind]
+            preds[m.key] = m.predict(fitted, part_input(unit.test, "chat", inputs.chat),
+                                     part_input(unit.test, "base", inputs.base), unit.test.chat, plan.kind)
+            labels[m.key] = unit.test.labels_by.get(inputs.labels, unit.test.labels)
+        per_unit.append(_unit_metrics(preds, labels if plan.has_labels else None, cfg.n_bins, claim=plan.claim))
         if unit.plotted:
-            for key, lp in logp.items():
-                plotted.setdefault(key, []).append(lp)
+            for key, lp in preds.items():
+                plotted.setdefault(key, []).append(claim_of(lp) if plan.claim else lp)
+                plotted_labels.setdefault(key, []).extend(labels[key].tolist())
             plotted_ids.extend(unit.test.ids)
-            plotted_labels.extend(unit.test.labels.tolist())
 
-    pool = plan.pool
+    deployed, calibrator, diag, premise = _pool_fits(cfg, plan)
+    result = RunResult(
+        refcal_version=__version__, config=asdict(cfg), has_labels=plan.has_labels, n_questions=n_questions,
+        n_eval=len(plotted_ids), n_units=len(per_unit), protocol=plan.description,
+        units=[{"template": u.template, "group": u.group} for u in plan.units],
+        methods=aggregate(per_unit), method_labels={k: METHODS[k].kind_label(plan.kind) for k in cfg.methods},
+        unavailable=unavailable, diagnostics=diag, fits=fits, calibrator=calibrator,
+        fallbacks={m: sum(r.error is not None for r in recs) for m, recs in fits.items()}, premise=premise,
+    )
+    preds = {m: concat_top_label(parts) if isinstance(parts[0], TopLabel) else pad_concat(parts)
+             for m, parts in plotted.items()}
+    if plan.has_labels and preds:
+        for m, lp in preds.items():  # each method against its own labels (free-form verbal: its guess's)
+            y = np.asarray(plotted_labels[m])
+            result.selective.update(selective({m: lp}, y))
+            b = bootstrap({m: lp}, y, n_bins=cfg.n_bins, seed=cfg.seed)
+            if result.bootstrap is None:
+                result.bootstrap = b
+            else:
+                result.bootstrap.methods.update(b.methods)
+    predictions = {m: (list(plotted_ids), lp, [int(v) if v >= 0 else None for v in plotted_labels[m]])
+                   for m, lp in preds.items()}
     inputs = {"base": cfg.base, "chat": cfg.chat, "dataset": cfg.dataset, "split": plan.pool_split,
-              "template": cfg.templates[0], "scoring": cfg.scoring, "n_questions": int(len(pool.ids))}
+              **plan.calibrator_inputs}
+    return Evaluation(result, predictions, deployed, inputs)
+
+
+def _fit(m: Method, calib: Part, plan: Plan, scaling: str) -> tuple[Any, dict[str, Any] | None]:
+    """``(fitted calibrator or None, fit record or None)`` of ``m`` on a unit's calibration part; a failed fit
+    gives ``None`` and a record saying the unit is evaluated with the chat model unchanged."""
+    if m.calibrator is None:
+        return None, None
+    inputs = m.inputs[plan.kind]
+    labels = calib.labels_by.get(inputs.labels, calib.labels) if plan.has_labels else None
+    try:
+        cal = m.fit(part_input(calib, "chat", inputs.chat), part_input(calib, "base", inputs.base), labels,
+                    scaling=scaling)
+    except FitError as e:
+        log.warning("%s: %s; this unit is evaluated uncalibrated", m.kind_label(plan.kind), e)
+        return None, {"n_iter": 0, "converged": False, "params": dict(UNFITTED), "error": str(e),
+                      "fallback": "uncalibrated (temperature 1)"}
+    return cal, {"n_iter": int(cal.n_iter_), "converged": bool(cal.converged_), "params": cal.fitted_params()}
+
+
+def _pool_fits(cfg: RunConfig, plan: Plan) -> tuple[Any, DeployedCalibrator, Diagnostics | None, dict[str, Any]]:
+    """The deployable DACA on the calibration pool (its task recorded), the agreement diagnostics and, with
+    labels where the kind asks for it, the premise check."""
+    pool = plan.pool
+    if pool is None:
+        return None, DeployedCalibrator(error=plan.no_pool), None, {}
     try:
         deployed = DACA(scaling=cfg.scaling).fit(pool.base, pool.chat)
     except FitError as e:
@@ -117,72 +156,52 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
         log.warning("no deployable calibrator: %s", e)
         deployed, calibrator = None, DeployedCalibrator(error=str(e))
     else:
+        deployed.task_ = plan.kind
         calibrator = DeployedCalibrator(temperature=float(getattr(deployed, "temperature_", float("nan"))),
-                                        n_agree=int(deployed.n_agree_),
-                                        agreement_rate=float(deployed.agreement_rate_))
+                                        n_agree=int(deployed.n_agree_), agreement_rate=float(deployed.agreement_rate_))
     pool_labels = pool.labels if bool((pool.labels >= 0).all()) else None
-    diag = agreement_diagnostics(pool.base, pool.chat, pool_labels)
-    premise = premise_diagnostics(pool.base, pool.chat, pool_labels, seed=cfg.seed) if pool_labels is not None else {}
-
-    result = RunResult(
-        refcal_version=__version__,
-        config=asdict(cfg),
-        has_labels=plan.has_labels,
-        n_questions=n_questions,
-        n_eval=len(plotted_ids),
-        n_units=len(per_unit),
-        protocol=plan.description,
-        units=[{"template": u.template, "group": u.group} for u in plan.units],
-        methods=aggregate(per_unit),
-        method_labels={k: METHODS[k].label for k in cfg.methods},
-        unavailable=unavailable,
-        diagnostics=Diagnostics(**diag),
-        fits=fits,
-        calibrator=calibrator,
-        fallbacks={m: sum(r.error is not None for r in recs) for m, recs in fits.items()},
-        premise=premise,
-    )
-    preds = {m: concat_top_label(parts) if isinstance(parts[0], TopLabel) else pad_concat(parts)
-             for m, parts in plotted.items()}
-    if plan.has_labels and preds:
-        y = np.asarray(plotted_labels)
-        result.selective = selective(preds, y)
-        result.bootstrap = bootstrap(preds, y, n_bins=cfg.n_bins, seed=cfg.seed)
-    labels_out = [int(v) if v >= 0 else None for v in plotted_labels]
-    predictions = {m: (list(plotted_ids), lp, labels_out) for m, lp in preds.items()}
-    return Evaluation(result, predictions, deployed, inputs)
+    diag = Diagnostics(**agreement_diagnostics(pool.base, pool.chat, pool_labels))
+    premise = premise_diagnostics(pool.base, pool.chat, pool_labels, seed=cfg.seed) \
+        if pool_labels is not None and plan.premise else {}
+    return deployed, calibrator, diag, premise
 
 
-def _fit_record(template: int, group: str, cal: Any) -> FitRecord:
-    rec = FitRecord(group=group, template=template, n_iter=int(getattr(cal, "n_iter_", 0)),
-                    converged=bool(getattr(cal, "converged_", True)))
-    if isinstance(cal, Unfitted):
-        rec.error, rec.fallback = cal.error, "uncalibrated (temperature 1)"
-    if hasattr(cal, "temperature_"):
-        rec.temperature = float(cal.temperature_)
-    for attr in ("temperature_agree_", "temperature_disagree_", "n_agree_", "agreement_rate_", "n_"):
-        if hasattr(cal, attr):
-            setattr(rec, attr.rstrip("_"), float(getattr(cal, attr)))
-    return rec
+def claim_of(lp: np.ndarray) -> TopLabel:
+    """Free-form: ``log [1 - c, c]`` -> the claim "this answer is correct" (option 1) held with confidence ``c``.
+
+    Evaluated against the verdicts (label 1 = correct), every top-label metric is then the usual one of
+    free-form calibration: ECE / MCE / AECE bin ``c`` against the share of correct answers, Brier is
+    ``(c - correct)^2``, AUROC ranks correct above wrong answers by ``c``, and accuracy is the answers' own.
+    """
+    c = np.exp(np.asarray(lp, dtype=np.float64)[:, 1])
+    return TopLabel(np.ones(len(c), dtype=np.int64), np.clip(c, 0.0, 1.0))
 
 
-def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins: int) -> dict[str, dict[str, float]]:
-    """Every metric of every method on one unit's evaluation questions."""
+def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | None, n_bins: int, *,
+                  claim: bool = False) -> dict[str, dict[str, float]]:
+    """Every metric of every method on one unit's evaluation questions (``labels``: per method).
+
+    ``claim`` (free-form): each method's ``log [1 - c, c]`` is evaluated as :func:`claim_of`, its NLL the
+    binary log loss of ``c`` against the verdict."""
     from .. import metrics
 
     res: dict[str, dict[str, float]] = {}
-    for name, lp in logp.items():
-        if isinstance(lp, TopLabel):  # an answer and its confidence: no distribution, no NLL
-            row = {"mean_confidence": float(np.mean(lp.confidence))}
-            if labels is not None:
-                row.update(metrics.evaluate(lp, labels, n_bins=n_bins, warn=False))  # aggregate() says it once
+    for name, lp in preds.items():
+        y = None if labels is None else labels[name]
+        shown = claim_of(lp) if claim else lp
+        if isinstance(shown, TopLabel):  # an answer and its confidence: no distribution, no NLL
+            row = {"mean_confidence": float(np.mean(shown.confidence))}
+            if y is not None:
+                row.update(metrics.evaluate(shown, y, n_bins=n_bins, warn=False))  # aggregate() says it once
+                if claim:
+                    row["nll"] = metrics.nll_from_log_proba(lp, y)
             res[name] = row
             continue
         p = np.exp(lp)
         row = {"mean_confidence": float(p.max(axis=1).mean())}
-        if labels is not None:
-            row.update(metrics.evaluate(p, labels, n_bins=n_bins, warn=False))  # aggregate() says it once
-            row["nll"] = metrics.nll_from_log_proba(lp, labels)
+        if y is not None:
+            row.update(metrics.evaluate(p, y, n_bins=n_bins, warn=False))  # aggregate() says it once
+            row["nll"] = metrics.nll_from_log_proba(lp, y)
         res[name] = row
     return res
 
@@ -317,5 +336,5 @@ def pad_concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.pad(p, ((0, 0), (0, k - p.shape[1])), constant_values=-np.inf) for p in parts])
 
 
-__all__ = ["Evaluation", "Unfitted", "evaluate", "aggregate", "selective", "bootstrap", "pad_concat",
+__all__ = ["Evaluation", "evaluate", "part_input", "claim_of", "aggregate", "selective", "bootstrap", "pad_concat",
            "concat_top_label", "premise_diagnostics"]

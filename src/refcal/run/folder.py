@@ -63,8 +63,7 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
         "method_labels": result.method_labels,
         "unavailable": result.unavailable,
         "diagnostics": None if result.diagnostics is None else asdict(result.diagnostics),
-        "fits": {m: [{k: v for k, v in asdict(r).items() if v is not None} for r in recs]
-                 for m, recs in result.fits.items()},
+        "fits": {m: [r.flat() for r in recs] for m, recs in result.fits.items()},
         "calibrator": _calibrator_json(result.calibrator),
         "fallbacks": result.fallbacks,
     }
@@ -313,16 +312,23 @@ def _metric(v: Any, where: str, path: Path) -> MetricSummary:
 
 
 def _fit(rec: dict[str, Any], where: str, path: Path, known: set[str]) -> FitRecord:
+    """A flat fit record: the fixed keys checked by type, every other key a fitted parameter (a number,
+    a string or a boolean)."""
     out = FitRecord(group=str(rec.get("group", "")))
-    for key in known - {"group"}:
-        v = rec.get(key)
-        if v is None:
+    for key, v in rec.items():
+        if key == "group" or v is None:
             continue
-        ok = (isinstance(v, str) if key in ("error", "fallback") else isinstance(v, bool) if key == "converged"
-              else _num(v))
-        if not ok:
+        if key in known:
+            ok = (isinstance(v, str) if key in ("error", "fallback") else isinstance(v, bool) if key == "converged"
+                  else _num(v))
+        else:
+            ok = isinstance(v, str | bool) or _num(v)
+        if not ok or key == "params":
             raise _bad(path, f"{where}[{key!r}] has the wrong type ({type(v).__name__})")
-        setattr(out, key, v)
+        if key in known:
+            setattr(out, key, v)
+        else:
+            out.params[key] = v
     return out
 
 

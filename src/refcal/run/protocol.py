@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,14 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Part:
-    """Base and chat logits (n, k), labels (n,; -1 unknown) and question ids of some questions;
-    ``extra[source]``: the rows of the chat model's extra score sets for the same questions."""
+    """Base and chat scores (n, k), labels (n,; -1 unknown) and question ids of some questions.
+
+    ``extra[name]``: the chat model's other inputs of the same questions (``base_<name>``: the base model's),
+    named as the method registry names them (:class:`refcal.calibrate.methods.Inputs`); ``labels_by[name]``:
+    labels of the methods whose ``Inputs.labels`` is ``name`` instead of the questions' own.
+    """
 
     base: np.ndarray
     chat: np.ndarray
     labels: np.ndarray
     ids: list
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    labels_by: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,13 +61,24 @@ class Unit:
 
 @dataclass
 class Plan:
-    """The units of a run, the description of the protocol, and the first template's calibration pool."""
+    """The units of a run, the description of the protocol, and the first template's calibration pool
+    (``None`` when the base model was not scored: ``no_pool`` says why), plus what the run's kind tells
+    the evaluation: ``kind``; ``claim`` (free-form: every method's output is ``log [1 - c, c]`` of the
+    claim "the answer is correct"); ``missing`` inputs (name -> why); the reason a labelled method gets
+    without labels; whether to check DACA's premise; the provenance the deployable calibrator records."""
 
     units: list[Unit]
     description: str
-    pool: JoinedScores
+    pool: Any
     pool_split: str | None
     has_labels: bool
+    kind: str = "multiple-choice"
+    claim: bool = False
+    missing: dict[str, str] = field(default_factory=dict)
+    no_labels: str = "needs labels, and some questions have none"
+    premise: bool = True
+    calibrator_inputs: dict[str, Any] = field(default_factory=dict)
+    no_pool: str = ""
 
 
 # ---------------------------------------------------------------------------------------------- questions

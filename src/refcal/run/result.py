@@ -35,22 +35,29 @@ class MetricSummary:
 class FitRecord:
     """One fit of one method on one unit (``group``: the subject or split; ``template``: its template).
 
-    ``error`` and ``fallback`` are set when the fit was impossible and the unit was evaluated with the
-    chat model unchanged."""
+    ``params`` is the calibrator's :meth:`~refcal.calibrate.Calibrator.fitted_params` (temperatures,
+    agreement counts, bounds hit: whatever the method fits); ``error`` and ``fallback`` are set when the
+    fit was impossible and the unit was evaluated with the chat model unchanged. In ``metrics.json`` a
+    record is one flat object (:meth:`flat`): the params beside the fixed keys.
+    """
 
     group: str
     template: int | None = None
     n_iter: int | None = None
     converged: bool | None = None
-    temperature: float | None = None
-    #: ``daca_agree``: its temperature where the two models agree / disagree
-    temperature_agree: float | None = None
-    temperature_disagree: float | None = None
-    n_agree: float | None = None
-    agreement_rate: float | None = None
-    n: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     fallback: str | None = None
+
+    def flat(self) -> dict[str, Any]:
+        """The record as written to ``metrics.json``: fixed keys and params side by side, ``None`` left out."""
+        out = {"group": self.group, "template": self.template, "n_iter": self.n_iter, "converged": self.converged,
+               **self.params, "error": self.error, "fallback": self.fallback}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A fixed field or a fitted parameter by name (``rec.get("temperature")``)."""
+        return self.flat().get(key, default)
 
 
 @dataclass
