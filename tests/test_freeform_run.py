@@ -19,7 +19,20 @@ from refcal.cli import main
 from refcal.errors import CalibratorFileError, InputError
 from refcal.prompts_freeform import P_TRUE_LETTERS, generation_prompt
 from refcal.run import RunConfig, load_result
-from refcal.run.freeform import FREEFORM_METHODS, is_freeform, parse_freeform_methods, run_freeform
+from refcal.calibrate.methods import parse_methods
+from refcal.run import run
+from refcal.run.kinds import is_freeform
+
+FREEFORM_METHODS = parse_methods("all", "free-form")
+
+
+def run_freeform(cfg, out, *, judge=None, **kw):
+    cfg.task, cfg.judge = "free-form", judge
+    return run(cfg, out, **kw)
+
+
+def parse_freeform_methods(value):
+    return parse_methods(value, "free-form")
 from refcal.scores import ScoreSet, load_scores
 from refcal.tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
 
@@ -80,7 +93,7 @@ def test_end_to_end_writes_every_method(labelled_run):
     _, _, out = labelled_run
     res = load_result(out)
     assert res.has_labels and res.freeform["accuracy"] == pytest.approx(0.5)
-    assert set(res.methods) == set(FREEFORM_METHODS) and not res.unavailable
+    assert set(res.methods) == set(parse_freeform_methods(None)) and not res.unavailable
     for key, m in res.methods.items():
         for metric in ("ece", "mce", "aece", "brier", "nll", "auroc", "aurc"):
             assert metric in m, (key, metric)
@@ -95,7 +108,7 @@ def test_end_to_end_writes_every_method(labelled_run):
     assert pf["n"] == N and pf["n_failed"] == N
     # the deployable calibrator and the score files record the task
     cal = json.loads((out / "calibrator.json").read_text())
-    assert cal["task"] == FREEFORM_TASK and cal["n_options"] == 2
+    assert cal["task"] == "free-form" and cal["n_options"] == 2
     chat = load_scores(out / "scores" / "chat.parquet")
     assert chat.meta["task"] == FREEFORM_TASK and chat.logits.shape == (N, 2)
     assert chat.labels.tolist() == [1 if i % 2 == 0 else 0 for i in range(N)]
@@ -144,7 +157,7 @@ def test_hidden_labels_leave_every_label_free_fit_unchanged(tmp_path, labelled_r
         assert [r.temperature for r in a.fits[key]] == [r.temperature for r in b.fits[key]]
     ca, cb = load_scores(first / "scores" / "chat.parquet"), load_scores(out / "scores" / "chat.parquet")
     np.testing.assert_array_equal(ca.logits, cb.logits)
-    for key in ("chat", "p_true", "base", "naive", "daca", "reeval", "verbal"):
+    for key in ("likelihood", "chat", "base", "naive", "daca", "reeval", "verbal"):
         np.testing.assert_array_equal(ca.columns[f"confidence_{key}"], cb.columns[f"confidence_{key}"], err_msg=key)
     assert (cb.labels == -1).all()
 
@@ -158,9 +171,9 @@ def test_calibrator_task_is_refused_on_the_other_kind_of_scores(tmp_path, labell
     mc_scores = tmp_path / "mc.parquet"
     ScoreSet.from_rows([str(i) for i in range(40)], chat.tolist(), [0] * 40).save(mc_scores)
     ff_cal, ff_scores = out / "calibrator.json", out / "scores" / "chat.parquet"
-    assert load_calibrator(ff_cal).task_ == FREEFORM_TASK and load_calibrator(mc_cal).task_ == "multiple-choice"
-    for scores, cal, got, fitted in ((ff_scores, mc_cal, FREEFORM_TASK, "multiple-choice"),
-                                     (mc_scores, ff_cal, "multiple-choice", FREEFORM_TASK)):
+    assert load_calibrator(ff_cal).task_ == "free-form" and load_calibrator(mc_cal).task_ == "multiple-choice"
+    for scores, cal, got, fitted in ((ff_scores, mc_cal, "free-form", "multiple-choice"),
+                                     (mc_scores, ff_cal, "multiple-choice", "free-form")):
         capsys.readouterr()
         assert main(["apply", "--scores", str(scores), "--calibrator", str(cal), "-o", str(tmp_path / "x.parquet")]) == 2
         err = capsys.readouterr().err
@@ -183,13 +196,13 @@ def test_cli_dispatches_free_form_files(tmp_path, labelled_run, capsys):
     _, data, _ = labelled_run
     out = tmp_path / "cli"
     rc = main(["run", "--dataset", str(data), "--base", "fake:base", "--chat", "fake:chat", "--methods",
-               "p_true,daca,verbal", "--judge", "contains", "--no-progress", "--cache-dir", str(tmp_path / "c"),
+               "chat,daca,verbal", "--judge", "contains", "--no-progress", "--cache-dir", str(tmp_path / "c"),
                "-o", str(out), "--no-report"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     assert "answers generated" in printed.out and "DACA" in printed.out
     res = load_result(out)
-    assert set(res.methods) == {"p_true", "daca", "verbal"} and res.freeform["judge"]["containment"] is True
+    assert set(res.methods) == {"chat", "daca", "verbal"} and res.freeform["judge"]["containment"] is True
     assert main(["run", "--dataset", "sciq", "--judge", "contains", "-o", str(tmp_path / "y")]) == 2
     assert "free-form data sets only" in capsys.readouterr().err
 
@@ -201,9 +214,11 @@ def test_free_form_detection_and_methods(tmp_path, labelled_run):
     mc = tmp_path / "mc.jsonl"
     mc.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0}))
     assert not is_freeform(str(mc))
-    assert parse_freeform_methods(None) == list(FREEFORM_METHODS)
+    defaults = ["chat", "base", "naive", "daca", "ts", "reeval", "likelihood", "verbal"]
+    assert parse_freeform_methods(None) == parse_freeform_methods("default") == defaults
     assert parse_freeform_methods("ts,chat") == ["chat", "ts"]
-    assert parse_freeform_methods("default") == parse_freeform_methods("all") == list(FREEFORM_METHODS)
+    assert parse_freeform_methods("all") == FREEFORM_METHODS == [*defaults[:6], "daca_agree", "mutual",
+                                                                 "likelihood", "verbal"]
     assert "verbal" not in parse_freeform_methods("no-generation")
     with pytest.raises(InputError, match="does not apply to free-form"):
         parse_freeform_methods("cape")
@@ -242,14 +257,14 @@ def test_triviaqa_on_the_packaged_pair(tmp_path):
     doc = json.loads((out / "metrics.json").read_text())
     assert (out / "report.html").exists() and (out / "report.md").exists()
     assert doc["freeform"]["n_questions"] == 12 and len(doc["freeform"]["examples"]) == 12
-    for key in FREEFORM_METHODS:
+    for key in parse_freeform_methods(None):
         if key in doc["unavailable"]:
             assert doc["unavailable"][key]  # a stated reason
             continue
         for metric in ("ece", "brier", "auroc"):
             entry = doc["methods"][key][metric]
             assert entry["mean"] is not None or entry["n_undefined"] > 0, (key, metric)
-    assert json.loads((out / "calibrator.json").read_text())["task"] == FREEFORM_TASK
+    assert json.loads((out / "calibrator.json").read_text())["task"] == "free-form"
 
 
 # ---------------------------------------------------------------------------------------------- API
@@ -257,7 +272,7 @@ def test_triviaqa_on_the_packaged_pair(tmp_path):
 def test_api_chat_model_through_llama_cpp_server(tmp_path):
     """The chat model behind a real llama.cpp server (OpenAI-compatible): generation, P(True) letters and the
     verbal replies through the API; its answer likelihood needs prompt log-probabilities under the chat
-    template, which the API cannot give, so `chat` is listed with that reason. The base model is the fake
+    template, which the API cannot give, so `likelihood` is listed with that reason. The base model is the fake
     one (this test is about the API path, not about the numbers)."""
     from api_server import MODEL_ALIAS, LlamaServer
 
@@ -281,8 +296,8 @@ def test_api_chat_model_through_llama_cpp_server(tmp_path):
                         limit=None, cache_dir=str(tmp_path / "cache"), progress=False, n_splits=2)
         out = run_freeform(cfg, tmp_path / "run", judge="contains", report=False)
         res = load_result(out)
-        assert "chat" in res.unavailable and "log-probabilities" in res.unavailable["chat"]
-        for key in ("p_true", "daca", "verbal"):
+        assert "likelihood" in res.unavailable and "log-probabilities" in res.unavailable["likelihood"]
+        for key in ("chat", "daca", "verbal"):
             assert key in res.methods and math.isfinite(res.methods[key]["brier"].mean), key
         chat = load_scores(out / "scores" / "chat.parquet")
         assert all(isinstance(a, str) for a in chat.columns["answer"]) and any(chat.columns["answer"])
@@ -298,14 +313,14 @@ def test_freeform_metrics_are_those_of_confidence_against_correctness():
     from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
     from refcal import metrics
-    from refcal.run.evaluate import _unit_metrics
-    from refcal.run.freeform import _correct_with, _two
+    from refcal.run.evaluate import _unit_metrics, claim_of
+    from refcal.run.kinds.freeform import _two
 
     rng = np.random.default_rng(3)
     c = rng.uniform(0.02, 0.98, 300)
     y = (rng.uniform(size=300) < c ** 2).astype(np.int64)  # over-confident: accuracy c^2
     lp = _two(c)
-    row = _unit_metrics({"m": _correct_with(lp)}, y, 10)["m"]
+    row = _unit_metrics({"m": claim_of(lp)}, y, 10)["m"]
     assert row["auroc"] == pytest.approx(roc_auc_score(y, c), abs=1e-12)
     assert row["brier"] == pytest.approx(brier_score_loss(y, c), abs=1e-12)
     assert row["accuracy"] == pytest.approx(y.mean(), abs=1e-15)

@@ -12,6 +12,7 @@ from refcal.backends.fake import FakeBackend
 from refcal.calibrate.methods import (
     DEFAULT_METHODS,
     METHODS,
+    Inputs,
     NO_GENERATION_METHODS,
     MethodContext,
     parse_methods,
@@ -46,10 +47,10 @@ def _logits(n=200, k=4, seed=0):
 def test_methods_keywords():
     assert parse_methods(None) == list(DEFAULT_METHODS) == ["chat", "base", "naive", "daca", "ts", "daca_agree"]
     assert parse_methods("default") == list(DEFAULT_METHODS)
-    assert parse_methods("all") == list(METHODS)
-    gen = {k for k, m in METHODS.items() if m.needs_generation}
+    assert parse_methods("all") == [k for k, m in METHODS.items() if "multiple-choice" in m.inputs]
+    gen = {k for k, m in METHODS.items() if m.needs_generation and "multiple-choice" in m.inputs}
     assert gen == {"elicitation", "elicitation_ensemble"}
-    assert set(parse_methods("no-generation")) == set(METHODS) - gen == set(NO_GENERATION_METHODS)
+    assert set(parse_methods("no-generation")) == set(parse_methods("all")) - gen == set(NO_GENERATION_METHODS)
     assert parse_methods("default,cape") == ["chat", "base", "naive", "daca", "ts", "cape", "daca_agree"]
     with pytest.raises(InputError, match="no-generation"):
         parse_methods("capes")
@@ -69,22 +70,22 @@ def test_cape_under_scoring_cape_says_the_chat_scores_are_cape_already():
                                                               "letter scores")
 
 
-@pytest.mark.parametrize("key", [k for k, m in METHODS.items()
-                                 if not m.needs_labels and m.fit is not None and m.source is None])
+@pytest.mark.parametrize("key", [k for k, m in METHODS.items() if not m.needs_labels and m.calibrator is not None
+                                 and m.inputs.get("multiple-choice", Inputs(chat="")).chat == "scores"])
 def test_label_free_fit_ignores_labels(key):
     """Every label-free method fits the same parameters with the labels given, hidden (-1) or absent."""
     base, chat, y = _logits()
     m = METHODS[key]
-    ref = m.apply(m.fit(base, chat, None), base, chat)
+    ref = m.predict(m.fit(chat, base, None), chat, base, chat)
     for labels in (y, np.full_like(y, -1)):
-        out = m.apply(m.fit(base, chat, labels), base, chat)
+        out = m.predict(m.fit(chat, base, labels), chat, base, chat)
         np.testing.assert_array_equal(out, ref)
 
 
 def test_reeval_is_base_probability_of_chat_answer():
     base, chat, _ = _logits(50)
     chat[:, 0] += 4.0  # the chat model favours option A: it disagrees with the base model on many questions
-    out = METHODS["reeval"].apply(None, base, chat)
+    out = METHODS["reeval"].predict(None, chat, base, chat)
     assert isinstance(out, M.TopLabel)
     a = chat.argmax(axis=1)
     np.testing.assert_array_equal(out.prediction, a)
@@ -139,7 +140,7 @@ def test_elicitation_parses_and_counts_failures(tmp_path):
     backend = _Replies(lambda prompt: next(v for k, v in replies.items() if f"What is {k[1:]}?" in prompt))
     sc = score_questions(backend, qs, task=ElicitationTask(), cache_dir=tmp_path, progress=False,
                          meta={"dataset": "t", "split": "s"})
-    t = METHODS["elicitation"].apply(None, None, sc.logits)
+    t = METHODS["elicitation"].predict(None, sc.logits, None, sc.logits)
     np.testing.assert_array_equal(t.prediction, [1, -1, -1, 1])
     np.testing.assert_allclose(t.confidence, [0.8, 0.25, 0.25, 0.65])  # failures: wrong, confidence 1/k
     assert list(sc.columns["parse_failure"]) == [None, NOT_AN_OPTION, "no guess", None]
@@ -193,8 +194,9 @@ def _every_method_shown(out, n_questions):
     page = (out / "report.html").read_text()
     table_md = (out / "table.md").read_text().replace("\\", "")
     table = json.loads((out / "table.json").read_text())
-    assert [r["method"] for r in table["rows"]] == list(METHODS)
-    for key in METHODS:
+    mc = parse_methods("all")
+    assert [r["method"] for r in table["rows"]] == mc
+    for key in mc:
         label = doc["method_labels"][key]
         if key in doc["methods"]:
             assert key not in doc["unavailable"]

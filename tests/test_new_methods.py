@@ -31,8 +31,8 @@ def test_fit_never_reads_labels(data, key):
     assert not m.needs_labels and m.needs_base
     outs = []
     for labels in (data.labels, np.full_like(data.labels, -1), data.labels[::-1].copy(), None):
-        fitted = m.fit(data.base, data.chat, labels, scaling="temperature")
-        outs.append(m.apply(fitted, data.base, data.chat))
+        fitted = m.fit(data.chat, data.base, labels, scaling="temperature")
+        outs.append(m.predict(fitted, data.chat, data.base, data.chat))
     for other in outs[1:]:
         np.testing.assert_array_equal(outs[0], other)
     assert not np.allclose(outs[0], log_softmax(data.chat))  # it did change something
@@ -70,8 +70,8 @@ def test_daca_agree_applies_each_side_by_the_agreement_of_the_question(data):
     f, g = data.base[700:], data.chat[700:]
     agree = f.argmax(1) == g.argmax(1)
     expect = np.where(agree[:, None], g / cal.temperature_agree_, g / cal.temperature_disagree_)
-    np.testing.assert_allclose(cal.predict_log_proba(f, g), log_softmax(expect), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(cal.predict_proba(f, g).sum(axis=1), 1.0)
+    np.testing.assert_allclose(cal.predict_log_proba(g, f), log_softmax(expect), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cal.predict_proba(g, f).sum(axis=1), 1.0)
 
 
 def test_daca_agree_reduces_to_daca_without_disagreement():
@@ -82,7 +82,7 @@ def test_daca_agree_reduces_to_daca_without_disagreement():
     cal = AgreementDACA().fit(f, g)
     assert cal.n_agree_ == 50 and cal.fallback_ == "disagree<-agree"
     assert cal.temperature_disagree_ == cal.temperature_agree_
-    np.testing.assert_allclose(cal.predict_log_proba(f, g), DACA().fit(f, g).predict_log_proba(g), atol=1e-9)
+    np.testing.assert_allclose(cal.predict_log_proba(g, f), DACA().fit(f, g).predict_log_proba(g), atol=1e-9)
     # and with no agreement at all it borrows the other way (DACA itself would fail)
     f2 = f.copy()
     f2[np.arange(50), g.argmax(1)] -= 100
@@ -96,8 +96,8 @@ def test_daca_agree_save_load_round_trip(data, tmp_path):
     cal.save(path, inputs={"base": "b"})
     back = load_calibrator(path)
     assert isinstance(back, AgreementDACA)
-    np.testing.assert_array_equal(back.predict_log_proba(data.base, data.chat),
-                                  cal.predict_log_proba(data.base, data.chat))
+    np.testing.assert_array_equal(back.predict_log_proba(data.chat, data.base),
+                                  cal.predict_log_proba(data.chat, data.base))
     doc = json.loads(path.read_text())
     for key, value, what in (("parameters", {"temperature_agree": -1.0, "temperature_disagree": 2.0}, "temperature_agree"),
                              ("hyperparameters", {"min_group": 0, "temperature_bounds": [1e-3, 1e4]}, "min_group"),
@@ -114,7 +114,7 @@ def test_daca_agree_save_load_round_trip(data, tmp_path):
 
 def test_daca_agree_errors(data):
     with pytest.raises(NotFittedError):
-        AgreementDACA().predict_proba(data.base, data.chat)
+        AgreementDACA().predict_proba(data.chat, data.base)
     with pytest.raises(InputError, match="min_group"):
         AgreementDACA(min_group=0).fit(data.base, data.chat)
     with pytest.raises(InputError):
@@ -373,7 +373,7 @@ def test_cli_fit_daca_agree_records_both_temperatures_and_applies(data, score_fi
     assert main(["apply", "--scores", chat, "--calibrator", str(out), "-o", str(calibrated)]) == 2
     assert "pass --base" in capsys.readouterr().err
     assert main(["apply", "--scores", chat, "--base", base, "--calibrator", str(out), "-o", str(calibrated)]) == 0
-    np.testing.assert_allclose(load_scores(calibrated).logits, ref.predict_log_proba(data.base, data.chat),
+    np.testing.assert_allclose(load_scores(calibrated).logits, ref.predict_log_proba(data.chat, data.base),
                                rtol=0, atol=1e-12)
     metrics_json = tmp_path / "m.json"
     assert main(["evaluate", "--scores", chat, "--base", base, "--calibrator", str(out), "--json",
@@ -381,7 +381,7 @@ def test_cli_fit_daca_agree_records_both_temperatures_and_applies(data, score_fi
     from refcal.metrics import ece
 
     got = json.loads(metrics_json.read_text())["metrics"]["calibrated"]["ece"]
-    assert got == pytest.approx(ece(ref.predict_proba(data.base, data.chat), data.labels), abs=1e-12)
+    assert got == pytest.approx(ece(ref.predict_proba(data.chat, data.base), data.labels), abs=1e-12)
 
 
 def test_cli_fit_mutual_round_trips_through_apply_and_evaluate(data, score_files, tmp_path, capsys):
@@ -392,7 +392,7 @@ def test_cli_fit_mutual_round_trips_through_apply_and_evaluate(data, score_files
     base, chat, nolabels = score_files
     out = tmp_path / "mutual.json"
     assert main(["fit", "--base", base, "--chat", nolabels, "--method", "mutual", "-o", str(out)]) == 0
-    assert "confidence bins" in capsys.readouterr().out
+    assert "divergence = " in capsys.readouterr().out
     ref = MutualCalibration().fit(data.base, data.chat)
     calibrated = tmp_path / "cal.parquet"
     assert main(["apply", "--scores", chat, "--calibrator", str(out), "-o", str(calibrated)]) == 0

@@ -227,7 +227,7 @@ def test_method_registry_entries():
     assert DEFAULT_METHODS == ("chat", "base", "naive", "daca", "ts", "daca_agree")
     assert {"daca_vector", "daca_matrix", "vs", "ms"} <= set(METHODS)
     assert len({m.label for m in METHODS.values()}) == len({m.color for m in METHODS.values()}) == len(METHODS)
-    assert parse_methods("all") == list(METHODS)
+    assert parse_methods("all") == [k for k, m in METHODS.items() if "multiple-choice" in m.inputs]
     assert parse_methods("ts, chat") == ["chat", "ts"]  # table order
     with pytest.raises(InputError, match="unknown method 'dacca'.*daca_vector"):
         parse_methods("chat,dacca")
@@ -250,8 +250,9 @@ def test_run_all_methods_with_labels(tmp_path, monkeypatch, fake_models):
     out = run(cfg, tmp_path / "run", report=True)
     res = load_result(out)
     # proj reads hidden states, which fake models do not have: listed with its reason
-    assert list(res.methods) == [k for k in METHODS if k != "proj"] and set(res.unavailable) == {"proj"}
-    assert set(res.fits) == {k for k, m in METHODS.items() if m.fit is not None and k != "proj"}
+    mc = [k for k, m in METHODS.items() if "multiple-choice" in m.inputs]
+    assert list(res.methods) == [k for k in mc if k != "proj"] and set(res.unavailable) == {"proj"}
+    assert set(res.fits) == {k for k in mc if METHODS[k].calibrator is not None and k != "proj"}
     # the registry's DACA (vector) is DACA(scaling="vector") fitted on the calibration part of the split
     chat = load_scores(out / "scores" / "chat.parquet")
     base = load_scores(out / "scores" / "base.parquet")
@@ -264,7 +265,7 @@ def test_run_all_methods_with_labels(tmp_path, monkeypatch, fake_models):
         nll = float(-lp[np.arange(len(ti)), chat.labels[ti]].mean())
         assert res.methods[key]["nll"].values[0] == pytest.approx(nll, rel=1e-12), key
     md = (out / "report.md").read_text()
-    for m in METHODS.values():
+    for m in (METHODS[k] for k in mc):
         assert m.label in md and (m.key == "proj" or (out / "predictions" / f"{m.key}.parquet").exists())
 
 

@@ -11,10 +11,11 @@ import pytest
 import scipy.linalg
 
 from refcal._math import log_softmax
-from refcal.calibrate.methods import HIDDEN_SOURCE, METHODS, MethodContext
+from refcal.calibrate import load_calibrator
+from refcal.calibrate.methods import METHODS, MethodContext
 from refcal.calibrate.proj import BaseCalProj, ProjInputs, fit_linear_map
 from refcal.cli import main
-from refcal.errors import FitError, InputError, MismatchError, NotFittedError
+from refcal.errors import CalibratorFileError, FitError, InputError, MismatchError, NotFittedError
 from refcal.metrics import TopLabel
 
 
@@ -107,7 +108,7 @@ def test_exact_map_gives_the_base_models_probability_of_the_chat_answer():
     u = v @ rng.normal(size=(6, 6)) + 2.0
     head = _Head(rng.normal(size=(3, 6)), softcap=4.0)
     g = rng.normal(size=(100, 3))
-    b, conf = BaseCalProj().fit(u[:60], v[:60]).predict_top_label(u[60:], head, g[60:])
+    b, conf = BaseCalProj().fit(u[:60], v[:60]).predict_top_label(ProjInputs(u[60:], None, g[60:], head))
     base_lp = log_softmax(head.logits(v[60:]))
     np.testing.assert_array_equal(b, g[60:].argmax(1))
     np.testing.assert_allclose(conf, np.exp(base_lp[np.arange(40), b]), rtol=1e-9)
@@ -115,7 +116,7 @@ def test_exact_map_gives_the_base_models_probability_of_the_chat_answer():
 
 def test_missing_options_get_no_probability():
     u, v, head, g = _world()
-    p = np.exp(BaseCalProj().fit(u, v).predict_log_proba(u, head, g))
+    p = np.exp(BaseCalProj().fit(u, v).predict_log_proba(ProjInputs(u, None, g, head)))
     assert np.all(p[: len(g) // 5, -1] == 0)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
 
@@ -144,14 +145,14 @@ def test_fit_never_reads_labels():
     """Through the registry: true labels, every label -1, scrambled labels, none: the same fit and output."""
     u, v, head, g = _world()
     m = METHODS["proj"]
-    assert not m.needs_labels and m.top_label and m.source == HIDDEN_SOURCE
+    assert not m.needs_labels and m.answer == "chat" and m.inputs["multiple-choice"].chat == "hidden_states"
     cal, test = ProjInputs(u[:100], v[:100], g[:100], head), ProjInputs(u[100:], v[100:], g[100:], head)
     labels = np.random.default_rng(0).integers(0, 3, 100)
     outs, coefs = [], []
     for y in (labels, np.full(100, -1), labels[::-1].copy(), None):
-        fitted = m.fit(None, cal, y, scaling="temperature")
+        fitted = m.fit(cal, None, y, scaling="temperature")
         coefs.append(fitted.coef_)
-        outs.append(m.apply(fitted, None, test))
+        outs.append(m.predict(fitted, test, None, test.chat_logits))
     for other, coef in zip(outs[1:], coefs[1:], strict=True):
         np.testing.assert_array_equal(coef, coefs[0])
         np.testing.assert_array_equal(other.confidence, outs[0].confidence)
@@ -161,18 +162,41 @@ def test_fit_never_reads_labels():
 
 
 def test_unfitted_unit_keeps_the_chat_models_confidence():
-    from refcal.run.evaluate import Unfitted
-
     u, v, head, g = _world(n=20)
-    out = METHODS["proj"].apply(Unfitted("no fit"), None, ProjInputs(u, v, g, head))
+    out = METHODS["proj"].predict(None, ProjInputs(u, v, g, head), None, g)
     np.testing.assert_allclose(out.confidence, np.exp(log_softmax(g)).max(1))
 
 
 def test_why_not():
+    from refcal.run.kinds.multiple_choice import NO_HIDDEN
+
     m = METHODS["proj"]
-    assert "letter scoring only" in m.why_not(MethodContext(has_labels=True, scoring="cloze", hidden_states=True))
-    assert "local transformers models only" in m.why_not(MethodContext(has_labels=True, scoring="letter"))
-    assert m.why_not(MethodContext(has_labels=False, scoring="letter", hidden_states=True)) is None
+    assert "letter scoring only" in m.why_not(MethodContext(has_labels=True, scoring="cloze"))
+    missing = {"hidden_states": NO_HIDDEN}
+    assert "local transformers models only" in m.why_not(MethodContext(has_labels=True, scoring="letter",
+                                                                        missing=missing))
+    assert m.why_not(MethodContext(has_labels=False, scoring="letter")) is None
+
+
+def test_proj_saves_and_loads_with_its_head(tmp_path):
+    """A fitted proj saves its map and the base head's option rows; the loaded one needs no model: the same
+    projected probabilities from the chat hidden states and logits alone, bit for bit."""
+    u, v, head, g = _world()
+    cal = METHODS["proj"].fit(ProjInputs(u[:100], v[:100], g[:100], head), None, None)
+    cal.save(tmp_path / "proj.json", inputs={"note": "test"})
+    back = load_calibrator(tmp_path / "proj.json")
+    assert isinstance(back, BaseCalProj) and repr(back) == repr(cal) == "BaseCalProj(alpha=0.0)"
+    test = ProjInputs(u[100:], None, g[100:], None)  # no head given: the saved one
+    np.testing.assert_array_equal(back.predict_log_proba(test), cal.predict_log_proba(test))
+    assert back.fitted_params() == cal.fitted_params() and back.rank_ == cal.rank_
+    doc = json.loads((tmp_path / "proj.json").read_text())
+    assert doc["method"] == "proj" and doc["n_options"] == 4 and doc["format_version"] == 2
+    doc["parameters"]["head_weight"][0] = doc["parameters"]["head_weight"][0][:-1]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(CalibratorFileError, match="head_weight must be a 4 x 9 array"):
+        load_calibrator(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="without the base model's head"):
+        BaseCalProj().fit(u, v).save(tmp_path / "x.json")
 
 
 # ---------------------------------------------------------------------------------------------- hidden states

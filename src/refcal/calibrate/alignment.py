@@ -23,6 +23,7 @@ def agreement_mask(base_logits: np.ndarray, chat_logits: np.ndarray) -> np.ndarr
 
 class _AlignmentCalibrator(ScalingCalibrator):
     _masked = True
+    streamable_fit = True
 
     def fit(self, base_logits: object, chat_logits: object, *, sample_weight: object = None) -> _AlignmentCalibrator:
         """Fit the chat model's calibrator so its distribution matches the base model's.

@@ -74,6 +74,8 @@ class Calibrator:
     needs_base_at_apply: ClassVar[bool] = False
     #: name of the solver in the file's ``solver`` record
     solver_name: ClassVar[str] = ""
+    #: its temperature fit can also run block by block on score files (:func:`refcal.streaming.fit_temperature_streaming`)
+    streamable_fit: ClassVar[bool] = False
     #: one of :data:`TASKS`: the kind of scores it was fitted on (``refcal fit`` sets it from the score file)
     task_: str = TASKS[0]
 

@@ -115,6 +115,8 @@ class Method:
         Its input is generated text (slow): left out of ``--methods no-generation``.
     scorings : tuple of str or None
         Multiple-choice scoring modes it applies to (``None``: every one); ``scoring_note`` says why.
+    top_label : bool
+        Multiple choice: its prediction is a TopLabel (``answer="chat"``, or a stated confidence).
     """
 
     key: str
@@ -131,6 +133,8 @@ class Method:
     needs_generation: bool = False
     scorings: tuple[str, ...] | None = None
     scoring_note: str | None = None
+    #: multiple choice: its prediction is an answer and one confidence (a TopLabel), no distribution
+    top_label: bool = False
 
     # ------------------------------------------------------------------ what it reads
     def reads(self, kind: str) -> Inputs:
@@ -275,15 +279,18 @@ METHODS: dict[str, Method] = {m.key: m for m in (
            {MC: Inputs(base="scores"),
             FREEFORM: Inputs(base="likelihood", apply=_base_as_is, answer="own", label="ReEval (base likelihood)",
                              needs="base model: teacher-forced answer log-probabilities (cloze), no labels")},
-           apply=_base, answer="chat", default=(FREEFORM,)),
+           apply=_base, answer="chat", default=(FREEFORM,), top_label=True),
     Method("elicitation", "verbal elicitation (Tian)", "#ff9896", {MC: Inputs(chat="elicitation")}, apply=_stated,
-           needs_generation=True),
+           needs_generation=True, top_label=True),
     Method("elicitation_ensemble", "elicitation ensemble (Xiong, mean confidence)", "#c49c94",
-           {MC: Inputs(chat="elicitation_ensemble")}, apply=_stated, needs_generation=True),
-    Method("daca_agree", "agreement-aware DACA", "#393b79", _MC_PAIR, calibrator="daca_agree", default=(MC,)),
-    Method("mutual", "mutual calibration", "#637939", _MC_PAIR, calibrator="mutual"),
+           {MC: Inputs(chat="elicitation_ensemble")}, apply=_stated, needs_generation=True, top_label=True),
+    Method("daca_agree", "agreement-aware DACA", "#393b79",
+           {MC: Inputs(base="scores"), FREEFORM: Inputs(base="scores", needs=_P_TRUE)}, calibrator="daca_agree",
+           default=(MC,)),
+    Method("mutual", "mutual calibration", "#637939",
+           {MC: Inputs(base="scores"), FREEFORM: Inputs(base="scores", needs=_P_TRUE)}, calibrator="mutual"),
     Method("proj", "BaseCal-Proj (hidden-state map)", "#e7969c", {MC: Inputs(chat="hidden_states")},
-           calibrator="proj", answer="chat", scorings=("letter",), scoring_note=_PROJ_NOTE),
+           calibrator="proj", answer="chat", scorings=("letter",), scoring_note=_PROJ_NOTE, top_label=True),
     Method("likelihood", "chat: answer likelihood", "#98df8a",
            {FREEFORM: Inputs(chat="likelihood", needs="chat model: teacher-forced answer log-probabilities (cloze)")},
            apply=_chat_as_is, default=(FREEFORM,)),

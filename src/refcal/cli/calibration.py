@@ -6,23 +6,33 @@ from pathlib import Path
 
 import click
 
+from ..calibrate.base import CALIBRATORS, check_task, task_of_scores
+from ..calibrate.methods import KINDS, METHODS, fittable_methods
 from ..errors import InputError
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
-#: ``refcal fit --method``: label-free on (base, chat) except ``ts`` (labelled, the chat file's labels)
-FIT_METHODS = ("daca", "naive", "ts", "daca_agree", "mutual")
-_LABELLED = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "matrix": "MatrixScaling"}
+#: ``refcal fit --method``: every method of the registry with a calibrator fitted on plain score files
+FIT_METHODS = tuple(dict.fromkeys(k for kind in KINDS for k in fittable_methods(kind)))
+#: what ``apply`` writes: log-probabilities below this are written as it (probability 0 either way), since
+#: score files hold |x| <= 1e100 only (``refcal.scores.bad_logits``)
+LOGIT_FLOOR = -1e100
+
+
+def _method_help() -> str:
+    parts = []
+    for k in FIT_METHODS:
+        m = METHODS[k]
+        what = "labelled (the chat file's labels)" if m.needs_labels else "label-free (needs --base)"
+        scale = ", follows --scaling" if m.follows_scaling or not isinstance(m.calibrator, str) else ""
+        parts.append(f"{k}: {m.label}, {what}{scale}")
+    return "; ".join(parts) + " (docs/METHODS.md)."
 
 
 @click.command()
 @click.option("--base", "base_path", type=_PATH, default=None,
-              help="Base-model (PLM) score file (.parquet/.jsonl); every method but ts needs it.")
+              help="Base-model (PLM) score file (.parquet/.jsonl); every label-free method needs it.")
 @click.option("--chat", "chat_path", type=_PATH, required=True, help="Chat-model (PoLM) score file.")
-@click.option("--method", type=click.Choice(FIT_METHODS), default="daca", show_default=True,
-              help="daca: align on agreeing questions only; naive: on every question (baseline); ts: labelled "
-                   "temperature (or --scaling vector / matrix) scaling on the chat file's labels (an oracle); "
-                   "daca_agree: one temperature where the models agree, another where they disagree; mutual: "
-                   "mutual calibration with the base model (docs/METHODS.md). Only ts reads labels.")
+@click.option("--method", type=click.Choice(FIT_METHODS), default="daca", show_default=True, help=_method_help())
 @click.option("--scaling", type=click.Choice(["temperature", "vector", "matrix"]), default="temperature",
               show_default=True,
               help="temperature: one parameter, any number of options; vector / matrix: per-option maps, "
@@ -35,86 +45,91 @@ _LABELLED = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "ma
               help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
 def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, output: Path,
         lmeval_metric: str | None) -> None:
-    """Fit a calibrator of the chat model from BASE and CHAT score files (joined on id); label-free except
-    ``--method ts``, which fits on the labels of CHAT alone.
+    """Fit a calibrator of the chat model from BASE and CHAT score files (joined on id); label-free unless the
+    method is a labelled oracle, which fits on the labels of CHAT alone. The calibrator records the kind of
+    scores it was fitted on (multiple-choice option logits or free-form P(True)); ``apply`` checks it.
 
-    DACA / naive temperature scaling of two refcal score files that list the questions in the same order
-    streams them block by block (bounded memory, same result); other inputs are loaded whole.
+    A temperature fit of DACA or naive alignment on two refcal score files that list the questions in the
+    same order streams them block by block (bounded memory, same result); other inputs are loaded whole.
     """
     from .._io import ensure_parent
-    from ..calibrate.alignment import agreement_mask
-    from ..scores import join_scores, load_scores
-    from ..streaming import OrderMismatch, fit_temperature_streaming, is_streamable
+    from ..streaming import _file_meta, is_streamable
 
     ensure_parent(output, what="the calibrator", create=False)  # before any work
-    if method != "ts" and base_path is None:
+    m = METHODS[method]
+    if m.needs_labels and base_path is not None:
+        raise InputError(f"--method {method} is fitted on the chat model's labels alone and does not read --base; "
+                         "drop it")
+    if not m.needs_labels and base_path is None:
         raise InputError(f"--method {method} is fitted on both models' scores: pass --base (only the labelled "
-                         "--method ts needs none)")
-    if method == "ts" and base_path is not None:
-        raise InputError("--method ts is fitted on the chat model's labels alone and does not read --base; drop it")
-    if method in ("daca_agree", "mutual") and scaling != "temperature":
-        raise InputError(f"--scaling {scaling} applies to daca, naive and ts; {method} has one form only")
-    streamed = None
-    if (method in ("daca", "naive") and scaling == "temperature" and lmeval_metric is None
-            and is_streamable(base_path) and is_streamable(chat_path)):
-        try:
-            streamed = fit_temperature_streaming(chat_path, base_path, method=method)
-        except OrderMismatch:
-            streamed = None  # the files list the questions in different orders: join them in memory
-    kwargs = {"l2": l2} if scaling != "temperature" else {}
-    base_meta: dict | None = None
-    if streamed is not None:
-        cal, n, n_agree = streamed.calibrator, streamed.n, streamed.n_agree
-        base_meta, chat_meta = streamed.meta["base"], streamed.meta["chat"]
-    elif method == "ts":
-        from ..calibrate import labelled
-
-        chat = load_scores(chat_path, lmeval_metric=lmeval_metric)
-        n_missing = int((chat.labels < 0).sum())
-        if n_missing:
-            raise InputError(f"{chat_path}: {n_missing} of {len(chat)} questions have no label; --method ts is "
-                             "labelled scaling and needs every label (--method daca is label-free)")
-        cal = getattr(labelled, _LABELLED[scaling])(**kwargs).fit(chat.logits, chat.labels)
-        n, n_agree, chat_meta = len(chat), None, chat.meta
-    else:
-        from ..calibrate import DACA, NaiveAlignment
-        from ..calibrate.agreement import AgreementDACA
-        from ..calibrate.mutual import MutualCalibration
-
-        joined = join_scores(load_scores(base_path, lmeval_metric=lmeval_metric),
-                             load_scores(chat_path, lmeval_metric=lmeval_metric))
-        if method in ("daca", "naive"):
-            cls = DACA if method == "daca" else NaiveAlignment
-            cal = cls(scaling=scaling, **kwargs).fit(joined.base, joined.chat)
-        else:
-            cal = (AgreementDACA if method == "daca_agree" else MutualCalibration)().fit(joined.base, joined.chat)
-        n, n_agree = len(joined.ids), int(agreement_mask(joined.base, joined.chat).sum())
-        base_meta, chat_meta = joined.base_scores.meta, joined.chat_scores.meta
+                         "methods need none)")
+    if scaling != "temperature" and isinstance(m.calibrator, str) and not m.follows_scaling:
+        raise InputError(f"--scaling {scaling} applies to methods that follow it; {method} has one form only")
+    cal = m.make(scaling)
+    if "l2" in cal.get_params():
+        cal.l2 = l2
+    elif l2:
+        raise InputError(f"--l2 applies to vector and matrix scaling; {method} with --scaling {scaling} has no such term")
+    kind = task_of_scores(_file_meta(chat_path)) if lmeval_metric is None and is_streamable(chat_path) else None
+    cal, n, metas = _fit_calibrator(m, cal, base_path, chat_path, lmeval_metric, kind)
     inputs = {
         "base": None if base_path is None else str(base_path), "chat": str(chat_path), "n_questions": int(n),
-        "base_meta": None if base_meta is None else _short_meta(base_meta), "chat_meta": _short_meta(chat_meta),
+        "base_meta": None if metas[0] is None else _short_meta(metas[0]), "chat_meta": _short_meta(metas[1]),
     }
     cal.save(output, inputs=inputs)
-    what = method if method in ("daca_agree", "mutual") else f"{method} / {scaling} scaling"
-    agree = "labels of every question" if n_agree is None else f"{n_agree} agree, rate {n_agree / n:.3f}"
-    click.echo(f"{what} on {n} questions ({agree})")
+    fp = cal.fitted_params()
+    agree = ("labels of every question" if m.needs_labels else "no labels" if "n_agree" not in fp
+             else f"no labels; {fp['n_agree']} agree, rate {fp['n_agree'] / n:.3f}")
+    click.echo(f"{method} / {cal.scaling} on {n} {cal.task_} questions ({agree})")
     click.echo(_fit_summary(cal))
     click.echo(f"wrote {output}")
 
 
+def _fit_calibrator(m, cal, base_path: Path | None, chat_path: Path, lmeval_metric: str | None,
+                    kind: str | None) -> tuple[object, int, tuple[dict | None, dict]]:
+    """``(fitted calibrator with its task, questions, (base meta, chat meta))``: streamed where it can be."""
+    from ..scores import join_scores, load_scores
+    from ..streaming import OrderMismatch, fit_temperature_streaming, is_streamable
+
+    if (cal.streamable_fit and cal.scaling == "temperature" and lmeval_metric is None and kind is not None
+            and is_streamable(base_path) and is_streamable(chat_path)):
+        m.reads(kind)
+        try:
+            streamed = fit_temperature_streaming(chat_path, base_path, method=cal.method, **_streaming_params(cal))
+        except OrderMismatch:
+            streamed = None  # the files list the questions in different orders: join them in memory
+        if streamed is not None:
+            streamed.calibrator.task_ = kind
+            return streamed.calibrator, streamed.n, (streamed.meta["base"], streamed.meta["chat"])
+    chat = load_scores(chat_path, lmeval_metric=lmeval_metric)
+    kind = task_of_scores(chat.meta)
+    m.reads(kind)  # a method of the other kind only: one line naming the kinds it applies to
+    if m.needs_labels:
+        n_missing = int((chat.labels < 0).sum())
+        if n_missing:
+            raise InputError(f"{chat_path}: {n_missing} of {len(chat)} questions have no label; --method {m.key} is "
+                             "labelled and needs every label (--method daca is label-free)")
+        cal.fit_roles(chat.logits, None, chat.labels)
+        cal.task_ = kind
+        return cal, len(chat), (None, chat.meta)
+    joined = join_scores(load_scores(base_path, lmeval_metric=lmeval_metric), chat)
+    cal.fit_roles(joined.chat, joined.base)
+    cal.task_ = kind
+    return cal, len(joined.ids), (joined.base_scores.meta, joined.chat_scores.meta)
+
+
+def _streaming_params(cal) -> dict:
+    """The hyper-parameters the block-wise temperature fit takes."""
+    return {k: v for k, v in cal.get_params().items() if k in ("max_iter", "tol", "temperature_bounds", "on_bound")}
+
+
 def _fit_summary(cal) -> str:
-    """One line on what was fitted."""
-    method = cal.method
-    if method == "daca_agree":
-        borrowed = f"; {cal.fallback_}" if cal.fallback_ else ""
-        return (f"temperature where the models agree = {cal.temperature_agree_:.6g}, where they disagree = "
-                f"{cal.temperature_disagree_:.6g}{borrowed}  ({cal.n_iter_} iterations)")
-    if method == "mutual":
-        return (f"{cal.bin_confidence_.size} confidence bins, projection divergence {cal.divergence_:.3g} "
-                f"({cal.n_iter_} SLSQP iterations, converged: {cal.converged_})")
-    if cal.scaling == "temperature":
-        return f"temperature = {cal.temperature_:.6g}  ({cal.n_iter_} iterations, converged: {cal.converged_})"
-    return f"L-BFGS: {cal.n_iter_} iterations, converged: {cal.converged_}"
+    """One line on what was fitted: its fitted parameters and the solver's record."""
+    fp = {k: v for k, v in cal.fitted_params().items() if k not in ("n", "n_agree", "agreement_rate")}
+    shown = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in fp.items())
+    fallback = getattr(cal, "fallback_", None)
+    return (f"{shown or 'fitted'}{'; ' + fallback if fallback else ''}  ({cal.n_iter_} iterations, "
+            f"converged: {cal.converged_})")
 
 
 @click.command()
@@ -127,7 +142,8 @@ def _fit_summary(cal) -> str:
 @click.option("--lmeval-metric", type=click.Choice(["acc", "acc_norm", "acc_bytes"]), default=None,
               help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
 @click.option("--base", "base_path", type=_PATH, default=None,
-              help="Base-model score file: a daca_agree calibrator reads both models' logits (their agreement).")
+              help="Base-model score file, for a calibrator that reads both models' logits at apply time "
+                   "(daca_agree: their agreement).")
 def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Path | None, allow_other_k: bool,
              lmeval_metric: str | None, base_path: Path | None) -> None:
     """Calibration metrics of a score file (needs labels); before and after a calibrator."""
@@ -144,7 +160,7 @@ def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Pat
 
         cal = load_calibrator(cal_path)
     _check_base(cal, cal_path, base_path)
-    streamable = cal is None or (cal.method != "daca_agree" and cal.scaling in ("temperature", "binned"))
+    streamable = cal is None or (not cal.needs_base_at_apply and cal.scaling in ("temperature", "binned"))
     if lmeval_metric is None and streamable and is_streamable(scores_path):
         # bounded memory: metrics accumulated block by block (same values as the in-memory path)
         streamed = evaluate_streaming(scores_path, calibrator=cal, n_bins=bins)
@@ -189,10 +205,18 @@ def _print_metrics(results: dict, bins: int, json_path: Path | None, scores_path
 @click.option("--lmeval-metric", type=click.Choice(["acc", "acc_norm", "acc_bytes"]), default=None,
               help="lm-evaluation-harness samples files: which ranking the logits reproduce (default acc).")
 @click.option("--base", "base_path", type=_PATH, default=None,
-              help="Base-model score file: a daca_agree calibrator reads both models' logits (their agreement).")
+              help="Base-model score file, for a calibrator that reads both models' logits at apply time "
+                   "(daca_agree: their agreement).")
 def apply(scores_path: Path, cal_path: Path, output: Path, allow_other_k: bool, lmeval_metric: str | None,
           base_path: Path | None) -> None:
-    """Write calibrated log-probabilities (as logits) for every question of a score file."""
+    """Write calibrated log-probabilities (as logits) for every question of a score file.
+
+    Score files hold values with |x| <= 1e100 only, so a log-probability below -1e100 (an option the
+    calibrated model gives probability 0 in any case: exp(-1e100) is 0) is written as -1e100; a missing
+    option stays -inf.
+    """
+    import numpy as np
+
     from .._io import ensure_parent
     from ..calibrate import load_calibrator
     from ..scores import check_output_path, load_scores
@@ -204,36 +228,37 @@ def apply(scores_path: Path, cal_path: Path, output: Path, allow_other_k: bool, 
     scores = load_scores(scores_path, lmeval_metric=lmeval_metric)
     _check_options(cal, scores, scores_path, cal_path, allow_other_k)
     logp = _calibrated(cal, scores, base_path, lmeval_metric)
+    logp = np.where(np.isfinite(logp), np.maximum(logp, LOGIT_FLOOR), logp)  # see the docstring
     out = scores.with_logits(logp, calibrated=True, calibrator=str(cal_path))
     out.save(output)
     click.echo(f"wrote {output} ({len(out)} questions, calibrated log-probabilities)")
 
 
 def _check_base(cal, cal_path: Path | None, base_path: Path | None) -> None:
-    """A daca_agree calibrator needs the base model's scores at apply time; nothing else reads them."""
-    pair = cal is not None and cal.method == "daca_agree"
-    if pair and base_path is None:
-        raise InputError(f"{cal_path} is agreement-aware DACA: it picks each question's temperature by whether the "
-                         "two models agree, so it needs the base model's scores; pass --base BASE_SCORES")
-    if base_path is not None and not pair:
-        raise InputError("--base is read only by a daca_agree calibrator; drop it")
+    """A calibrator that reads both models' logits at apply time needs the base model's scores; no other
+    reads them."""
+    needs = cal is not None and cal.needs_base_at_apply
+    if needs and base_path is None:
+        raise InputError(f"{cal_path} is {cal.description.split(':')[0]}: it reads both models' logits at apply time "
+                         "(e.g. their agreement), so it needs the base model's scores; pass --base BASE_SCORES")
+    if base_path is not None and not needs:
+        raise InputError("--base is read only by a calibrator that reads both models' logits at apply time "
+                         f"({', '.join(k for k, c in CALIBRATORS.items() if c.needs_base_at_apply)}); drop it")
 
 
 def _calibrated(cal, scores, base_path: Path | None, lmeval_metric: str | None):
     """Calibrated log-probabilities (n, k) of ``scores`` (the chat model's), in its question order."""
-    if cal.method != "daca_agree":
+    if not cal.needs_base_at_apply:
         return cal.predict_log_proba(scores.logits)
     from ..scores import join_scores, load_scores
 
     joined = join_scores(load_scores(base_path, lmeval_metric=lmeval_metric), scores)  # in the chat file's order
-    return cal.predict_log_proba(joined.base, joined.chat)
+    return cal.predict_log_proba(joined.chat, joined.base)
 
 
 def _check_options(cal, scores, scores_path: Path, cal_path: Path, allow_other_k: bool) -> None:
     """Applying a calibrator to scores of another task is refused; to scores with another number of options
-    it must be an explicit choice."""
-    from ..calibrate.io import check_task
-
+    it must be an explicit choice (never for a map with one parameter per option)."""
     meta = getattr(scores, "meta", None)
     if meta is None:  # a streamed evaluation: the file's own metadata
         from ..streaming import _file_meta
@@ -251,7 +276,7 @@ def _check_options(cal, scores, scores_path: Path, cal_path: Path, allow_other_k
     if not allow_other_k:
         raise InputError(
             f"{cal_path} was fitted on {cal.n_options_} options but {scores_path} has {k}; "
-            f"{'a temperature' if cal.scaling == 'temperature' else 'a confidence map'} "
+            f"{'a temperature' if cal.scaling == 'temperature' else 'a ' + cal.scaling + ' map'} "
             "transfers across option counts only approximately: pass --allow-other-k to apply it anyway, or fit "
             f"a calibrator on scores with {k} options"
         )

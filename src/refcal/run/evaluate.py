@@ -177,9 +177,9 @@ def claim_of(lp: np.ndarray) -> TopLabel:
     return TopLabel(np.ones(len(c), dtype=np.int64), np.clip(c, 0.0, 1.0))
 
 
-def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | None, n_bins: int, *,
+def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | np.ndarray | None, n_bins: int, *,
                   claim: bool = False) -> dict[str, dict[str, float]]:
-    """Every metric of every method on one unit's evaluation questions (``labels``: per method).
+    """Every metric of every method on one unit's evaluation questions (``labels``: per method, or one array).
 
     ``claim`` (free-form): each method's ``log [1 - c, c]`` is evaluated as :func:`claim_of`, its NLL the
     binary log loss of ``c`` against the verdict."""
@@ -187,7 +187,7 @@ def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | None, n
 
     res: dict[str, dict[str, float]] = {}
     for name, lp in preds.items():
-        y = None if labels is None else labels[name]
+        y = labels[name] if isinstance(labels, dict) else labels  # per method, or the same for every one
         shown = claim_of(lp) if claim else lp
         if isinstance(shown, TopLabel):  # an answer and its confidence: no distribution, no NLL
             row = {"mean_confidence": float(np.mean(shown.confidence))}

@@ -55,6 +55,12 @@ class FitRecord:
                **self.params, "error": self.error, "fallback": self.fallback}
         return {k: v for k, v in out.items() if v is not None}
 
+    def __getattr__(self, name: str) -> Any:
+        """A fitted parameter read as an attribute (``rec.temperature``); ``None`` when this fit has none."""
+        if name.startswith("_") or name == "params":
+            raise AttributeError(name)
+        return self.__dict__.get("params", {}).get(name)
+
     def get(self, key: str, default: Any = None) -> Any:
         """A fixed field or a fitted parameter by name (``rec.get("temperature")``)."""
         return self.flat().get(key, default)
