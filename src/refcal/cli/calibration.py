@@ -11,8 +11,27 @@ from ..calibrate.methods import KINDS, METHODS, fittable_methods
 from ..errors import InputError
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
-#: ``refcal fit --method``: every method of the registry with a calibrator fitted on plain score files
-FIT_METHODS = tuple(dict.fromkeys(k for kind in KINDS for k in fittable_methods(kind)))
+def fit_methods() -> tuple[str, ...]:
+    """``refcal fit --method``: every method of the registry with a calibrator fitted on plain score files
+    (read when the command runs, so a method registered at run time is offered too)."""
+    return tuple(dict.fromkeys(k for kind in KINDS for k in fittable_methods(kind)))
+
+
+class _MethodChoice(click.Choice):
+    """A ``click.Choice`` of :func:`fit_methods`, read from the registry each time."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return fit_methods()
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
 #: what ``apply`` writes: log-probabilities below this are written as it (probability 0 either way), since
 #: score files hold |x| <= 1e100 only (``refcal.scores.bad_logits``)
 LOGIT_FLOOR = -1e100
@@ -20,7 +39,7 @@ LOGIT_FLOOR = -1e100
 
 def _method_help() -> str:
     parts = []
-    for k in FIT_METHODS:
+    for k in fit_methods():
         m = METHODS[k]
         what = "labelled (the chat file's labels)" if m.needs_labels else "label-free (needs --base)"
         scale = ", follows --scaling" if m.follows_scaling or not isinstance(m.calibrator, str) else ""
@@ -32,7 +51,7 @@ def _method_help() -> str:
 @click.option("--base", "base_path", type=_PATH, default=None,
               help="Base-model (PLM) score file (.parquet/.jsonl); every label-free method needs it.")
 @click.option("--chat", "chat_path", type=_PATH, required=True, help="Chat-model (PoLM) score file.")
-@click.option("--method", type=click.Choice(FIT_METHODS), default="daca", show_default=True, help=_method_help())
+@click.option("--method", type=_MethodChoice(), default="daca", show_default=True, help=_method_help())
 @click.option("--scaling", type=click.Choice(["temperature", "vector", "matrix"]), default="temperature",
               show_default=True,
               help="temperature: one parameter, any number of options; vector / matrix: per-option maps, "
