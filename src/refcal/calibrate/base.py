@@ -48,7 +48,8 @@ READABLE_VERSIONS = (1, 2)
 #: What a calibrator's scores are: option logits of multiple-choice questions, or the two P(True) letters
 #: of free-form answers; recorded as ``task`` and checked before applying it (``check_task``).
 TASKS = ("multiple-choice", "free-form")
-#: ``task`` values written by the previous code, read as today's
+#: ``task`` values written by the previous code, read as today's; also the ``meta["task"]`` of free-form P(True)
+#: score files (:data:`refcal.tasks.freeform.FREEFORM_TASK`; calibrate/ imports no task module)
 _OLD_TASKS = {"free-form P(True)": "free-form"}
 
 #: method name in the file -> calibrator class (filled as the classes are defined)
@@ -347,10 +348,8 @@ def plain_number(x: object) -> object:
 def task_of_scores(meta: Any) -> str:
     """The calibrator task of a score file's metadata: ``free-form`` for free-form P(True) scores, else
     ``multiple-choice`` (generation and likelihood score sets are not calibrated; anything else is options)."""
-    from ..tasks.freeform import FREEFORM_TASK
-
     got = meta.get("task") if isinstance(meta, dict) else None
-    return TASKS[1] if got in (FREEFORM_TASK, TASKS[1]) else TASKS[0]
+    return TASKS[1] if got in (*_OLD_TASKS, TASKS[1]) else TASKS[0]
 
 
 def check_task(cal: Calibrator, meta: Any, *, cal_source: str, scores_source: str) -> None:
