@@ -402,7 +402,7 @@ def test_cli_fit_mutual_round_trips_through_apply_and_evaluate(data, score_files
     got = json.loads(metrics_json.read_text())["metrics"]["calibrated"]["ece"]
     assert got == pytest.approx(ece(ref.predict_proba(data.chat), data.labels), abs=1e-12)
     assert main(["apply", "--scores", chat, "--base", base, "--calibrator", str(out), "-o", str(calibrated)]) == 2
-    assert "only by a daca_agree" in capsys.readouterr().err
+    assert "(daca_agree); drop it" in capsys.readouterr().err
 
 
 def test_cli_fit_ts_needs_labels_and_no_base(data, score_files, tmp_path, capsys):
