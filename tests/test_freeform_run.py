@@ -15,14 +15,16 @@ import pytest
 
 from refcal.backends.fake import FakeBackend
 from refcal.calibrate import DACA, load_calibrator
+from refcal.calibrate.methods import parse_methods
 from refcal.cli import main
 from refcal.errors import CalibratorFileError, InputError
 from refcal.prompts_freeform import P_TRUE_LETTERS, generation_prompt
-from refcal.run import RunConfig, load_result
-from refcal.calibrate.methods import parse_methods
-from refcal.run import run
+from refcal.run import RunConfig, load_result, run
 from refcal.run.kinds import is_freeform
+from refcal.scores import ScoreSet, load_scores
+from refcal.tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
 
+N = 24
 FREEFORM_METHODS = parse_methods("all", "free-form")
 
 
@@ -33,10 +35,7 @@ def run_freeform(cfg, out, *, judge=None, **kw):
 
 def parse_freeform_methods(value):
     return parse_methods(value, "free-form")
-from refcal.scores import ScoreSet, load_scores
-from refcal.tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
 
-N = 24
 TRICKY = "<b>What</b> | is *this* [x](javascript:alert(1))?"
 
 

@@ -12,8 +12,8 @@ from refcal.backends.fake import FakeBackend
 from refcal.calibrate.methods import (
     DEFAULT_METHODS,
     METHODS,
-    Inputs,
     NO_GENERATION_METHODS,
+    Inputs,
     MethodContext,
     parse_methods,
 )
