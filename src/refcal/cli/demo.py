@@ -56,6 +56,6 @@ def demo(n_questions: int, n_options: int, chat_temperature: float, seed: int, w
         fp = fitted.fitted_params() if fitted is not None else {}
         temps = [fp[k] for k in ("temperature", "temperature_agree", "temperature_disagree") if k in fp]
         ts_txt = (f"{temps[0]:12.3f}" if len(temps) == 1 else f"{'-':>12}" if not temps
-                  else f"{'/'.join(f'{t:.2f}' for t in temps[1:]):>12}")  # daca_agree: agreeing / disagreeing
+                  else f"{'/'.join(f'{t:.2f}' for t in temps):>12}")  # daca_agree: agreeing / disagreeing
         click.echo(f"{method.label:<40}{ts_txt}{100 * m['ece']:9.3f}{100 * m['mce']:9.3f}{m['brier']:8.4f}"
                    f"{m['nll']:8.4f}{m['accuracy']:7.3f}")
