@@ -2,7 +2,7 @@
 
 The rule under test: bad input gives ONE line on stderr naming the problem and what to do, a
 non-zero exit, no traceback, and no output file (not even a half-written one). Library-level error
-tests live in test_scores.py / test_calibrate_io.py; these drive ``refcal.cli.main``.
+tests live in test_scores.py / calibrate/test_io.py; these drive ``refcal.cli.main``.
 """
 
 import json

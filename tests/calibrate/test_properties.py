@@ -45,7 +45,7 @@ def quiet_fit(cal, *args):
 
 
 def objective(f: np.ndarray, g: np.ndarray, tau: float) -> float:
-    """Independent DACA objective (see tests/test_calibrate.py)."""
+    """Independent DACA objective (see tests/calibrate/test_calibrators.py)."""
     m = np.argmax(f, 1) == np.argmax(g, 1)
     logp, logq = sp_log_softmax(f, axis=1), sp_log_softmax(g / tau, axis=1)
     p = np.exp(logp)
