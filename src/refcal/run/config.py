@@ -8,6 +8,7 @@ from typing import Any
 from ..calibrate.methods import FREEFORM, KINDS, MC, parse_methods
 from ..errors import InputError
 from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
+from .backend_options import check_model_options
 
 #: The embedded default: the packaged cross-family pair on a data set where both are above chance.
 DEFAULT_BASE = "gemma-3-270m"
@@ -132,8 +133,6 @@ class RunConfig:
         self._check_model_options()
 
     def _check_model_options(self) -> None:
-        from .backend_options import check_model_options
-
         check_model_options({"base": self.base, "chat": self.chat}, self.model_options)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, metrics
+from .._math import softmax
 from ..calibrate import DACA, agreement_diagnostics
 from ..calibrate.methods import METHODS, Method, MethodContext
 from ..errors import FitError
@@ -183,8 +184,6 @@ def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | np.ndar
 
     ``claim`` (free-form): each method's ``log [1 - c, c]`` is evaluated as :func:`claim_of`, its NLL the
     binary log loss of ``c`` against the verdict."""
-    from .. import metrics
-
     res: dict[str, dict[str, float]] = {}
     for name, lp in preds.items():
         y = labels[name] if isinstance(labels, dict) else labels  # per method, or the same for every one
@@ -246,8 +245,6 @@ def _warn_undefined_auroc(method: str, rows: dict[str, list[float]]) -> None:
 
 def selective(preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
     """Selective-accuracy curves of every method on the plotted questions."""
-    from .. import metrics
-
     return {m: metrics.selective_accuracy(_probs(lp), labels) for m, lp in preds.items()}
 
 
@@ -260,8 +257,6 @@ def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, 
     """95 % percentile-bootstrap intervals of ECE, Brier and NLL (1000 resamples of the plotted questions;
     the same resamples for every metric and method). The NLL comes from the log-probabilities, as in the
     table, so its interval is finite whenever the NLL is."""
-    from .. import metrics
-
     out = Bootstrap(n_boot=N_BOOT, level=0.95, n=int(len(labels)))
     alpha = ALPHA
     for m, lp in preds.items():
@@ -288,8 +283,6 @@ def premise_diagnostics(base: np.ndarray, chat: np.ndarray, labels: np.ndarray, 
     For each model: mean confidence and accuracy on the agreeing questions, their gap (confidence minus
     accuracy; positive = over-confident) with a 95 % percentile-bootstrap interval, and a one-line verdict.
     """
-    from .._math import softmax
-
     agree = np.argmax(base, axis=1) == np.argmax(chat, axis=1)
     idx = np.flatnonzero(agree)
     out: dict[str, Any] = {"n_agree": int(idx.size)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..calibrate.methods import method_label
 from ..metrics import ConfidenceInterval, SelectiveCurve
 
 #: Version of the ``metrics.json`` layout written by this build (``schema_version`` in the file).
@@ -141,8 +142,6 @@ class RunResult:
 
     def label(self, method: str) -> str:
         """The method's label in this run (its own, else the registry's, else the key)."""
-        from ..calibrate.methods import method_label
-
         return method_label(method, self.method_labels)
 
 
