@@ -1,4 +1,4 @@
-"""lm-evaluation-harness ``--log_samples`` files as score files (refcal.formats.lmeval).
+"""lm-evaluation-harness ``--log_samples`` files as score files (refcal.scores.lmeval).
 
 The fixtures under ``tests/fixtures/lmeval/`` were written by a real ``lm_eval`` 0.4.13 run (``--model hf
 --log_samples --device cpu``, float32) of the 8-question task in ``tests/fixtures/lmeval/task/`` on the
@@ -22,8 +22,7 @@ import pytest
 from refcal.calibrate import DACA, load_calibrator
 from refcal.cli import main
 from refcal.errors import InputError, ScoreFileError
-from refcal.formats import is_lmeval_log, read_lmeval
-from refcal.scores import join_scores, load_scores
+from refcal.scores import is_lmeval_log, join_scores, load_scores, read_lmeval
 
 FIX = Path(__file__).parent / "fixtures" / "lmeval"
 

@@ -25,7 +25,7 @@ _LAZY = {
     "make_synthetic": "synthetic",
 }
 _SUBMODULES = ("metrics", "plots", "report", "run", "scoring", "prompts", "backends", "data", "calibrate", "tasks",
-               "options", "streaming", "formats", "judge", "parsing")
+               "options", "streaming")
 
 __all__ = sorted([*_LAZY, "metrics", "__version__"])
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, ScoreFileError
+from .scoreset import ScoreSet
 
 #: lm-eval metrics whose ranking refcal can reproduce from a samples file
 LMEVAL_METRICS = ("acc", "acc_norm", "acc_bytes")
@@ -78,7 +79,7 @@ def _read_array_head_slow(path: Path) -> bool:
     return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and all(k in data[0] for k in _KEYS)
 
 
-def read_lmeval(path: str | Path, *, metric: str = "acc") -> Any:
+def read_lmeval(path: str | Path, *, metric: str = "acc") -> ScoreSet:
     """Read an lm-eval samples file of a multiple-choice task as a :class:`refcal.scores.ScoreSet`.
 
     Parameters
@@ -95,8 +96,6 @@ def read_lmeval(path: str | Path, *, metric: str = "acc") -> Any:
     InputError
         Unknown ``metric``.
     """
-    from ..scores import ScoreSet
-
     if metric not in LMEVAL_METRICS:
         raise InputError(f"lm-eval metric must be one of {', '.join(LMEVAL_METRICS)}, got {metric!r}")
     path = Path(path)
