@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from refcal import prompts_freeform as pf
-from refcal.backends.transformers import TransformersBackend, _pack
+from refcal.backends.batching import pack as _pack
+from refcal.backends.transformers import TransformersBackend
 from refcal.data.freeform import load_triviaqa
 from refcal.tasks.requests import GenerateRequest
 

@@ -22,7 +22,8 @@ import time
 import numpy as np
 import torch
 
-from refcal.backends.transformers import TransformersBackend, _pack
+from refcal.backends.batching import pack as _pack
+from refcal.backends.transformers import TransformersBackend
 from refcal.data import load_dataset
 from refcal.prompts import letter_requests
 

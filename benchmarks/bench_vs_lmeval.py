@@ -89,7 +89,7 @@ def floor(be, reqs, batch_size: int) -> None:
     """Decoder over context + every option token per question, head + logsumexp at option tokens only."""
     import torch
 
-    from refcal.backends.transformers import _pack
+    from refcal.backends.batching import pack as _pack
 
     enc = [be._encode_cloze(r) for r in reqs]
     rows = [ctx + [t for c in conts for t in c] for ctx, conts in enc]

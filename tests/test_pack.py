@@ -3,7 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refcal.backends.transformers import MAX_PADDING, _pack
+from refcal.backends.batching import MAX_PADDING
+from refcal.backends.batching import pack as _pack
 
 
 @given(st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=60), st.integers(1, 16))

@@ -305,7 +305,7 @@ def test_malformed_rows_of_other_tasks_are_scored_again(tmp_path, scoring):
 
 
 def test_progress_lines_off_a_terminal(tmp_path, caplog, monkeypatch):
-    import refcal.scoring
+    import refcal.scoring.progress
 
     caplog.set_level(logging.INFO, logger="refcal.progress")
     score_questions(FakeBackend(), make_questions(20), batch_size=1, cache=False, progress=True)
@@ -315,7 +315,7 @@ def test_progress_lines_off_a_terminal(tmp_path, caplog, monkeypatch):
     score_questions(FakeBackend(), make_questions(20), batch_size=1, cache=False, progress=False)
     assert not [r for r in caplog.records if r.name == "refcal.progress"]
     # a stalled backend still shows a line every PROGRESS_EVERY_S
-    monkeypatch.setattr(refcal.scoring, "PROGRESS_EVERY_S", 0.05)
+    monkeypatch.setattr(refcal.scoring.progress, "PROGRESS_EVERY_S", 0.05)
     score_questions(FakeBackend(sleep=0.4), make_questions(2), batch_size=2, cache=False, progress=True)
     stalled = [r.getMessage() for r in caplog.records if r.name == "refcal.progress"]
     assert any(m.startswith("scoring: 0/2 questions") for m in stalled)

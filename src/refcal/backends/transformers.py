@@ -45,8 +45,10 @@ import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelError
 from ..tasks.requests import cut_at_stop
-from . import _cloze_tree
+from . import _cloze_tree, models
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, collect
+from .batching import common_prefix, pack
+from .heads import OptionHead
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +159,10 @@ class TransformersBackend:
         """
         opts = TransformersOptions.build(options, **kwargs)
         torch = _torch()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from . import models
+        from transformers import (  # optional heavy dependency, imported on use
+            AutoModelForCausalLM,
+            AutoTokenizer,
+        )
 
         dev = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -278,12 +281,12 @@ class TransformersBackend:
         with torch.inference_mode():
             for idx in groups.values():
                 enc = [self._encode_letter(requests[i]) for i in idx]
-                p = _common_prefix(enc) if use_prefix_cache and len(idx) > 1 else 0
+                p = common_prefix(enc) if use_prefix_cache and len(idx) > 1 else 0
                 p = min(p, min(len(e) for e in enc) - 1)
                 if p < _MIN_PREFIX:
                     p = 0
                 order = sorted(range(len(idx)), key=lambda j: -len(enc[j]))
-                for chunk in _pack(order, [len(enc[j]) - p for j in order], self.batch_size):
+                for chunk in pack(order, [len(enc[j]) - p for j in order], self.batch_size):
                     rows = [enc[j][p:] for j in chunk]
                     past = past_mask = None
                     if p:
@@ -340,7 +343,7 @@ class TransformersBackend:
             return
         lens = [_cloze_tree.tree_length(*e) for e in enc]
         order = sorted(range(len(requests)), key=lambda i: (-lens[i], i))
-        for chunk in _pack(order, [lens[i] for i in order], self.batch_size):
+        for chunk in pack(order, [lens[i] for i in order], self.batch_size):
             with self._torch.inference_mode():
                 sums = _cloze_tree.score(self._decoder, self._head, [enc[i] for i in chunk], lay=lay,
                                          vocab=int(self._head_w.shape[0]), pad=self._pad, dtype=self.dtype,
@@ -374,7 +377,7 @@ class TransformersBackend:
         enc = [self._encode_cloze(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(enc[i][0]))
         with torch.inference_mode():
-            for chunk in _pack(order, [len(enc[i][0]) for i in order], self.batch_size):
+            for chunk in pack(order, [len(enc[i][0]) for i in order], self.batch_size):
                 # contexts minus their last token go through the cache; the last one starts each option row
                 _, ctx_mask, kv = self._forward([enc[i][0][:-1] for i in chunk])
                 sel, rows, targets = [], [], []
@@ -412,12 +415,42 @@ class TransformersBackend:
         """:meth:`score_letters` as ``(index, scores)`` pairs (all computed before the first is yielded)."""
         yield from enumerate(self.score_letters(requests))
 
-    def hidden_states(self, questions: Sequence[Any], **kwargs: Any) -> Any:
-        """Answer-position final hidden states of the letter prompts of ``questions``, cached (BaseCal-Proj):
-        :func:`refcal.backends._hidden.hidden_states`."""
-        from ._hidden import hidden_states
+    # ------------------------------------------------------------------------------------- hidden states
+    @property
+    def hidden_size(self) -> int:
+        """Width ``H`` of the final hidden states (the output head's input)."""
+        return int(self._head_w.shape[1])
 
-        return hidden_states(self, questions, **kwargs)
+    def option_head(self, letters: Sequence[str], chat: bool = False) -> OptionHead:
+        """The rows of the output head for the tokens scored as ``letters`` (float64 copies), with the
+        model's logit soft-capping (see :mod:`refcal.backends.heads`)."""
+        ids = self.letter_token_ids(tuple(letters), chat)
+        torch = self._torch
+        with torch.inference_mode():
+            rows = torch.tensor(ids, device=self.device)
+            w = self._head_w[rows].double().cpu().numpy()
+            b = None if self._head_b is None else self._head_b[rows].double().cpu().numpy()
+        cap = float(self._softcap) if self._softcap else None
+        return OptionHead(w, b, cap, tuple(letters), tuple(int(i) for i in ids))
+
+    def answer_hidden_states(self, requests: Sequence[LetterRequest]) -> np.ndarray:
+        """Final hidden state at the answer position of each letter request: float32 ``(n, H)``, in request
+        order (the ``h_T`` whose head rows give the letter scores; cached by :func:`refcal.scoring.hidden_states`)."""
+        torch = self._torch
+        enc = [self._encode_letter(r) for r in requests]
+        if any(not e for e in enc):
+            raise InputError("a letter prompt has no tokens; give each question a text")
+        out = np.empty((len(requests), self.hidden_size), dtype=np.float32)
+        order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
+        with torch.inference_mode():
+            for chunk in pack(order, [len(enc[i]) for i in order], self.batch_size):
+                h, _, _ = self._forward([enc[i] for i in chunk])
+                last = h[:, -1, :].float().cpu().numpy()
+                for b, i in enumerate(chunk):
+                    out[i] = last[b]
+        if not np.isfinite(out).all():
+            raise ModelError(f"{self.name} returned non-finite hidden states; try --dtype float32")
+        return out
 
     # ------------------------------------------------------------------------------------- generation
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
@@ -480,42 +513,6 @@ class TransformersBackend:
                 raise InputError("each generation request needs a positive max_new_tokens")
         enc = [self._encode_text(r.prompt, r.chat) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: (-len(enc[i]), i))
-        for chunk in _pack(order, [len(enc[i]) for i in order], self.batch_size):
+        for chunk in pack(order, [len(enc[i]) for i in order], self.batch_size):
             texts = self._generate_batch([enc[i] for i in chunk], [requests[i] for i in chunk])
             yield from zip(chunk, texts, strict=True)
-
-
-#: Largest share of padding a batch may carry. On a CPU a padded token costs as much as a real one and
-#: batching gains little, so rows of very different lengths are better run apart (measured on Gemma-3-270M,
-#: 5-shot MMLU: batches of 8 sorted rows were 2.5x slower per question than unpadded rows).
-MAX_PADDING = 0.2
-
-
-def _pack(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Split ``order`` (sorted by decreasing ``lengths``) into batches of at most ``batch_size`` whose
-    left padding stays under :data:`MAX_PADDING` of the batch's tokens; deterministic in its inputs."""
-    chunks: list[list[int]] = []
-    cur: list[int] = []
-    width = total = 0
-    for item, n in zip(order, lengths, strict=True):
-        if cur and (len(cur) == batch_size or (total + n) < (1 - MAX_PADDING) * width * (len(cur) + 1)):
-            chunks.append(cur)
-            cur, total = [], 0
-        if not cur:
-            width = max(n, 1)
-        cur.append(item)
-        total += n
-    if cur:
-        chunks.append(cur)
-    return chunks
-
-
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        m = 0
-        while m < n and s[m] == first[m]:
-            m += 1
-        n = m
-    return n

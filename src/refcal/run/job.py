@@ -177,20 +177,20 @@ def _wants_hidden(cfg: RunConfig) -> bool:
 def _extract_hidden(backend: Any, questions: dict, cfg: RunConfig, splits: list, role: str, hidden: dict) -> None:
     """Both models' answer-position hidden states for ``proj`` (cached like scores), and the base model's
     output head over the option letters."""
-    from ..backends._hidden import option_head
     from ..prompts import option_letters
+    from ..scoring import hidden_states
 
-    if not hasattr(backend, "hidden_states"):
+    if not hasattr(backend, "answer_hidden_states"):
         return
     for t in cfg.templates:
         for s in splits:
             log.info("extracting the %s model's answer-position hidden states (template %s, split %s)", role, t, s)
-            hidden[(role, t, s)] = backend.hidden_states(
-                questions[s], template=t, chat=cfg.chat_template, fewshot=_fewshot(cfg, questions[s]),
+            hidden[(role, t, s)] = hidden_states(
+                backend, questions[s], template=t, chat=cfg.chat_template, fewshot=_fewshot(cfg, questions[s]),
                 cache_dir=cfg.cache_dir, meta={"dataset": cfg.dataset, "split": s})
     if role == "base":
         k = max(len(q.choices) for qs in questions.values() for q in qs)
-        hidden["head"] = option_head(backend, option_letters(k), cfg.chat_template)
+        hidden["head"] = backend.option_head(option_letters(k), cfg.chat_template)
 
 
 def _attach_hidden(plan: protocol.Plan, hidden: dict, test_split: str | None, calib_split: str | None) -> None:

@@ -31,31 +31,22 @@ default) every 10% of the questions and at least every 30 s, so a stalled server
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import sys
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._paths import cache_root
-from .backends.base import call_iter
-from .data.base import Question
-from .errors import InputError, ModelError
-from .scores import QUESTION_HASH, ScoreSet, question_hash
-from .tasks import KIND_CALLS, Task, make_task, request_json, request_text_length
+from .._paths import cache_root
+from ..backends.base import call_iter
+from ..data.base import Question
+from ..errors import InputError, ModelError
+from ..scores import QUESTION_HASH, ScoreSet, question_hash
+from ..tasks import KIND_CALLS, Task, make_task, request_text_length
+from .cache import ScoreStore, cache_key, request_hash
+from .progress import Progress
 
 log = logging.getLogger(__name__)
-progress_log = logging.getLogger("refcal.progress")
-progress_log.setLevel(logging.INFO)  # progress lines are shown under the CLI's default WARNING level
-
-_CACHE_VERSION = 1
-#: a progress line off a terminal at least this often (seconds), and at every 10% of the questions
-PROGRESS_EVERY_S = 30.0
 
 
 def score_questions(
@@ -124,14 +115,9 @@ def score_questions(
     requests = [task.requests(q, ex) for q, ex in zip(questions, shots, strict=True)]
     meta = dict(meta or {})
     fingerprint = str(backend.fingerprint)
-    key = {
-        "v": _CACHE_VERSION, "fingerprint": fingerprint, "dataset": meta.get("dataset"),
-        "split": meta.get("split"), **task.cache_key(),
-        "fewshot": _hash(json.dumps(sorted({json.dumps([[e.id, e.question, list(e.choices), e.label] for e in ex])
-                                            for ex in shots}))),
-    }
-    hashes = [_request_hash(rs) for rs in requests]
-    store = _Store(Path(cache_dir) if cache_dir is not None else cache_root() / "scores", key) if cache else None
+    key = cache_key(fingerprint, task, meta, shots)
+    hashes = [request_hash(rs) for rs in requests]
+    store = ScoreStore(Path(cache_dir) if cache_dir is not None else cache_root() / "scores", key) if cache else None
     cached = store.load() if store else {}
     rows: dict[int, Any] = {}
     n_bad = 0
@@ -149,13 +135,13 @@ def score_questions(
     plan = _plan(backend, requests, int(batch_size))
     invariant = bool(getattr(backend, "batch_invariant", False))
     call = KIND_CALLS[task.kind]
-    bar = _Progress(len(questions), len(rows), progress)
+    bar = Progress(len(questions), len(rows), progress)
     # the whole planned batch, so that its new rows equal an uninterrupted run's
     todo = [[i for i in batch if i not in rows] if invariant else batch
             for batch in plan if not all(i in rows for i in batch)]
     owners = [[(i, p) for i in run for p in range(len(requests[i]))] for run in todo]
     sent = [[requests[i][p] for i, p in owner] for owner in owners]
-    # a backend that scores batches elsewhere (refcal.scoring_ray) yields them as they finish
+    # a backend that scores batches elsewhere (refcal.backends.ray) yields them as they finish
     dispatch = getattr(backend, "dispatch_batches", None)
     results = dispatch(call, sent) if dispatch else ((b, call_iter(backend, call, reqs)) for b, reqs in enumerate(sent))
     try:
@@ -230,124 +216,3 @@ def _plan(backend: Any, requests: Sequence[Sequence[Any]], batch_size: int) -> l
     if cur:
         plan.append(cur)
     return plan
-
-
-def _request_hash(reqs: Sequence[Any]) -> str:
-    obj = request_json(reqs[0]) if len(reqs) == 1 else [request_json(r) for r in reqs]
-    return _hash(json.dumps(obj, ensure_ascii=False))
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-class _Progress:
-    """A tqdm bar on a terminal; off a terminal, log lines every 10% and at least every 30 s."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.total, self.done = total, initial
-        self._bar = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if not enabled or initial >= total:
-            return
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, unit="q", desc="scoring", leave=False)
-            return
-        self._t0 = time.monotonic()
-        self._step = max(1, -(-total // 10))
-        self._next = (initial // self._step + 1) * self._step
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._heartbeat, name="refcal-progress", daemon=True)
-        self._thread.start()
-
-    def _line(self) -> None:
-        progress_log.info("scoring: %d/%d questions (%.0f%%), %.0f s", self.done, self.total,
-                          100.0 * self.done / self.total, time.monotonic() - self._t0)
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(PROGRESS_EVERY_S):
-            with self._lock:
-                self._line()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif self._thread is not None and self.done >= self._next:
-            with self._lock:
-                self._next = (self.done // self._step + 1) * self._step
-                self._line()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-
-# ---------------------------------------------------------------------------------------------- cache
-class _Store:
-    """Append-only JSONL result file for one cache key."""
-
-    def __init__(self, root: Path, key: Mapping[str, Any]):
-        blob = json.dumps(key, sort_keys=True)
-        self.path = root / f"{_hash(blob)[:24]}.jsonl"
-        self._key = blob
-        self._fh = None
-
-    def load(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if not self.path.exists():
-            return out
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        for line in data.split(b"\n"):
-            try:
-                obj = json.loads(line)
-                out[obj["h"]] = obj["r"]
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn line from a killed run (or an empty one)
-        return out
-
-    def _open(self):
-        if self._fh is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                key_file = self.path.with_suffix(".key.json")
-                if not key_file.exists():
-                    key_file.write_text(self._key)
-                self._fh = open(self.path, "ab+")
-            except OSError as e:
-                raise InputError(f"cannot write the score cache {self.path} ({e}); pass a writable --cache-dir") from None
-            self._fh.seek(0, os.SEEK_END)
-            size = self._fh.tell()
-            if size:
-                # a kill -9 mid-write leaves a line without its newline: cut it so the next line parses
-                self._fh.seek(size - 1)
-                if self._fh.read(1) != b"\n":
-                    self._fh.seek(0)
-                    data = self._fh.read()
-                    self._fh.truncate(data.rfind(b"\n") + 1)
-                self._fh.seek(0, os.SEEK_END)
-        return self._fh
-
-    def append(self, h: str, qid: str, raw: Any) -> None:
-        fh = self._open()
-        fh.write((json.dumps({"h": h, "id": qid, "r": raw}, allow_nan=False) + "\n").encode("utf-8"))
-        fh.flush()  # flushed lines survive kill -9 (the OS has them); fsync per batch guards power loss
-
-    def sync(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self.sync()
-            self._fh.close()
-            self._fh = None
