@@ -1,4 +1,4 @@
-"""Scoring on Ray (refcal.scoring_ray): the same scores as one process, a killed worker, a killed driver.
+"""Scoring on Ray (refcal.backends.ray): the same scores as one process, a killed worker, a killed driver.
 
 The fast tests use the shipped FakeBackend with ``batch_term`` (every score depends on the batch it
 was scored in, so a batch cut differently than in one process would show); ``slow`` runs two replicas
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from refcal.backends import load_backend
+from refcal.backends.ray import RayBackend, RayOptions, _temp_dir
 from refcal.data.base import Question
 from refcal.errors import InputError
 from refcal.scoring import score_questions
-from refcal.scoring_ray import RayBackend, RayOptions, _temp_dir
 
 pytest.importorskip("ray")  # installed by `make test` (the ray extra); refcal works without it
 
@@ -94,7 +94,7 @@ _DRIVER = """
 import sys
 from refcal.data.base import Question
 from refcal.scoring import score_questions
-from refcal.scoring_ray import RayBackend
+from refcal.backends.ray import RayBackend
 qs = [Question(f"q{i}", f"Question number {i} {'x' * (i % 7)}? #{i % 4}", ("a", "b", "c", "d"), i % 4)
       for i in range(24)]
 with RayBackend("fake:r", {"batch_term": 1e-3, "sleep": 1.0}, workers=1, temp_dir=sys.argv[2]) as rb:
@@ -175,7 +175,7 @@ def test_api_counters_come_back_from_the_actors(shared_ray, tmp_path):
 
 
 def test_merge_stats_sums_counts_and_merges_sources():
-    from refcal.scoring_ray import merge_stats
+    from refcal.backends.ray import merge_stats
 
     total: dict = {}
     for delta in ({"n": 2, "letter_source": "unresolved"}, {"n": 3, "letter_source": "exact"},

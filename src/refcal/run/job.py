@@ -29,7 +29,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
 
     Returns the run folder; its ``metrics.json`` is read back with :func:`refcal.run.load_result`.
     """
-    from ..scoring_ray import open_backend
+    from ..backends.ray import open_backend
 
     cfg.validate()
     t_start = time.perf_counter()

@@ -15,7 +15,7 @@ driver writes them to the same append-only cache as a single-process run, so
 * a killed worker is restarted by Ray and its batch sent again (``max_restarts=-1``,
   ``max_task_retries=-1``, Ray Data's defaults for actor pools).
 
-A backend that keeps request counters in ``stats`` (the API backend's :class:`~.backends.openai.APIStats`)
+A backend that keeps request counters in ``stats`` (the API backend's :class:`~refcal.backends.openai.APIStats`)
 has them in every actor; each result carries what its batch added, and :attr:`RayBackend.stats` sums
 them on the driver (strings such as ``letter_source`` are merged), so ``metrics.json`` and the report
 show the same counters as a single-process run.
@@ -33,17 +33,25 @@ and leaves it running.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MissingDependencyError, ModelError
+import numpy as np
+
+from .._paths import cache_root
+from ..errors import BackendError, InputError, MissingDependencyError, ModelError
+from ..tasks import request_text_length
+from . import load_backend, options_class
+from .base import call_iter
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,6 @@ class RayOptions:
 
 def _stats(backend: Any) -> dict[str, Any] | None:
     """A backend's ``stats`` (a dataclass or a mapping of counters) as a dict; None if it keeps none."""
-    import dataclasses
-
     st = getattr(backend, "stats", None)
     if st is None:
         return None
@@ -130,13 +136,11 @@ def _load(spec: str, options: Mapping[str, Any], threads: int | None) -> Any:
     if threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         try:
-            import torch
+            import torch  # optional heavy dependency: only to cap a worker's threads
         except ImportError:
             pass
         else:
             torch.set_num_threads(int(threads))
-    from .backends import load_backend
-
     return load_backend(spec, dict(options))
 
 
@@ -165,10 +169,6 @@ class _Worker:
         self.call = call
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
-
-        from .backends.base import call_iter
-
         out, stats = [], []
         for blob in batch["requests"]:
             reqs = pickle.loads(blob)
@@ -197,8 +197,6 @@ class RayBackend:
 
     def __init__(self, spec: str, options: Any = None, ray: RayOptions | Mapping[str, Any] | None = None,
                  *, api_base: str | None = None, **kwargs: Any):
-        from .backends import options_class
-
         if isinstance(ray, RayOptions):
             ray = {k: getattr(ray, k) for k in RayOptions.__dataclass_fields__}
         self.ray_options = RayOptions(**{**dict(ray or {}), **kwargs})
@@ -242,8 +240,6 @@ class RayBackend:
     def request_lengths(self, requests: Sequence[Any]) -> list[int]:
         """Lengths of ``requests`` as the backend measures them (one round trip to the probe)."""
         if not self._has_length:
-            from .tasks import request_text_length
-
             return [request_text_length(r) for r in requests]
         if self._probe is None:
             raise ModelError("the Ray probe actor is gone; request lengths are needed before dispatching batches")
@@ -258,7 +254,7 @@ class RayBackend:
         if self._probe is not None:  # free its resources (a GPU) for the pool
             ray.kill(self._probe)
             self._probe = None
-        import ray.data as rd
+        import ray.data as rd  # the optional `ray` extra, imported on use
 
         ctx = rd.DataContext.get_current()
         ctx.execution_options.preserve_order = False
@@ -282,8 +278,6 @@ class RayBackend:
                 results = pickle.loads(row["results"])
                 yield int(row["b"]), iter([(j, r) for j, r in enumerate(results) if r is not None])
         except Exception as exc:
-            from .errors import BackendError
-
             if isinstance(exc, BackendError | InputError):
                 raise
             cause = _user_error(exc)
@@ -295,7 +289,7 @@ class RayBackend:
     # ------------------------------------------------------------------------------ lifecycle
     def _start(self) -> None:
         try:
-            import ray
+            import ray  # the optional `ray` extra, imported on use
         except ImportError as exc:
             raise MissingDependencyError("ray", "ray") from exc
         self._ray = ray
@@ -347,8 +341,6 @@ class RayBackend:
 
 def _user_error(exc: BaseException) -> BaseException | None:
     """The refcal error raised inside a worker, if that is what failed (Ray wraps it)."""
-    from .errors import BackendError
-
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 8:
@@ -362,8 +354,6 @@ def _user_error(exc: BaseException) -> BaseException | None:
 
 def _temp_dir(requested: str | None) -> Path:
     """A fresh folder for a private Ray instance's session files, short enough for Unix sockets."""
-    from ._paths import cache_root
-
     root = Path(requested) if requested else cache_root() / "ray"
     if len(str(root.resolve())) + _SOCKET_TAIL <= _SOCKET_PATH_MAX:
         root.mkdir(parents=True, exist_ok=True)
@@ -376,10 +366,6 @@ def open_backend(spec: str, ray: RayOptions | Mapping[str, Any] | None = None, *
                  **options: Any) -> Any:
     """A context manager giving the backend of ``spec``: local (:func:`refcal.backends.load_backend`)
     when ``ray`` is None, else a :class:`RayBackend` with those Ray options, closed on exit."""
-    from contextlib import nullcontext
-
     if ray is None:
-        from .backends import load_backend
-
         return nullcontext(load_backend(spec, api_base=api_base, **options))
     return RayBackend(spec, options, ray, api_base=api_base)
