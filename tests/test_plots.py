@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from refcal import metrics as M
-from refcal import plots as P
 from refcal.errors import InputError
+from refcal.report import plots as P
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_saved_files_are_reproducible(data, tmp_path):
 
 
 def test_plotting_never_imports_pyplot():
-    code = ("import numpy as np, sys; from refcal import metrics as M, plots as P;"
+    code = ("import numpy as np, sys; from refcal import metrics as M; from refcal.report import plots as P;"
             "p = np.array([[0.7, 0.3], [0.4, 0.6]]); P.plot_reliability(M.reliability_bins(p, np.array([0, 0])));"
             "print('matplotlib.pyplot' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

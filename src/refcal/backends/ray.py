@@ -47,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends as registry  # load_backend looked up at call time (tests swap it for fakes)
 from .._paths import cache_root
 from ..errors import BackendError, InputError, MissingDependencyError, ModelError
 from ..tasks import request_text_length
-from . import load_backend, options_class
 from .base import call_iter
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _load(spec: str, options: Mapping[str, Any], threads: int | None) -> Any:
             pass
         else:
             torch.set_num_threads(int(threads))
-    return load_backend(spec, dict(options))
+    return registry.load_backend(spec, dict(options))
 
 
 class _Probe:
@@ -200,7 +200,7 @@ class RayBackend:
         if isinstance(ray, RayOptions):
             ray = {k: getattr(ray, k) for k in RayOptions.__dataclass_fields__}
         self.ray_options = RayOptions(**{**dict(ray or {}), **kwargs})
-        cls = options_class(spec)
+        cls = registry.options_class(spec)
         over = {"api_base": api_base} if api_base is not None and "api_base" in cls.__dataclass_fields__ else {}
         opts = cls.build(options, **over)  # unknown options are refused here, before Ray starts
         self.spec = spec
@@ -367,5 +367,5 @@ def open_backend(spec: str, ray: RayOptions | Mapping[str, Any] | None = None, *
     """A context manager giving the backend of ``spec``: local (:func:`refcal.backends.load_backend`)
     when ``ray`` is None, else a :class:`RayBackend` with those Ray options, closed on exit."""
     if ray is None:
-        return nullcontext(load_backend(spec, api_base=api_base, **options))
+        return nullcontext(registry.load_backend(spec, api_base=api_base, **options))
     return RayBackend(spec, options, ray, api_base=api_base)

@@ -266,7 +266,8 @@ def _correct_with(lp: np.ndarray) -> TopLabel:
 # ---------------------------------------------------------------------------------------------- the run
 def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | None = None,
                  judge_api_base: str | None = None, methods: Sequence[str] | str | None = None,
-                 overwrite: bool = False, report: bool = True, backends: Mapping[str, Any] | None = None) -> Path:
+                 overwrite: bool = False, finish: Callable[[Path], Any] | None = None,
+                 backends: Mapping[str, Any] | None = None) -> Path:
     """The whole free-form job (see the module docstring); returns the run folder.
 
     ``methods``: keys of :data:`FREEFORM_METHODS` (default all); ``backends``: ``{"chat": ..., "base": ...}``
@@ -477,7 +478,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     evaluation = Evaluation(result, predictions, deployed,
                             {"base": cfg.base, "chat": cfg.chat, "dataset": cfg.dataset, "split": split,
                              "task": FREEFORM_TASK, "n_questions": n})
-    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report,
+    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish,
                             config=cfg_dict)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from .folder import write_run_folder
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, report: bool = True) -> Path:
+def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
+        finish: Callable[[Path], Any] | None = None) -> Path:
     """Run the whole job and write the run folder ``out_dir`` (atomically: built aside, then renamed).
 
     Returns the run folder; its ``metrics.json`` is read back with :func:`refcal.run.load_result`.
@@ -96,7 +98,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         evaluation.result.method_labels["cape"] = cape_label(cfg.cape_orders, cfg.cape_templates)
     evaluation.result.api_stats = api_stats
     evaluation.result.parse_failures = _parse_failures(cfg, scores, evaluation.result.methods)
-    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report)
+    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish)
 
 
 def cape_label(orders: str, templates: str) -> str:

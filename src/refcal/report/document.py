@@ -1,36 +1,18 @@
-"""The run report: ``report.html`` (one self-contained file), ``report.md`` and ``plots/*.png|svg``.
-
-:func:`write_report` reads a run folder (see ``docs/ARCHITECTURE.md``): ``metrics.json`` (required; every
-number in the tables comes from it), ``config.json``, ``calibrator.json`` and ``predictions/<method>.parquet``
-(calibrated log-probabilities on the evaluation questions of the first split/template; the plots are drawn
-from them). The page is built once as a list of blocks that two renderers turn into HTML and Markdown, so
-both files show the same numbers. Every string read from a file is escaped.
-"""
+"""The report as a list of blocks (:mod:`refcal.report.blocks`): headings, paragraphs, notes, tables and
+figures, every number read from the run's ``metrics.json``."""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import logging
-import os
-import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_text
-from .calibrate.methods import METHODS, ordered_keys
-from .errors import ScoreFileError
-from .metrics import TopLabel
-from .run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
-
-__all__ = ["write_report"]
-
-log = logging.getLogger(__name__)
+from ..calibrate.methods import METHODS, ordered_keys
+from ..run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
+from .blocks import Image, Table
 
 #: (key, header, scale, decimals, lower is better)
 _COLUMNS = [
@@ -40,21 +22,6 @@ _COLUMNS = [
 ]
 _LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, reliability diagrams and "
                   "selective accuracy / risk–coverage curves")
-
-
-# ---------------------------------------------------------------------------------------------- blocks
-@dataclass
-class _Table:
-    header: list[str]
-    rows: list[list[str]]
-    bold: set[tuple[int, int]] = field(default_factory=set)
-    collapsed: str | None = None  # summary text: rendered folded in HTML
-
-
-@dataclass
-class _Image:
-    stem: str  # plots/<stem>.png
-    caption: str
 
 
 def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
@@ -69,7 +36,7 @@ def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
     return str(v)
 
 
-def _comparison(result: RunResult, names: Mapping[str, str]) -> _Table:
+def _comparison(result: RunResult, names: Mapping[str, str]) -> Table:
     """Methods × metrics, mean ± std over templates/splits; best mean per column in bold (base excluded).
     A method that could not apply to the run is listed with its reason."""
     methods, has_labels = result.methods, result.has_labels
@@ -100,10 +67,10 @@ def _comparison(result: RunResult, names: Mapping[str, str]) -> _Table:
                 bold |= {(r, c) for r, v in cand.items() if v == best}
     for m in ordered_keys(set(result.unavailable) - set(methods)):
         rows.append([names.get(m, m)] + [f"not applicable: {result.unavailable[m]}"] + [""] * (len(cols) - 1))
-    return _Table(["method"] + [c[1] for c in cols], rows, bold)
+    return Table(["method"] + [c[1] for c in cols], rows, bold)
 
 
-def _kv_table(d: Mapping[str, Any], collapsed: str | None = None) -> _Table:
+def _kv_table(d: Mapping[str, Any], collapsed: str | None = None) -> Table:
     rows = []
     flat: dict[str, Any] = {}
     for k, v in d.items():  # one level of nesting becomes "outer.inner" keys
@@ -116,93 +83,12 @@ def _kv_table(d: Mapping[str, Any], collapsed: str | None = None) -> _Table:
             v = json.dumps(v, default=str)
             v = v if len(v) <= 160 else v[:157] + "..."
         rows.append([str(k), _fmt(v, 1, 6)])
-    return _Table(["key", "value"], rows, collapsed=collapsed)
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def _predictions(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{method: (probs (n, k), labels (n,))}`` from ``predictions/*.parquet`` (log-probabilities)."""
-    from ._math import softmax
-    from .scores import load_scores
-
-    folder = run_dir / "predictions"
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    found = {f.stem: f for f in files}
-    out = {}
-    for m in ordered_keys(found):
-        try:
-            s = load_scores(found[m])
-        except ScoreFileError as e:
-            log.warning("skipping predictions of %s: %s", m, e)
-            continue
-        if s.meta.get("top_label"):  # rows [answered option (-1: none), stated confidence]
-            out[m] = (TopLabel(s.logits[:, 0].astype(np.int64), np.clip(s.logits[:, 1], 0.0, 1.0)), s.labels)
-            continue
-        # softmax of log-probabilities re-normalises rows that were rounded when written
-        out[m] = (softmax(s.logits), s.labels)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- plots
-def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], n_bins: int,
-           plot_dir: Path) -> tuple[list[_Image], dict[str, Path]]:
-    from . import metrics
-    from . import plots as P
-
-    images, files = [], {}
-
-    def save(fig, stem: str, caption: str) -> None:
-        for p in P.save_figure(fig, plot_dir / stem):
-            files[f"plots/{p.name}"] = p
-        images.append(_Image(stem, caption))
-
-    if preds:
-        k = max((p.shape[1] for p, _ in preds.values() if not isinstance(p, TopLabel)), default=2)
-        conf = {m: P.confidences(p) for m, (p, _) in preds.items()}
-        # a stated (top-label) confidence may lie below 1/k: the axis then starts at the lowest one
-        low = min([1 / k] + [float(c.min()) for m, c in conf.items() if isinstance(preds[m][0], TopLabel)])
-        data = P.confidence_histogram_data(conf, low=low)
-        ax = P.plot_confidence_histogram(data, labels=names, title="Confidence before and after calibration")
-        save(ax.figure, "confidence_histogram",
-             ("Confidence that the answer is correct" if preds and all(isinstance(p, TopLabel) for p, _ in preds.values())
-              else "Confidence (max probability)") + " of each method on the evaluation questions; dotted lines: means.")
-    if preds and labels_ok:
-        bins = {m: metrics.reliability_bins(p, y, n_bins=n_bins) for m, (p, y) in preds.items()}
-        fig = P.plot_reliability_grid(bins, titles=names)
-        save(fig, "reliability", f"Reliability diagrams ({n_bins} equal-width bins): bars are accuracy, the "
-             "hatched band is the gap to the bin's mean confidence, numbers are questions per bin.")
-        fig = P.new_figure(11.0, 4.0)
-        a1, a2 = fig.subplots(1, 2)
-        # the curves run computed (metrics.json), recomputed only for a method it did not store
-        curves = {m: result.selective.get(m) or metrics.selective_accuracy(p, y) for m, (p, y) in preds.items()}
-        P.plot_selective_accuracy(curves, ax=a1, labels=names, title="Selective accuracy")
-        P.plot_risk_coverage({m: metrics.risk_coverage(p, y) for m, (p, y) in preds.items()}, ax=a2,
-                             labels=names, title="Risk–coverage")
-        save(fig, "selective", "Left: accuracy on the questions whose confidence reaches the threshold "
-             "(solid) and the fraction kept (dotted). Right: error rate against coverage (lower is better).")
-    if labels_ok and result.bootstrap is not None and result.bootstrap.methods:
-        ci = {m: result.bootstrap.methods[m]["ece"] for m in ordered_keys(result.bootstrap.methods)
-              if "ece" in result.bootstrap.methods[m]}
-        if ci:
-            ax = P.plot_metric_intervals(ci, labels=names, title="ECE of each method")
-            save(ax.figure, "ece_intervals", f"ECE of each method on the {result.bootstrap.n} plotted questions "
-                 f"(dot) with its {100 * result.bootstrap.level:.0f} % bootstrap interval ({result.bootstrap.n_boot} "
-                 "resamples, the same for every method); lower is better.")
-    groups = {m: P.group_values([asdict(r) for r in recs]) for m, recs in result.fits.items()}
-    main = groups.get("daca")
-    if main is not None and len(main.groups) > 1:
-        others = {m: g for m, g in groups.items() if m != "daca" and g.groups}
-        ax = P.plot_group_values(main, markers=others, labels=names, label=names.get("daca", "DACA"),
-                                 title="Fitted temperature per group")
-        save(ax.figure, "temperatures", "Temperature fitted per group (subject or split; averaged over templates), "
-             "sorted by the DACA value (bars; n = agreeing questions its fit used); markers: the other "
-             "methods' temperatures for the same group; dashed line: τ = 1.")
-    return images, files
+    return Table(["key", "value"], rows, collapsed=collapsed)
 
 
 # ---------------------------------------------------------------------------------------------- document
-def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] | None,
-              preds: Mapping[str, Any], images: list[_Image], names: Mapping[str, str]) -> list[Any]:
+def document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] | None,
+              preds: Mapping[str, Any], images: list[Image], names: Mapping[str, str]) -> list[Any]:
     has_labels = res.has_labels
     img = {i.stem: i for i in images}
     out: list[Any] = [("h1", "refcal calibration report")]
@@ -340,7 +226,7 @@ def _freeform_section(ff: Mapping[str, Any], names: Mapping[str, str]) -> list[A
                  _short("; ".join(map(str, ex.get("references") or [])), 50),
                  {1: "yes", 0: "no"}.get(ex.get("correct"), "n/a")]
                 + [_fmt((ex.get("confidence") or {}).get(k), 1, 3) for k in keys] for ex in examples]
-        out.append(_Table(["question", "answer", "references", "correct"] + [names.get(k, k) for k in keys], rows,
+        out.append(Table(["question", "answer", "references", "correct"] + [names.get(k, k) for k in keys], rows,
                           collapsed=f"the first {len(rows)} questions: answer, verdict and each method's confidence"))
     return out
 
@@ -379,7 +265,7 @@ def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:
                          if ci is not None else "n/a")
         rows.append(cells)
     return [
-        _Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
+        Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
                collapsed=f"{100 * boot.level:.0f} % bootstrap intervals ({boot.n_boot} resamples of "
                          f"the {boot.n} plotted questions)"),
     ]
@@ -402,7 +288,7 @@ def _api_section(stats: Mapping[str, Any]) -> list[Any]:
         rows.append([str(role), source] + [_fmt(st.get(k), 1, 0) + (share if k == "n_floored_letters" else "")
                                            for k, _ in keys])
     out: list[Any] = [("h2", "API scoring: where the letter scores came from"),
-                      _Table(["model", "letter scores"] + [label for _, label in keys], rows), *lines]
+                      Table(["model", "letter scores"] + [label for _, label in keys], rows), *lines]
     if floored_any:
         out.append(("p", "Top-k: the server returns only the top-k log-probabilities of the generated token. An "
                     "option letter absent from the top-k gets a floor below the smallest returned "
@@ -463,7 +349,7 @@ def _diagnostics(d: Diagnostics | None, fits: Mapping[str, list[FitRecord]], has
                                                                     else ("confidence",))]
     rows = [[name] + [_fmt(sub.get(k), 1, 4) for k in keys] for name, sub in (("agree", d.agree),
                                                                                ("disagree", d.disagree))]
-    out.append(_Table(["subset"] + [k.replace("_", " ") for k in keys], rows))
+    out.append(Table(["subset"] + [k.replace("_", " ") for k in keys], rows))
     if has_labels:
         out.append(("p", "A trustworthy fit shows the base model's confidence close to its accuracy on the "
                     "agreeing questions, and the chat model over-confident there."))
@@ -479,122 +365,7 @@ def _diagnostics(d: Diagnostics | None, fits: Mapping[str, list[FitRecord]], has
         used = [r.get("n_agree", r.get("n")) for r in recs]
         used = [u for u in used if isinstance(u, (int, float))]
         summary = f"fits of {m}: {len(recs)}" + (f", questions used {int(min(used))}–{int(max(used))}" if used else "")
-        out.append(_Table([c.replace("_", " ") for c in cols], rows, collapsed=summary))
+        out.append(Table([c.replace("_", " ") for c in cols], rows, collapsed=summary))
     return out
 
 
-# ---------------------------------------------------------------------------------------------- renderers
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1250px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em;border-bottom:2px solid #1f77b4;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}.wide{overflow-x:auto}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
-td:first-child{white-space:normal;min-width:9em}th{background:#f0f4f8}
-td:first-child,th:first-child{text-align:left}td strong{color:#0b5394}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.85em;color:#555}.note{background:#fff6db;border-left:4px solid #e0a800;padding:.6em 1em}
-details{margin:.6em 0}summary{cursor:pointer;color:#1f4e79}
-"""
-
-
-def _html(blocks: list[Any], plot_dir: Path) -> str:
-    e = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             "<title>refcal report</title>", f"<style>{_CSS}</style></head><body>"]
-    for b in blocks:
-        if isinstance(b, _Table):
-            t = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header) + "</tr></thead><tbody>"]
-            for r, row in enumerate(b.rows):
-                cells = [f"<strong>{e(c)}</strong>" if (r, i) in b.bold else e(c) for i, c in enumerate(row)]
-                t.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            t.append("</tbody></table>")
-            body = '<div class="wide">' + "".join(t) + "</div>"  # wide tables scroll instead of overflowing
-            parts.append(f"<details><summary>{e(b.collapsed)}</summary>{body}</details>" if b.collapsed else body)
-        elif isinstance(b, _Image):
-            data = base64.b64encode((plot_dir / f"{b.stem}.png").read_bytes()).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(b.stem)}">'
-                         f"<figcaption>{e(b.caption)}</figcaption></figure>")
-        else:
-            kind, text = b
-            tag = {"h1": "h1", "h2": "h2", "p": "p", "note": 'p class="note"'}[kind]
-            parts.append(f"<{tag}>{e(text)}</{tag.split()[0]}>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
-_MD_LINE_START = re.compile(r"^(\s*(?:\d+)?)([#>]|[-+=](?=\s|$)|(?<=\d)[.)](?=\s|$))")
-
-
-def _md_cell(s: str) -> str:
-    """Text as inert Markdown: every character Markdown could read as inline markup (links, images,
-    emphasis, code, HTML, table pipes) is backslash-escaped, as is a block marker (heading, quote, list)
-    at its start; ``&`` becomes an entity and newlines become spaces."""
-    text = _MD_SPECIAL.sub(r"\\\1", str(s).replace("&", "&amp;")).replace("\n", " ").replace("\r", " ")
-    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
-
-
-def _markdown(blocks: list[Any]) -> str:
-    lines: list[str] = []
-    for b in blocks:
-        if isinstance(b, _Table):
-            if b.collapsed:
-                lines.append(f"*{_md_cell(b.collapsed)}*")
-                lines.append("")
-            lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            lines.append("|" + "|".join(["---"] + ["---:"] * (len(b.header) - 1)) + "|")
-            for r, row in enumerate(b.rows):
-                cells = [f"**{_md_cell(c)}**" if (r, i) in b.bold else _md_cell(c) for i, c in enumerate(row)]
-                lines.append("| " + " | ".join(cells) + " |")
-        elif isinstance(b, _Image):
-            lines.append(f"![{b.stem}](plots/{b.stem}.png)")
-            lines.append("")
-            lines.append(f"*{_md_cell(b.caption)}*")
-        else:
-            kind, text = b
-            prefix = {"h1": "# ", "h2": "## ", "p": "", "note": "> **Note.** "}[kind]
-            lines.append(prefix + _md_cell(text))
-        lines.append("")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- entry
-def write_report(run_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.html``, ``report.md`` and ``plots/*.png|svg`` into the run folder ``run_dir``.
-
-    Returns
-    -------
-    dict of str -> Path
-        Relative name (``"report.html"``, ``"report.md"``, ``"plots/reliability.png"``, ...) -> path written.
-
-    Raises
-    ------
-    InputError
-        ``run_dir`` is not a folder or its ``metrics.json`` is missing or unreadable.
-    MissingDependencyError
-        matplotlib is not installed (``pip install 'refcal[plots]'``).
-    """
-    from .run.folder import load_config, load_result, read_json_object
-
-    run_dir = Path(run_dir)
-    res = load_result(run_dir)
-    config = load_config(run_dir, res)
-    cal = read_json_object(run_dir / "calibrator.json", required=False)
-    preds = _predictions(run_dir)
-    labels_ok = res.has_labels and bool(preds) and all((y >= 0).all() for _, y in preds.values())
-    names = {**{k: m.label for k, m in METHODS.items()}, **res.method_labels}
-    n_bins = int(config.get("n_bins") or 10)
-    images, files = _plots(preds, labels_ok, res, names, n_bins, run_dir / "plots")
-    blocks = _document(res, config, cal, preds, images, names)
-    files["report.html"] = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir / "plots"))
-    files["report.md"] = atomic_write_text(run_dir / "report.md", _markdown(blocks))
-    if res.has_labels and res.methods:
-        from .run.table import paper_table
-
-        md, doc = paper_table(res, names)
-        files["table.md"] = atomic_write_text(run_dir / "table.md", md)
-        files["table.json"] = atomic_write_text(run_dir / "table.json", json.dumps(doc, indent=1, allow_nan=False))
-    log.info("wrote %s and %s", files["report.html"], files["report.md"])
-    return files

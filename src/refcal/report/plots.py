@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, MissingDependencyError
-from .metrics import ConfidenceInterval, ReliabilityBins, RiskCoverage, SelectiveCurve, TopLabel
+from ..calibrate.methods import method_color as registry_color
+from ..errors import InputError, MissingDependencyError
+from ..metrics import ConfidenceInterval, ReliabilityBins, RiskCoverage, SelectiveCurve, TopLabel
 
 __all__ = [
     "HistogramData", "GroupValues", "confidences", "confidence_histogram_data", "group_values",
@@ -35,8 +36,6 @@ _FS = 9  # base font size, set per artist
 def method_color(name: str, index: int = 0) -> str:
     """The method's colour from the registry (:mod:`refcal.calibrate.methods`: chat red, base green, DACA
     blue, naive orange, TS purple, ...); a method it does not know gets a colour from a fixed cycle."""
-    from .calibrate.methods import method_color as registry_color
-
     return registry_color(name, index)
 
 
@@ -138,7 +137,7 @@ def group_values(records: Sequence[Mapping[str, Any]], *, key: str = "temperatur
 def new_figure(width: float = 6.0, height: float = 4.0, *, dpi: int = 100):
     """A ``Figure`` on its own Agg canvas (no pyplot, no global state)."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional `plots` extra, imported on use
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("matplotlib", "plots") from None
