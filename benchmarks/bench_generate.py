@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
-from refcal import prompts_freeform as pf
 from refcal.backends.batching import pack as _pack
 from refcal.backends.transformers import TransformersBackend
 from refcal.data.freeform import load_triviaqa
+from refcal.tasks import prompts_freeform as pf
 from refcal.tasks.requests import GenerateRequest
 
 

@@ -25,7 +25,7 @@ import torch
 from refcal.backends.batching import pack as _pack
 from refcal.backends.transformers import TransformersBackend
 from refcal.data import load_dataset
-from refcal.prompts import letter_requests
+from refcal.tasks.prompts import letter_requests
 
 
 def naive(be: TransformersBackend, reqs) -> list[np.ndarray]:

@@ -119,9 +119,9 @@ def bench_model(alias: str, args: argparse.Namespace, work: Path) -> None:
 
     from refcal.backends.transformers import TransformersBackend
     from refcal.data import load_dataset
-    from refcal.prompts import cloze_requests
     from refcal.scores import load_scores
     from refcal.scoring import score_questions
+    from refcal.tasks.prompts import cloze_requests
 
     try:
         from refcal.backends.models import resolve

@@ -21,8 +21,8 @@ from refcal.backends.base import LetterRequest
 from refcal.backends.openai import OpenAIBackend
 from refcal.data.base import Question
 from refcal.errors import BackendError
-from refcal.prompts import letter_requests
 from refcal.scoring import score_questions
+from refcal.tasks.prompts import letter_requests
 
 pytestmark = pytest.mark.api
 

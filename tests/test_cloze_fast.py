@@ -209,7 +209,7 @@ def test_packaged_models_match_plain_forward(alias, monkeypatch):
     """16 ARC-Easy questions: every option within 1e-4 nats of a plain forward pass per option (measured
     ~2e-5; the former key-value-cache path was 2.6e-4 (SmolLM2) and 7.9e-4 (Gemma) off on ARC-Easy)."""
     from refcal.data import load_dataset
-    from refcal.prompts import cloze_requests
+    from refcal.tasks.prompts import cloze_requests
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     be = TransformersBackend.from_spec(alias, batch_size=8)

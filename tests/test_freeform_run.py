@@ -17,12 +17,12 @@ from refcal.backends.fake import FakeBackend
 from refcal.calibrate import DACA, load_calibrator
 from refcal.cli import main
 from refcal.errors import CalibratorFileError, InputError
-from refcal.prompts_freeform import P_TRUE_LETTERS, generation_prompt
 from refcal.report import write_report
 from refcal.run import RunConfig, load_result
 from refcal.run.freeform import FREEFORM_METHODS, is_freeform, parse_freeform_methods, run_freeform
 from refcal.scores import ScoreSet, load_scores
 from refcal.tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
+from refcal.tasks.prompts_freeform import P_TRUE_LETTERS, generation_prompt
 
 N = 24
 TRICKY = "<b>What</b> | is *this* [x](javascript:alert(1))?"

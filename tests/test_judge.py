@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from rouge_score.rouge_scorer import RougeScorer  # the reference ROUGE implementation (dev dependency)
 
 from api_server import FaultProxy
+from refcal.backends import load_backend
 from refcal.data.freeform import FreeformQuestion
 from refcal.errors import BackendError, InputError
-from refcal.judge import (
+from refcal.tasks.judges import (
     DEFAULT_JUDGE_PROMPT,
     ExactMatchJudge,
     Judge,
-    OpenAIJudge,
+    ModelJudge,
     RougeJudge,
     default_judge,
     exact_match,
@@ -178,10 +179,14 @@ class _FakeChat:
         self.server.server_close()
 
 
-def test_openai_judge_against_fake_server(monkeypatch):
+def _api_judge(url, **options):
+    return ModelJudge(load_backend("openai:grader", api_base=url, **options), name="grader")
+
+
+def test_model_judge_on_an_openai_backend_against_fake_server(monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-test-secret-123")
     with _FakeChat() as fake:
-        judge = OpenAIJudge("grader", api_base=fake.url + "/v1", api_key_env="JUDGE_KEY")
+        judge = _api_judge(fake.url + "/v1", api_key_env="JUDGE_KEY")
         assert isinstance(judge, Judge)
         assert judge.judge(PARIS, "I think Paris") is True
         assert judge.judge(PARIS, "Lyon") is False
@@ -189,6 +194,7 @@ def test_openai_judge_against_fake_server(monkeypatch):
         path, headers, body = fake.bodies[0]
         assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test-secret-123"
         assert body["model"] == "grader" and body["temperature"] == 0 and body["seed"] == 0
+        assert body["max_tokens"] == 4
         assert body["messages"] == [{"role": "user", "content": DEFAULT_JUDGE_PROMPT.format(
             question="Capital of France?", answer="I think Paris", references="Paris; Paris, France")}]
         assert judge.config["prompt"] == DEFAULT_JUDGE_PROMPT and judge.config["model"] == "grader"
@@ -197,35 +203,57 @@ def test_openai_judge_against_fake_server(monkeypatch):
         with pytest.raises(BackendError, match="answered 'It depends.', not yes or no; change the judge prompt"):
             judge.judge(PARIS, "Marseille")
         judge.close()
-        custom = OpenAIJudge("g", api_base=fake.url + "/v1", prompt_template="Q {question} R {references} A {answer}")
+        custom = ModelJudge(load_backend("openai:g", api_base=fake.url + "/v1"),
+                            prompt_template="Q {question} R {references} A {answer}")
         fake.reply = "no"
         assert custom.judge(PARIS, "Nice") is False
         assert fake.bodies[-1][2]["messages"][0]["content"] == "Q Capital of France? R Paris; Paris, France A Nice"
-        assert "Authorization" not in fake.bodies[-1][1]  # no key set: none sent
         custom.close()
 
 
-def test_openai_judge_retries_and_refusals():
+def test_model_judge_retries_and_refusals_come_from_the_backend():
     with _FakeChat() as fake, FaultProxy(fake.url) as proxy:
-        judge = OpenAIJudge("grader", api_base=proxy.url, max_retries=2)
+        judge = _api_judge(proxy.url, max_retries=2, backoff_base=0.01)
         proxy.script(("status", 500), ("status", 503))
         assert judge.judge(PARIS, "Paris") is True  # two server errors retried, then answered
         assert proxy.n_faults == 2 and proxy.n_forwarded == 1
         proxy.script(("status", 400))
-        with pytest.raises(BackendError, match="refused with HTTP 400"):
+        with pytest.raises(BackendError, match="HTTP 400"):
             judge.judge(PARIS, "Lyon")
         judge.close()
 
 
-def test_openai_judge_settings_are_checked():
+class _Echo:
+    """A generating backend without a server: replies with the next scripted text."""
+
+    fingerprint = "echo"
+
+    def __init__(self, *replies):
+        self.replies, self.requests = list(replies), []
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        return [self.replies.pop(0) for _ in requests]
+
+
+def test_model_judge_runs_on_any_generating_backend():
+    backend = _Echo("Yes, it is.", "Incorrect.")
+    judge = ModelJudge(backend)
+    assert judge.judge(PARIS, "Paris") is True and judge.judge(PARIS, "Rome") is False
+    assert [r.chat for r in backend.requests] == [True, True] and backend.requests[0].max_new_tokens == 4
+    assert judge_answers(judge, [PARIS], ["Paris"]).tolist() == [1]  # memoised: no third request
+    assert len(backend.requests) == 2
+
+
+def test_model_judge_settings_are_checked():
     with pytest.raises(InputError, match=r"must use the fields \{question\}, \{answer\}, \{references\}"):
-        OpenAIJudge("g", api_base="http://127.0.0.1:1/v1", prompt_template="{question} {answer}")
-    with pytest.raises(InputError, match="api_base must be an http"):
-        OpenAIJudge("g", api_base="localhost:8080")
-    with pytest.raises(InputError, match="judge model name is empty"):
-        OpenAIJudge("", api_base="http://127.0.0.1:1/v1")
-    with pytest.raises(InputError, match="max_retries >= 0"):
-        OpenAIJudge("g", api_base="http://127.0.0.1:1/v1", max_retries=-1)
+        ModelJudge(_Echo(), prompt_template="{question} {answer}")
+    with pytest.raises(InputError, match="api-base must be an http"):
+        load_backend("openai:g", api_base="localhost:8080")
+    with pytest.raises(InputError, match="max_tokens >= 1"):
+        ModelJudge(_Echo(), max_tokens=0)
+    with pytest.raises(InputError, match="cannot generate text"):
+        ModelJudge(object())
 
 
 def test_references_judge_themselves_on_the_real_data():

@@ -125,7 +125,7 @@ def test_real_lmeval_run_matches_refcal_cloze(tmp_path):
     of the same questions agrees within 5e-4 nats (float32 rounding: measured 8.7e-5 on this model)."""
     from refcal.backends import load_backend
     from refcal.backends.models import resolve
-    from refcal.prompts import cloze_requests
+    from refcal.tasks.prompts import cloze_requests
 
     lm_eval = shutil.which("lm_eval", path=os.path.dirname(sys.executable))
     assert lm_eval, "lm-eval is a test dependency (pip install -e '.[dev]')"

@@ -20,9 +20,9 @@ from refcal.data.base import Question
 from refcal.errors import InputError
 from refcal.report import write_report
 from refcal.run import RunConfig, load_result, protocol, run
-from refcal.run.elicit import NOT_AN_OPTION, ElicitationEnsembleTask, ElicitationTask
 from refcal.run.evaluate import premise_diagnostics
 from refcal.scoring import score_questions
+from refcal.tasks.elicit import NOT_AN_OPTION, ElicitationEnsembleTask, ElicitationTask
 from test_pipeline import _questions
 
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refcal import prompts_freeform as pf
 from refcal.errors import InputError
-from refcal.parsing import (
+from refcal.tasks import prompts_freeform as pf
+from refcal.tasks.parsing import (
     ParseResult,
     apply_failure_policy,
     avg_conf,

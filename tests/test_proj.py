@@ -196,7 +196,7 @@ def _questions(n=9):
 def test_base_head_at_the_answer_position_reproduces_the_letter_scores(tiny):
     """The hidden state is taken where the letter logits are read: the k head rows (soft-capped, Gemma 2)
     at it give the backend's letter scores."""
-    from refcal.prompts import letter_requests, option_letters
+    from refcal.tasks.prompts import letter_requests, option_letters
 
     qs = _questions()
     reqs = letter_requests(qs, template=2)

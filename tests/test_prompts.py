@@ -7,7 +7,7 @@ import pytest
 from refcal.backends.base import ClozeRequest, LetterRequest
 from refcal.data.base import Question
 from refcal.errors import InputError
-from refcal.prompts import TEMPLATES, cloze_requests, format_question, letter_requests, option_letters
+from refcal.tasks.prompts import TEMPLATES, cloze_requests, format_question, letter_requests, option_letters
 
 Q = Question("q1", "What is 2 + 2?", ("3", "4", "5"), label=1, subject="math")
 EX = Question("e1", "Sky colour?", ("green", "blue"), label=1)

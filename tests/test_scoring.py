@@ -17,8 +17,8 @@ import pytest
 from refcal.backends.fake import FakeBackend as _Fake
 from refcal.data.base import Question
 from refcal.errors import InputError
-from refcal.prompts import format_question
 from refcal.scoring import score_questions
+from refcal.tasks.prompts import format_question
 
 
 class FakeBackend(_Fake):
@@ -204,7 +204,7 @@ def test_fewshot_per_subject_mapping(tmp_path):
     be2 = FakeBackend()
     score_questions(be2, qs, cache_dir=tmp_path)
     assert len(be2.scored) == 4  # zero-shot is another cache entry
-    from refcal.prompts import letter_requests
+    from refcal.tasks.prompts import letter_requests
 
     expected = [letter_requests([q], fewshot=shots[q.subject])[0].prefix for q in qs]
     assert sorted(be.prefixes) == sorted(expected)

@@ -181,7 +181,7 @@ def _expected_cape(be: FakeBackend, q: Question, task: PermutedLetterTask) -> np
 
 
 def task_request(q: Question, template: int) -> LetterRequest:
-    from refcal.prompts import letter_requests
+    from refcal.tasks.prompts import letter_requests
 
     return letter_requests([q], template=template)[0]
 

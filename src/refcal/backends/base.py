@@ -2,7 +2,7 @@
 
 A backend turns requests (:mod:`refcal.tasks.requests`, re-exported here) into numbers or text and
 nothing else; batching order, caching and resume live in :mod:`refcal.scoring`, prompts in
-:mod:`refcal.prompts`, what a scoring mode asks for in :mod:`refcal.tasks`.
+:mod:`refcal.tasks.prompts`, what a scoring mode asks for in :mod:`refcal.tasks`.
 """
 
 from __future__ import annotations

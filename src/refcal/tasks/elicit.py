@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import prompts_freeform as pf
 from ..data.base import Question
 from ..errors import InputError, ModelError
-from ..parsing import ParseResult, avg_conf, option_index, parse_answer_confidence, parse_guess_probability
-from ..tasks import GenerateRequest, PermutedLetterTask, Task
-from ..tasks.base import keys_are
+from . import prompts_freeform as pf
+from .base import Task, keys_are
+from .multiple_choice import PermutedLetterTask
+from .parsing import ParseResult, avg_conf, option_index, parse_answer_confidence, parse_guess_probability
+from .requests import GenerateRequest
 
 #: new tokens per reply: "Guess: B\nProbability: 0.85" is ~12 tokens; room for a short preamble
 MAX_NEW_TOKENS = 32

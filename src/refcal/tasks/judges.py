@@ -9,8 +9,9 @@ Three judges behind one protocol, :class:`Judge` (``judge(question, answer) -> b
 * :class:`RougeJudge` (TruthfulQA): correct when the best ROUGE-L F-measure against the true
   references exceeds the best against the false ones (lm-evaluation-harness ``truthfulqa_gen``'s
   ``rougeL_acc``);
-* :class:`OpenAIJudge`: an OpenAI-compatible judge model answering yes / no to a prompt template;
-  the template and model are in :attr:`~OpenAIJudge.config` so a run can record them.
+* :class:`ModelJudge`: a judge model answering yes / no to a prompt template, generated through any
+  backend (no HTTP client of its own); the template and model are in :attr:`~ModelJudge.config` so a
+  run can record them.
 
 :func:`default_judge` picks the first or second from the questions; :func:`judge_answers` judges a
 list and marks unlabelled questions -1.
@@ -19,19 +20,17 @@ list and marks unlabelled questions -1.
 from __future__ import annotations
 
 import logging
-import os
-import random
 import re
 import string
-import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .backends.api_http import RetryPolicy, Secret, post_json, public_url
-from .data.freeform import FreeformQuestion
-from .errors import BackendError, InputError, MissingDependencyError
+from ..data.freeform import FreeformQuestion
+from ..errors import BackendError, InputError
+from .prompts_freeform import check_template
+from .requests import GenerateRequest
 
 log = logging.getLogger(__name__)
 
@@ -171,99 +170,71 @@ def parse_verdict(reply: str) -> bool | None:
     return True if words[0] in _YES else False if words[0] in _NO else None
 
 
-class OpenAIJudge:
-    """An OpenAI-compatible chat model as the judge (evaluation only).
+class ModelJudge:
+    """A model as the judge (evaluation only): one greedy generation per (question, answer) on any backend
+    that generates (an OpenAI-compatible chat model through :class:`refcal.backends.openai.OpenAIBackend`,
+    a local model, ...): the backend's own client, retries and settings serve the judge too.
 
     Parameters
     ----------
-    model : str
-        Model name sent in each request.
-    api_base : str, optional
-        Base URL up to and including ``/v1``; default ``$OPENAI_BASE_URL``.
+    backend
+        Anything with ``generate(requests) -> list[str]`` and a ``fingerprint``
+        (:func:`refcal.backends.load_backend` gives one).
     prompt_template : str
         User message with the fields ``{question}``, ``{answer}`` and ``{references}`` (the aliases
         joined with ``"; "``); it must ask for a yes / no reply (:func:`parse_verdict`).
-    api_key_env : str
-        Environment variable holding the key (``Authorization: Bearer``); optional for local servers.
-    max_tokens, timeout, max_retries, seed
-        Request settings; retries follow :mod:`refcal.backends.api_http`.
+    max_tokens : int
+        Tokens generated for the verdict.
+    name : str, optional
+        The judge model's name for :attr:`config` (default: the backend's ``name`` or fingerprint).
 
-    Requests are sent one at a time and answered verdicts are memoised per (question id, answer).
+    Verdicts are memoised per (question id, answer).
     """
 
-    def __init__(self, model: str, *, api_base: str | None = None, prompt_template: str = DEFAULT_JUDGE_PROMPT,
-                 api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 4, timeout: float = 30.0,
-                 max_retries: int = 5, seed: int | None = 0):
-        from .prompts_freeform import check_template
-
-        if not model or not isinstance(model, str):
-            raise InputError("the judge model name is empty; name the OpenAI-compatible judge model")
+    def __init__(self, backend: Any, *, prompt_template: str = DEFAULT_JUDGE_PROMPT, max_tokens: int = 4,
+                 name: str | None = None):
         check_template(prompt_template, ("question", "answer", "references"), what="judge prompt")
-        base = (api_base or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/")
-        if not base.startswith(("http://", "https://")):
-            raise InputError(f"the judge's api_base must be an http(s) URL such as http://127.0.0.1:8080/v1, "
-                             f"got {public_url(base) if base else 'nothing'!r}")
-        self.model, self.prompt_template = model, prompt_template
-        self._base, self.api_base = Secret(base), public_url(base)
-        self._key = Secret(os.environ.get(api_key_env))
-        if not isinstance(max_retries, int) or max_retries < 0 or not timeout > 0 or max_tokens < 1:
-            raise InputError("the judge needs max_retries >= 0, a positive timeout and max_tokens >= 1")
-        self.max_tokens, self.timeout, self.seed = int(max_tokens), float(timeout), seed
-        self.policy = RetryPolicy(max_retries=max_retries)
-        self._client: Any = None
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InputError(f"the judge needs max_tokens >= 1, got {max_tokens!r}")
+        if not callable(getattr(backend, "generate", None)):
+            raise InputError(f"the judge model {getattr(backend, 'name', backend)!r} cannot generate text; "
+                             "use a chat model (openai:MODEL or a local model)")
+        self.backend, self.prompt_template, self.max_tokens = backend, prompt_template, int(max_tokens)
+        self.name = name or str(getattr(backend, "name", None) or getattr(backend, "fingerprint", "judge"))
         self._memo: dict[tuple[str, str], bool] = {}
-        self.n_requests = 0
-        self.config = {"kind": "openai", "model": model, "api_base": self.api_base, "prompt": prompt_template,
-                       "max_tokens": self.max_tokens, "seed": seed, "temperature": 0}
+        self.config = {"kind": "model", "model": self.name, "fingerprint": str(getattr(backend, "fingerprint", "")),
+                       "prompt": prompt_template, "max_tokens": self.max_tokens, "temperature": 0}
 
     def __repr__(self) -> str:
-        return f"OpenAIJudge(model={self.model!r}, api_base={self.api_base!r}, key={'set' if self._key else 'unset'})"
+        return f"ModelJudge(model={self.name!r})"
 
     def prompt(self, question: FreeformQuestion, answer: str) -> str:
         """The user message sent for one (question, answer) pair."""
         return self.prompt_template.format(question=question.question, answer=answer.strip(),
                                            references="; ".join(question.answers))
 
+    def request(self, question: FreeformQuestion, answer: str) -> GenerateRequest:
+        """The generation request asking for one verdict."""
+        return GenerateRequest(self.prompt(question, answer), max_new_tokens=self.max_tokens, chat=True)
+
     def judge(self, question: FreeformQuestion, answer: str) -> bool:
         _need_refs(question)
         memo_key = (question.id, answer)
         if memo_key in self._memo:
             return self._memo[memo_key]
-        payload: dict[str, Any] = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens, "n": 1,
-                                   "messages": [{"role": "user", "content": self.prompt(question, answer)}]}
-        if self.seed is not None:
-            payload["seed"] = self.seed
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
-        body = post_json(self._http(), self._base.get() + "/chat/completions", payload, headers=headers,
-                         policy=self.policy, secret=self._key, rng=random.Random(self.n_requests),
-                         stop=threading.Event())
-        self.n_requests += 1
-        try:
-            reply = body["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise BackendError(f"the judge model at {self.api_base} answered without choices[0].message.content; "
-                               "it must be an OpenAI-compatible chat completions endpoint") from None
-        verdict = parse_verdict(reply)
+        (reply,) = self.backend.generate([self.request(question, answer)])
+        verdict = parse_verdict(reply or "")
         if verdict is None:
-            raise BackendError(f"the judge model answered {reply[:60]!r}, not yes or no; change the judge prompt "
+            raise BackendError(f"the judge model answered {str(reply)[:60]!r}, not yes or no; change the judge prompt "
                                "so that it asks for a one-word yes/no reply")
         self._memo[memo_key] = verdict
         return verdict
 
-    def _http(self) -> Any:
-        if self._client is None:
-            try:
-                import httpx
-            except ImportError as exc:  # pragma: no cover - httpx is in the api extra
-                raise MissingDependencyError("httpx", "api") from exc
-            self._client = httpx.Client(timeout=httpx.Timeout(self.timeout))
-        return self._client
-
     def close(self) -> None:
-        """Close the HTTP connection pool (a later :meth:`judge` opens a new one)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the backend's connections, if it keeps any."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
 
 
 def default_judge(questions: Sequence[FreeformQuestion], *, containment: bool = False) -> Judge:

@@ -1,6 +1,6 @@
 """Tolerant parsers for verbalised confidence, the failure policy, and ``avg_conf`` aggregation.
 
-Two formats (prompts in :mod:`refcal.prompts_freeform`, definitions in METHODS.md §1.2, §1.3):
+Two formats (prompts in :mod:`refcal.tasks.prompts_freeform`, definitions in METHODS.md §1.2, §1.3):
 
 * Tian et al. 2023: ``"Guess: <answer>\\nProbability: <p>"`` (:func:`parse_guess_probability`);
 * Xiong et al. 2024: ``"Answer and Confidence (0-100): <answer>, <c>%"`` (:func:`parse_answer_confidence`).
@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .errors import InputError
+from ..errors import InputError
 
 FREEFORM_FAILURE_CONFIDENCE = 0.5
 
