@@ -6,12 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from refcal.data import bigbench, list_datasets, load_dataset
+from refcal.data import bigbench, list_datasets, load_dataset, load_freeform
 from refcal.data.freeform import (
     NO_COMMENT,
     FreeformQuestion,
     format_truthfulqa_refs,
-    load_freeform,
     load_freeform_file,
     load_truthfulqa_gen,
 )

