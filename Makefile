@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt requirement
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-api setup-browser setup-data run test lint bench clean
+.PHONY: setup setup-api setup-browser setup-data run test lint lint-imports bench clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,12 @@ run: setup
 
 test: setup setup-api setup-browser setup-data
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(MAKE) lint-imports
 	$(BIN)/pytest -q
+
+# The layer, no-cycle and independence contracts of pyproject.toml [tool.importlinter] (docs/ARCHITECTURE.md).
+lint-imports: setup
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/bench_fit.py
