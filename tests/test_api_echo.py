@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from refcal.backends import load_backend
+from refcal.backends.api_logprobs import prompt_logprob as _prompt_logprob
 from refcal.backends.base import NotSupportedError
-from refcal.backends.openai import _prompt_logprob
 from refcal.tasks import ClozeRequest, make_task
 
 REQ = ClozeRequest("Question: What is the capital of France?\nAnswer:", (" Paris", " Rome"))

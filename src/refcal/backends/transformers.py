@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelError
-from ..tasks.requests import cut_at_stop
 from . import _cloze_tree, models
+from ._generate import GenerationMixin
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, collect
 from .batching import common_prefix, pack
-from .heads import OptionHead
+from .heads import AnswerPositionMixin
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class TransformersOptions(BackendOptions):
             raise InputError(f"device {self.device!r} is not valid; use cpu, cuda or cuda:N")
 
 
-class TransformersBackend:
+class TransformersBackend(GenerationMixin, AnswerPositionMixin):
     """A causal LM scoring letters and cloze continuations, and generating greedily.
 
     Parameters
@@ -414,105 +414,3 @@ class TransformersBackend:
     def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`score_letters` as ``(index, scores)`` pairs (all computed before the first is yielded)."""
         yield from enumerate(self.score_letters(requests))
-
-    # ------------------------------------------------------------------------------------- hidden states
-    @property
-    def hidden_size(self) -> int:
-        """Width ``H`` of the final hidden states (the output head's input)."""
-        return int(self._head_w.shape[1])
-
-    def option_head(self, letters: Sequence[str], chat: bool = False) -> OptionHead:
-        """The rows of the output head for the tokens scored as ``letters`` (float64 copies), with the
-        model's logit soft-capping (see :mod:`refcal.backends.heads`)."""
-        ids = self.letter_token_ids(tuple(letters), chat)
-        torch = self._torch
-        with torch.inference_mode():
-            rows = torch.tensor(ids, device=self.device)
-            w = self._head_w[rows].double().cpu().numpy()
-            b = None if self._head_b is None else self._head_b[rows].double().cpu().numpy()
-        cap = float(self._softcap) if self._softcap else None
-        return OptionHead(w, b, cap, tuple(letters), tuple(int(i) for i in ids))
-
-    def answer_hidden_states(self, requests: Sequence[LetterRequest]) -> np.ndarray:
-        """Final hidden state at the answer position of each letter request: float32 ``(n, H)``, in request
-        order (the ``h_T`` whose head rows give the letter scores; cached by :func:`refcal.scoring.hidden_states`)."""
-        torch = self._torch
-        enc = [self._encode_letter(r) for r in requests]
-        if any(not e for e in enc):
-            raise InputError("a letter prompt has no tokens; give each question a text")
-        out = np.empty((len(requests), self.hidden_size), dtype=np.float32)
-        order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
-        with torch.inference_mode():
-            for chunk in pack(order, [len(enc[i]) for i in order], self.batch_size):
-                h, _, _ = self._forward([enc[i] for i in chunk])
-                last = h[:, -1, :].float().cpu().numpy()
-                for b, i in enumerate(chunk):
-                    out[i] = last[b]
-        if not np.isfinite(out).all():
-            raise ModelError(f"{self.name} returned non-finite hidden states; try --dtype float32")
-        return out
-
-    # ------------------------------------------------------------------------------------- generation
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
-        """Greedy continuation of each prompt: at most ``max_new_tokens`` tokens, cut before the first
-        stop string (or the model's end-of-sequence token).
-
-        Prompts are sorted by length and decoded together in left-padded batches (padding capped as for
-        scoring): one forward pass over the batch's prompts, then one single-token step per new token for
-        all rows still running, each reading the shared key-value cache. Only the last position's hidden
-        state goes through the output head. Padding changes the last digits of the logits, so a row's
-        greedy choice can differ from an unbatched run's only at a near tie of its top two tokens.
-        """
-        return collect(self.generate_iter(requests), len(requests))
-
-    def _eos_ids(self) -> frozenset[int]:
-        """Tokens that end a generation: the tokenizer's end of sequence and the model's generation
-        config's (chat models often end a turn with a token of their own, e.g. ``<|im_end|>``)."""
-        ids = {self.tokenizer.eos_token_id}
-        cfg = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids.update(cfg if isinstance(cfg, (list, tuple)) else [cfg])
-        return frozenset(int(i) for i in ids if i is not None)
-
-    def _generate_batch(self, prompts: list[list[int]], requests: list[GenerateRequest]) -> list[str]:
-        torch = self._torch
-        eos = self._eos_ids()
-        n = len(prompts)
-        new: list[list[int]] = [[] for _ in range(n)]
-        running = [True] * n
-        with torch.inference_mode():
-            h, mask, kv = self._forward(prompts)
-            last = h[:, -1, :]
-            for _ in range(max(r.max_new_tokens for r in requests)):
-                picks = self._head(last).argmax(-1).tolist()
-                for b, tok in enumerate(picks):
-                    if not running[b]:
-                        continue
-                    if tok in eos:
-                        running[b] = False
-                        continue
-                    new[b].append(tok)
-                    r = requests[b]
-                    if len(new[b]) >= r.max_new_tokens or (
-                            r.stop and any(s and s in self.tokenizer.decode(new[b], skip_special_tokens=True)
-                                           for s in r.stop)):
-                        running[b] = False
-                if not any(running):
-                    break
-                # finished rows keep stepping (their tokens are ignored) so the batch's cache stays aligned
-                step = [[new[b][-1] if new[b] else self._pad] for b in range(n)]
-                h, own, kv = self._forward(step, kv, mask)
-                mask = torch.cat([mask, own], 1)
-                last = h[:, -1, :]
-        return [cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True), r.stop)
-                for t, r in zip(new, requests, strict=True)]
-
-    def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
-        """:meth:`generate` as ``(index, text)`` pairs, yielded batch by batch as each batch finishes."""
-        for r in requests:
-            if isinstance(r.max_new_tokens, bool) or not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
-                raise InputError("each generation request needs a positive max_new_tokens")
-        enc = [self._encode_text(r.prompt, r.chat) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: (-len(enc[i]), i))
-        for chunk in pack(order, [len(enc[i]) for i in order], self.batch_size):
-            texts = self._generate_batch([enc[i] for i in chunk], [requests[i] for i in chunk])
-            yield from zip(chunk, texts, strict=True)
