@@ -118,20 +118,7 @@ def score_questions(
     key = cache_key(fingerprint, task, meta, shots)
     hashes = [request_hash(rs) for rs in requests]
     store = ScoreStore(Path(cache_dir) if cache_dir is not None else cache_root() / "scores", key) if cache else None
-    cached = store.load() if store else {}
-    rows: dict[int, Any] = {}
-    n_bad = 0
-    for i, (q, h) in enumerate(zip(questions, hashes, strict=True)):
-        if h in cached:
-            if task.valid(q, cached[h]):
-                rows[i] = cached[h]
-            else:
-                n_bad += 1
-    if n_bad:
-        log.warning("%d malformed line(s) in the score cache %s are scored again", n_bad, store.path if store else "")
-    if rows:
-        log.info("resuming: %d of %d questions already scored in %s", len(rows), len(questions),
-                 store.path if store else "")
+    rows = _cached_rows(store, questions, hashes, task)
     plan = _plan(backend, requests, int(batch_size))
     invariant = bool(getattr(backend, "batch_invariant", False))
     call = KIND_CALLS[task.kind]
@@ -166,7 +153,33 @@ def score_questions(
         if store:
             store.close()
         bar.close()
-    raws = [rows[i] for i in range(len(questions))]
+    return _score_set(backend, task, questions, [rows[i] for i in range(len(questions))], shots, meta)
+
+
+def _cached_rows(store: ScoreStore | None, questions: Sequence[Question], hashes: Sequence[str],
+                 task: Task) -> dict[int, Any]:
+    """The cached raw rows that still pass the task's check, by question index."""
+    cached = store.load() if store else {}
+    rows: dict[int, Any] = {}
+    n_bad = 0
+    for i, (q, h) in enumerate(zip(questions, hashes, strict=True)):
+        if h in cached:
+            if task.valid(q, cached[h]):
+                rows[i] = cached[h]
+            else:
+                n_bad += 1
+    if n_bad:
+        log.warning("%d malformed line(s) in the score cache %s are scored again", n_bad, store.path if store else "")
+    if rows:
+        log.info("resuming: %d of %d questions already scored in %s", len(rows), len(questions),
+                 store.path if store else "")
+    return rows
+
+
+def _score_set(backend: Any, task: Task, questions: Sequence[Question], raws: list[Any],
+               shots: list[tuple[Question, ...]], meta: dict[str, Any]) -> ScoreSet:
+    """The task's rows as a ScoreSet, with the question fingerprints, subjects and provenance."""
+    fingerprint = str(backend.fingerprint)
     # a fingerprint of each question's text: join_scores refuses to pair different questions under one id
     columns: dict[str, list[Any]] = {QUESTION_HASH: [question_hash(q.question) for q in questions]}
     if any(q.subject is not None for q in questions):

@@ -155,7 +155,7 @@ def test_errors(tmp_path):
 _CHILD = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
-from test_scoring import FakeBackend, make_questions
+from test_score import FakeBackend, make_questions
 from refcal.scoring import score_questions
 s = score_questions(FakeBackend(sleep={sleep}), make_questions(40), batch_size=2, cache_dir={cache!r}, progress=False)
 np.save({out!r}, s.logits)
@@ -165,7 +165,7 @@ np.save({out!r}, s.logits)
 def _child(tmp_path: Path, sleep: float, out: str) -> subprocess.Popen:
     code = _CHILD.format(tests=str(Path(__file__).parent), sleep=sleep, cache=str(tmp_path / "c"),
                          out=str(tmp_path / out))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-c", code], env=env)
 

@@ -24,7 +24,7 @@ from refcal.cli import main
 from refcal.errors import InputError, ScoreFileError
 from refcal.scores import is_lmeval_log, join_scores, load_scores, read_lmeval
 
-FIX = Path(__file__).parent / "fixtures" / "lmeval"
+FIX = Path(__file__).parents[1] / "fixtures" / "lmeval"
 
 
 def _samples(kind: str) -> Path:
