@@ -60,3 +60,11 @@ def test_a_cycle_inside_a_package_is_caught(tmp_path):
     out = _lint(tmp_path, cycle)
     assert out.returncode != 0
     assert _contract_lines(out.stdout)["no import cycles between sibling modules or packages, at any depth"] == "BROKEN"
+
+
+def test_every_public_submodule_and_lazy_name_resolves():
+    """``refcal.<name>`` for every name ``dir(refcal)`` lists (the lazy table must follow the moves)."""
+    import refcal
+
+    for name in dir(refcal):
+        assert getattr(refcal, name) is not None, name

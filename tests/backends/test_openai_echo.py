@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from refcal.backends import load_backend
-from refcal.backends.api_logprobs import prompt_logprob as _prompt_logprob
+from refcal.backends.api_logprobs import prompt_logprob
 from refcal.backends.base import NotSupportedError
 from refcal.tasks import ClozeRequest, make_task
 
@@ -72,13 +72,13 @@ def test_servers_without_prompt_logprobs_are_refused(answer, why):
 def test_prompt_logprob_sums_the_option_tokens():
     prompt = "ab: cd ef"
     body = _choice(["ab", ":", " cd", " ef", "!"], [0, 2, 3, 6, 9], [None, -1.0, -2.0, -3.0, -4.0], prompt + "!")
-    assert _prompt_logprob(body, prompt, 3, "u") == (-5.0, 2)  # " cd", " ef"; the generated "!" dropped
+    assert prompt_logprob(body, prompt, 3, "u") == (-5.0, 2)  # " cd", " ef"; the generated "!" dropped
     # a token across the context/option boundary counts for the option (as the local backend)
-    assert _prompt_logprob(body, prompt, 4, "u") == (-5.0, 2)
+    assert prompt_logprob(body, prompt, 4, "u") == (-5.0, 2)
     # the generated token missing while text was generated: shifted log-probabilities, refused
     shifted = _choice(["ab", ":", " cd", " ef"], [0, 2, 3, 6], [None, -1.0, -2.0, -3.0], prompt + "!")
     with pytest.raises(NotSupportedError, match="shifted by one token"):
-        _prompt_logprob(shifted, prompt, 3, "u")
+        prompt_logprob(shifted, prompt, 3, "u")
 
 
 def test_chat_cloze_refused():
