@@ -21,7 +21,7 @@ apply to a run says why through :meth:`Method.why_not`, and the run lists it wit
 
 Inputs of a **multiple-choice** run: ``scores`` (the letter / cloze option logits of the run's scoring),
 ``cape`` (letter scores averaged over option orders), ``elicitation`` / ``elicitation_ensemble``
-(generated answers with a stated confidence, rows ``[option or -1, confidence]``), ``hidden_states``
+(generated answers with a stated confidence, :mod:`refcal.tasks.elicit`, rows ``[option or -1, confidence]``), ``hidden_states``
 (a :class:`refcal.calibrate.proj.ProjInputs`). Inputs of a **free-form** run, each a 2-vector
 ``log [1 - c, c]`` per answer: ``scores`` (the model's P(True) letters, as logits), ``likelihood`` (the
 answer's mean token probability under that model), ``verbal`` (the chat model's stated confidence); the

@@ -72,7 +72,7 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     same order streams them block by block (bounded memory, same result); other inputs are loaded whole.
     """
     from .._io import ensure_parent
-    from ..streaming import _file_meta, is_streamable
+    from ..scores import file_meta, is_streamable
 
     ensure_parent(output, what="the calibrator", create=False)  # before any work
     m = METHODS[method]
@@ -89,7 +89,7 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
         cal.l2 = l2
     elif l2:
         raise InputError(f"--l2 applies to vector and matrix scaling; {method} with --scaling {scaling} has no such term")
-    kind = task_of_scores(_file_meta(chat_path)) if lmeval_metric is None and is_streamable(chat_path) else None
+    kind = task_of_scores(file_meta(chat_path)) if lmeval_metric is None and is_streamable(chat_path) else None
     cal, n, metas = _fit_calibrator(m, cal, base_path, chat_path, lmeval_metric, kind)
     inputs = {
         "base": None if base_path is None else str(base_path), "chat": str(chat_path), "n_questions": int(n),
@@ -108,7 +108,8 @@ def _fit_calibrator(m, cal, base_path: Path | None, chat_path: Path, lmeval_metr
                     kind: str | None) -> tuple[object, int, tuple[dict | None, dict]]:
     """``(fitted calibrator with its task, questions, (base meta, chat meta))``: streamed where it can be."""
     from ..scores import join_scores, load_scores
-    from ..streaming import OrderMismatch, fit_temperature_streaming, is_streamable
+    from ..scores import is_streamable
+    from ..streaming import OrderMismatch, fit_temperature_streaming
 
     if (cal.streamable_fit and cal.scaling == "temperature" and lmeval_metric is None and kind is not None
             and is_streamable(base_path) and is_streamable(chat_path)):
@@ -171,7 +172,8 @@ def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Pat
     from .. import metrics
     from .._math import softmax
     from ..scores import load_scores
-    from ..streaming import evaluate_streaming, is_streamable
+    from ..scores import is_streamable
+    from ..streaming import evaluate_streaming
 
     cal = None
     if cal_path is not None:
@@ -280,7 +282,7 @@ def _check_options(cal, scores, scores_path: Path, cal_path: Path, allow_other_k
     it must be an explicit choice (never for a map with one parameter per option)."""
     meta = getattr(scores, "meta", None)
     if meta is None:  # a streamed evaluation: the file's own metadata
-        from ..streaming import _file_meta
+        from ..scores import file_meta as _file_meta
 
         meta = _file_meta(scores_path)
     check_task(cal, meta, cal_source=str(cal_path), scores_source=str(scores_path))

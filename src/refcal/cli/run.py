@@ -103,6 +103,7 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
     chat model answers each question, the answers are judged, and every method's confidence that an
     answer is correct is evaluated (docs/FREEFORM.md).
     """
+    from ..report import write_report  # the run folder's finish hook: run/ itself imports no report
     from ..run import RunConfig, load_result, summary_table
     from ..run import run as run_job
     from ..run.backend_options import parse_model_options
@@ -124,7 +125,7 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
         judge_api_base=judge_api_base,
     )
     out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = run_job(cfg, out, overwrite=overwrite, report=not no_report)
+    run_dir = run_job(cfg, out, overwrite=overwrite, finish=None if no_report else write_report)
     res = load_result(run_dir)
     if res.freeform:
         acc = res.freeform.get("accuracy")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,14 @@ from .kinds import make_kind
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, report: bool = True,
-        backends: Mapping[str, Any] | None = None) -> Path:
+def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
+        finish: Callable[[Path], Any] | None = None, backends: Mapping[str, Any] | None = None) -> Path:
     """Run the whole job and write the run folder ``out_dir`` (atomically: built aside, then renamed).
 
-    ``cfg.task`` picks the kind (:mod:`refcal.run.kinds`); ``backends`` (``{"chat": ..., "base": ...}``)
-    replaces loading ``cfg.chat`` / ``cfg.base`` (tests). Returns the run folder; its ``metrics.json`` is
-    read back with :func:`refcal.run.load_result`.
+    ``cfg.task`` picks the kind (:mod:`refcal.run.kinds`); ``finish(folder)`` runs on the complete folder
+    before it is renamed into place (``refcal run`` passes :func:`refcal.report.write_report`); ``backends``
+    (``{"chat": ..., "base": ...}``) replaces loading ``cfg.chat`` / ``cfg.base`` (tests). Returns the run
+    folder; its ``metrics.json`` is read back with :func:`refcal.run.load_result`.
     """
     cfg.validate()
     t_start = time.perf_counter()
@@ -46,7 +47,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     evaluation.result.timing = {"wall_seconds": round(t_end - t_start, 2), "scoring_seconds": round(score_seconds, 2),
                                 "evaluation_seconds": round(t_end - t_eval, 2)}
     scores, config = kind.finish(cfg, evaluation, scored)
-    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report, config=config)
+    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish, config=config)
 
 
 __all__ = ["run"]

@@ -4,7 +4,7 @@ and ``answers``): METHODS.md §3.
 1. **Generate**: the chat model answers each question greedily (chat template on, at most 32 new tokens,
    stop at the first newline), through the scorer's cache, so an interrupted run resumes without
    generating finished answers again.
-2. **Judge** each answer (evaluation only; :mod:`refcal.judge`): the labels of the metrics.
+2. **Judge** each answer (evaluation only; :mod:`refcal.tasks.judges`): the labels of the metrics.
 3. **Score** each (question, chat answer) pair with the inputs the selected methods name, each once. The
    roles are those of multiple choice: ``scores`` (what a method calls ``chat``) is the chat model's
    **P(True)** 2-vector, the quantity every calibrator transforms; ``base`` the base model's P(True);
@@ -31,12 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from ... import prompts_freeform as pf
+from ...backends import load_backend
 from ...backends.base import NotSupportedError
 from ...calibrate.methods import FREEFORM, METHODS
+from ...data import load_freeform
+from ...data.files import read_rows
+from ...data.registry import _canonical, _spec
 from ...errors import FitError, InputError
 from ...scores import ScoreSet
+from ...scoring import score_questions
+from ...tasks import prompts_freeform as pf
 from ...tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
+from ...tasks.judges import ExactMatchJudge, ModelJudge, default_judge, judge_answers
+from ...tasks.parsing import apply_failure_policy, count_failures, parse_guess_probability
 from ..backend_options import backend_options
 from ..config import RunConfig
 from ..evaluate import part_input
@@ -54,9 +61,6 @@ N_EXAMPLES = 20
 def is_freeform(dataset: str, columns: Mapping[str, Any] | None = None) -> bool:
     """Whether ``dataset`` is a free-form set: a built-in with ``task == "free-form"``, or a user file with
     an ``answers`` column (or the column ``--answer-col`` names holding lists) and no option columns."""
-    from ...data.files import read_rows
-    from ...data.registry import _canonical, _spec
-
     if _canonical(dataset) is not None:
         return _spec(dataset).info.task == "free-form"
     path = Path(dataset).expanduser()
@@ -79,14 +83,15 @@ def is_freeform(dataset: str, columns: Mapping[str, Any] | None = None) -> bool:
 def make_judge(spec: str | None, questions: Sequence[Any], *, api_base: str | None = None) -> Any:
     """``None`` / ``"exact"``: the default judge (ROUGE-L for TruthfulQA, else exact match); ``"contains"``:
     exact match with containment; ``"openai:MODEL"``: an OpenAI-compatible judge model at ``api_base``."""
-    from ...judge import ExactMatchJudge, OpenAIJudge, default_judge
-
     if spec in (None, "", "exact", "default"):
         return default_judge(questions)
     if spec == "contains":
         return ExactMatchJudge(containment=True)
     if spec.startswith("openai:"):
-        return OpenAIJudge(spec[len("openai:"):], api_base=api_base)
+        if api_base is not None and not str(api_base).startswith(("http://", "https://")):
+            raise InputError(f"--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {api_base!r}")
+        # the judge is a generation on the OpenAI backend: its client, retries and key handling
+        return ModelJudge(load_backend(spec, api_base=api_base), name=spec[len("openai:"):])
     raise InputError(f"--judge {spec!r} is not known; use exact, contains or openai:MODEL")
 
 
@@ -109,9 +114,6 @@ class Freeform:
     name = FREEFORM
 
     def prepare(self, cfg: RunConfig) -> None:
-        from ...data import load_freeform
-        from ...data.registry import _canonical, _spec
-
         cols = dict(cfg.columns)
         unknown = sorted(set(cols) - {"question_col", "answer_col", "id_col"})
         if unknown:
@@ -127,8 +129,6 @@ class Freeform:
         self.judge = make_judge(cfg.judge, self.questions, api_base=cfg.judge_api_base) if self.has_labels else None
 
     def _labels_of(self, answers: list[str]) -> np.ndarray:
-        from ...judge import judge_answers
-
         if self.judge is None:
             return np.full(len(self.questions), -1, dtype=np.int64)
         return judge_answers(self.judge, self.questions, answers)
@@ -162,8 +162,6 @@ class Freeform:
         return out
 
     def _load(self, cfg: RunConfig, role: str) -> Any:
-        from ...backends import load_backend
-
         spec = getattr(cfg, role)
         # P(True): the bare letter after " (" / as the reply
         opts = backend_options(spec, role, flags=cfg.flags(), model_options=cfg.model_options,
@@ -171,8 +169,6 @@ class Freeform:
         return load_backend(spec, api_base=cfg.api_base, **opts)
 
     def _score(self, backend: Any, items: list, task: Any, cfg: RunConfig, role: str) -> ScoreSet:
-        from ...scoring import score_questions
-
         return score_questions(backend, items, task=task, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
                                progress=cfg.progress, meta={"role": role, "dataset": cfg.dataset, "split": self.split})
 
@@ -193,8 +189,6 @@ class Freeform:
 
     def _verbal(self, out: Scored, chat: Any, items: list, cfg: RunConfig) -> None:
         """Tian et al.'s stated confidence; its labels: the correctness of the stated guess."""
-        from ...parsing import apply_failure_policy, count_failures, parse_guess_probability
-
         task = GenerateTask("verbal", prompt=pf.tian_freeform_prompt, max_new_tokens=VERBAL_MAX_NEW_TOKENS,
                             stop=VERBAL_STOP, chat=True, column="reply")
         replies = [str(r) for r in self._score(chat, items, task, cfg, "chat").columns["reply"]]

@@ -15,12 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from ...backends import backend_kind
+from ...backends.ray import open_backend
 from ...calibrate.methods import MC, METHODS
+from ...calibrate.proj import ProjInputs
+from ...data import fewshot_examples
 from ...scores import ScoreSet
+from ...scoring import hidden_states, score_questions
+from ...tasks import make_task
+from ...tasks.elicit import SOURCES, parse_failures, per_template, source_task
+from ...tasks.prompts import option_letters
 from .. import protocol
 from ..backend_options import backend_options
 from ..config import RunConfig
-from ..elicit import SOURCES, parse_failures, per_template, source_task
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +63,6 @@ class MultipleChoice:
                 or cfg.scoring in m.scorings}
 
     def score(self, cfg: RunConfig, backends: dict[str, Any] | None = None) -> Scored:
-        from ...backends import backend_kind
-        from ...scoring_ray import open_backend
-
         wanted = self._inputs(cfg)
         sources = sorted(wanted & set(SOURCES))
         hidden = HIDDEN in wanted and cfg.scoring == "letter" and not cfg.ray and backends is None \
@@ -92,9 +96,6 @@ class MultipleChoice:
 
     def _score(self, backend: Any, questions: list, cfg: RunConfig, template: int, split: str | None, role: str,
                task: Any = None) -> ScoreSet:
-        from ...scoring import score_questions
-        from ...tasks import make_task
-
         meta = {"role": role, "dataset": cfg.dataset, "split": split}
         if task is None:
             cape = {"cape_orders": cfg.cape_orders, "cape_templates": cfg.cape_templates} if cfg.scoring == "cape" else {}
@@ -105,20 +106,18 @@ class MultipleChoice:
     def _extract_hidden(self, backend: Any, cfg: RunConfig, role: str, hidden: dict) -> None:
         """Both models' answer-position hidden states for ``proj`` (cached like scores), and the base model's
         output head over the option letters."""
-        from ...backends._hidden import option_head
-        from ...prompts import option_letters
-
-        if not hasattr(backend, "hidden_states"):
+        if not hasattr(backend, "answer_hidden_states"):
             return
         for t in cfg.templates:
             for s in self.splits:
                 log.info("extracting the %s model's answer-position hidden states (template %s, split %s)", role, t, s)
-                hidden[(role, t, s)] = backend.hidden_states(
-                    self.questions[s], template=t, chat=cfg.chat_template, fewshot=_fewshot(cfg, self.questions[s]),
-                    cache_dir=cfg.cache_dir, meta={"dataset": cfg.dataset, "split": s})
+                hidden[(role, t, s)] = hidden_states(
+                    backend, self.questions[s], template=t, chat=cfg.chat_template,
+                    fewshot=_fewshot(cfg, self.questions[s]), cache_dir=cfg.cache_dir,
+                    meta={"dataset": cfg.dataset, "split": s})
         if role == "base":
             k = max(len(q.choices) for qs in self.questions.values() for q in qs)
-            hidden["head"] = option_head(backend, option_letters(k), cfg.chat_template)
+            hidden["head"] = backend.option_head(option_letters(k), cfg.chat_template)
 
     @staticmethod
     def _stats(backend: Any, role: str, out: Scored) -> None:
@@ -188,8 +187,6 @@ def _fewshot(cfg: RunConfig, questions: list) -> Any:
     """The few-shot examples of ``questions``: one shared tuple, or one per subject (MMLU: its dev split)."""
     if not cfg.fewshot:
         return ()
-    from ...data import fewshot_examples
-
     subjects = sorted({q.subject for q in questions if q.subject})
     if subjects:
         return {s: fewshot_examples(cfg.dataset, subject=s, k=cfg.fewshot) for s in subjects}
@@ -198,8 +195,6 @@ def _fewshot(cfg: RunConfig, questions: list) -> Any:
 
 def _attach_hidden(plan: protocol.Plan, hidden: dict, test_split: str | None, calib_split: str | None) -> None:
     """Give every part of ``plan`` its questions' :class:`~refcal.calibrate.proj.ProjInputs` (``proj``)."""
-    from ...calibrate.proj import ProjInputs
-
     if "head" not in hidden or {k[0] for k in hidden if k != "head"} != {"base", "chat"}:
         return  # a model without hidden states: proj is then unavailable
     for unit in plan.units:
