@@ -107,8 +107,7 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
 def _fit_calibrator(m, cal, base_path: Path | None, chat_path: Path, lmeval_metric: str | None,
                     kind: str | None) -> tuple[object, int, tuple[dict | None, dict]]:
     """``(fitted calibrator with its task, questions, (base meta, chat meta))``: streamed where it can be."""
-    from ..scores import join_scores, load_scores
-    from ..scores import is_streamable
+    from ..scores import is_streamable, join_scores, load_scores
     from ..streaming import OrderMismatch, fit_temperature_streaming
 
     if (cal.streamable_fit and cal.scaling == "temperature" and lmeval_metric is None and kind is not None
@@ -171,8 +170,7 @@ def evaluate(scores_path: Path, cal_path: Path | None, bins: int, json_path: Pat
 
     from .. import metrics
     from .._math import softmax
-    from ..scores import load_scores
-    from ..scores import is_streamable
+    from ..scores import is_streamable, load_scores
     from ..streaming import evaluate_streaming
 
     cal = None
