@@ -209,7 +209,7 @@ def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
                          label=0, subject=subject) for i in range(k)]
 
     monkeypatch.setattr(protocol, "load_questions", load)
-    monkeypatch.setattr("refcal.data.fewshot_examples", shots)
+    monkeypatch.setattr("refcal.run.kinds.multiple_choice.fewshot_examples", shots)
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", fewshot=3,
                              scoring="letter", progress=False)
     out = run(cfg, tmp_path / "run")
