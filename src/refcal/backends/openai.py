@@ -244,7 +244,7 @@ class OpenAIBackend(ExactLettersMixin):
     # -- internals ----------------------------------------------------------------------------
     def _iter(self, requests: list[Any], worker: Callable[..., Any]) -> Iterator[tuple[int, Any]]:
         try:
-            import httpx
+            import httpx  # the optional `api` extra, imported on use
         except ImportError as exc:  # pragma: no cover - httpx is in the api extra
             raise MissingDependencyError("httpx", "api") from exc
         if not requests:

@@ -60,7 +60,7 @@ _MIN_PREFIX = 4
 
 def _torch():
     try:
-        import torch
+        import torch  # optional heavy dependency (the `transformers` extra), imported on use
         import transformers  # noqa: F401
     except ImportError as e:
         raise MissingDependencyError(e.name or "torch", "transformers") from None

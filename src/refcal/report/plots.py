@@ -343,7 +343,7 @@ def save_figure(fig, stem: str | Path, *, formats: Sequence[str] = ("png", "svg"
     """Write ``stem.<fmt>`` for each format (no timestamps in the files, so reruns give equal bytes)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    import matplotlib
+    import matplotlib  # the optional `plots` extra, imported on use
 
     out = []
     # a fixed salt makes SVG element ids deterministic; rc_context restores the setting afterwards

@@ -286,7 +286,7 @@ class ScoreSet:
                 fh.write(json.dumps(obj, allow_nan=False) + "\n")
 
     def _write_parquet(self, path: str) -> None:
-        import pyarrow as pa
+        import pyarrow as pa  # pyarrow is a core dependency, imported on use to keep `import refcal` light
         import pyarrow.parquet as pq
 
         data: dict[str, Any] = {
