@@ -72,7 +72,8 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     same order streams them block by block (bounded memory, same result); other inputs are loaded whole.
     """
     from .._io import ensure_parent
-    from ..scores import file_meta, is_streamable
+    from ..scores import file_meta
+    from ..streaming import is_streamable
 
     ensure_parent(output, what="the calibrator", create=False)  # before any work
     m = METHODS[method]
