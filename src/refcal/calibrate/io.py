@@ -1,15 +1,25 @@
 """Read a calibrator saved by ``save`` (plain JSON; calibrators are never pickled), through the one table
-:data:`CALIBRATORS` of :mod:`refcal.calibrate.base` (every calibrator class enters it when defined)."""
+:data:`CALIBRATORS` of :mod:`refcal.calibrate.base` (every calibrator class enters it when defined).
+
+Every public module of ``refcal.calibrate`` is imported here, so a calibrator defined in a new file of the
+package is in the table without any other edit (the recipe "a fitted method": its file and one registry
+entry).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 from typing import Any
 
 from ..errors import CalibratorFileError
-from . import agreement, alignment, labelled, mutual, proj  # noqa: F401 - defines (registers) every calibrator
 from .base import CALIBRATORS, Calibrator, check_task
+
+for _module in pkgutil.iter_modules([os.path.dirname(__file__)]):
+    if not _module.name.startswith("_") and _module.name != "io":
+        importlib.import_module(f"{__package__}.{_module.name}")  # defines (registers) its calibrators
 
 __all__ = ["CALIBRATORS", "load_calibrator", "from_dict", "check_task"]
 
