@@ -29,7 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .backends.api_http import RetryPolicy, Secret, post_json, public_url
+from ._urls import public_url, request_auth
+from .backends.api_http import RetryPolicy, Secret, post_json
 from .data.freeform import FreeformQuestion
 from .errors import BackendError, InputError, MissingDependencyError
 
@@ -204,8 +205,9 @@ class OpenAIJudge:
             raise InputError(f"the judge's api_base must be an http(s) URL such as http://127.0.0.1:8080/v1, "
                              f"got {public_url(base) if base else 'nothing'!r}")
         self.model, self.prompt_template = model, prompt_template
-        self._base, self.api_base = Secret(base), public_url(base)
         self._key = Secret(os.environ.get(api_key_env))
+        request_base, self._auth = request_auth(base, self._key.get())  # the key wins over user:password@
+        self._base, self.api_base = Secret(request_base), public_url(base)
         if not isinstance(max_retries, int) or max_retries < 0 or not timeout > 0 or max_tokens < 1:
             raise InputError("the judge needs max_retries >= 0, a positive timeout and max_tokens >= 1")
         self.max_tokens, self.timeout, self.seed = int(max_tokens), float(timeout), seed
@@ -233,8 +235,8 @@ class OpenAIJudge:
                                    "messages": [{"role": "user", "content": self.prompt(question, answer)}]}
         if self.seed is not None:
             payload["seed"] = self.seed
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
-        body = post_json(self._http(), self._base.get() + "/chat/completions", payload, headers=headers,
+        headers = dict(self._auth)
+        body = post_json(self._http(), _join(self._base.get(), "chat/completions"), payload, headers=headers,
                          policy=self.policy, secret=self._key, rng=random.Random(self.n_requests),
                          stop=threading.Event())
         self.n_requests += 1
@@ -264,6 +266,14 @@ class OpenAIJudge:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _join(base: str, name: str) -> str:
+    """``name`` appended to the path of ``base`` (its query, if any, stays at the end)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
 def default_judge(questions: Sequence[FreeformQuestion], *, containment: bool = False) -> Judge:

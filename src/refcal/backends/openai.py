@@ -20,14 +20,19 @@ the first generated token, mapped to option letters in one of two ways (``letter
 ``/tokenize`` (or does not answer it at the first attempt), refuses the parameter, or ignores it (its
 answer lacks a requested id) is scored with ``topk`` from then on, and :attr:`APIStats.letter_source` (also ``meta["letter_source"]``) says
 which was used. ``"exact"`` refuses such a server with a :class:`BackendError`; ``"topk"`` never asks.
-Requests run on a bounded thread pool; each one is retried with
+Requests run on a bounded pool of daemon threads (Ctrl-C is never held up by a request stuck on its
+socket: the pool is not joined, and :func:`refcal.cli.main` exits at once); each one is retried with
 exponential back-off and full jitter on 429 / 5xx / timeouts / connection errors, honouring
 ``Retry-After`` (:mod:`.api_http`). The first request that fails for good stops the others from
 retrying; results that finished are still yielded by :meth:`OpenAIBackend.score_letters_iter`
 (so :mod:`refcal.scoring` saves them) before the one-line :class:`BackendError` is raised.
 
 The API key is read from the environment variable ``api_key_env`` and is never part of the
-fingerprint, ``repr``, logs or error messages.
+fingerprint, ``repr``, logs or error messages. Credentials in ``api_base`` (``user:pass@``, a
+``?api_key=`` parameter) are used for requests but shown and stored only in the public form
+(:func:`refcal._urls.public_url`). When both a key and ``user:pass@`` are given, the key wins: it is sent
+as ``Authorization: Bearer`` and the user info is not sent; without a key the user info is sent as
+HTTP Basic (:func:`refcal._urls.request_auth`).
 """
 
 from __future__ import annotations
@@ -35,16 +40,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from .._urls import request_auth
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
 from .api_http import Aborted, RefusedError, RetryPolicy, Secret, post_json, public_url, scrub
@@ -195,9 +201,12 @@ class OpenAIBackend:
         if not base.startswith(("http://", "https://")):
             raise InputError(f"--api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {public_url(base)!r}")
         self.model = model
-        # Credentials may hide in the URL (user:password@, ?key=): requests use the full URL, kept in a
-        # Secret; everything shown (repr, fingerprint, meta, errors) uses the public form.
-        self._base = Secret(base)
+        # Credentials may hide in the URL (user:password@, ?key=): requests use the URL without user info
+        # (kept in a Secret) and the Authorization header of request_auth (the key wins over user:password);
+        # everything shown (repr, fingerprint, meta, errors) uses the public form.
+        self._key = Secret(os.environ.get(api_key_env))
+        request_base, auth = request_auth(base, self._key.get())
+        self._base, self._auth = Secret(request_base), auth
         self.api_base = public_url(base)
         self.mode = mode
         self.top_logprobs = top_logprobs
@@ -206,7 +215,6 @@ class OpenAIBackend:
         self.floor_margin = float(floor_margin)
         self.seed = seed
         self.policy = RetryPolicy(opts.max_retries, opts.backoff_base, opts.backoff_max, opts.max_wait)
-        self._key = Secret(os.environ.get(api_key_env))
         if not self._key and base.startswith("https://api.openai.com"):
             raise BackendError(f"the OpenAI API needs a key; set the environment variable {api_key_env}")
         self.letters = opts.letters
@@ -319,31 +327,49 @@ class OpenAIBackend:
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="refcal-api")
-        futures = {pool.submit(worker, client, r, i, stop): i for i, r in enumerate(requests)}
-        error: BackendError | None = None
-        try:
-            for fut in as_completed(futures):
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for item in enumerate(requests):
+            todo.put(item)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work() -> None:
+            while not stop.is_set():
                 try:
-                    scores = fut.result()
-                except (Aborted, CancelledError):
-                    continue
-                except BackendError as exc:
-                    if error is None:
-                        error = exc
-                        stop.set()
-                        for f in futures:
-                            f.cancel()
-                    continue
-                yield futures[fut], scores
+                    i, req = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, worker(client, req, i, stop), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+                    done.put((i, None, exc))
+
+        # daemon threads, never joined: a request stuck on its socket cannot hold up Ctrl-C or exit
+        threads = [threading.Thread(target=work, name=f"refcal-api-{j}", daemon=True)
+                   for j in range(min(self.concurrency, len(requests)))]
+        for t in threads:
+            t.start()
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    i, value, exc = done.get(timeout=0.2)
+                except queue.Empty:
+                    if any(t.is_alive() for t in threads) or not done.empty():
+                        continue
+                    break
+                if exc is None:
+                    yield i, value
+                elif not isinstance(exc, Aborted) and error is None:
+                    error = exc  # the first failure stops the others; finished results are still yielded
+                    stop.set()
             if error is not None:
                 raise error
         finally:
             stop.set()
-            for f in futures:
-                f.cancel()
-            pool.shutdown(wait=True)
-            client.close()
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a worker may still hold a connection; it is a daemon
+                pass
 
     def _post(self, client: Any, text: str, chat: bool, index: int, abort: threading.Event,
               raw: bool | None = None, **extra: Any) -> tuple[dict, str]:
@@ -358,7 +384,7 @@ class OpenAIBackend:
             log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
         url = self._endpoint("completions" if raw else "chat/completions")
         payload = {**common, "prompt": text} if raw else {**common, "messages": [{"role": "user", "content": text}]}
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        headers = dict(self._auth)
         body = post_json(
             client, url, payload, headers=headers, policy=self.policy, secret=self._key,
             rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=abort, on_retry=self._count_retry,
@@ -448,7 +474,7 @@ class OpenAIBackend:
         with self._lock:
             if text in self._token_ids:
                 return self._token_ids[text]
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        headers = dict(self._auth)
         payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
         # letters="auto" asks once, without retries: a failed probe means the top-k (the scoring request
         # that follows retries as usual and reports a dead server); letters="exact" retries as usual

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._urls import public_url
 from ..calibrate.methods import DEFAULT_METHODS, parse_methods
 from ..errors import InputError
 from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
@@ -57,6 +58,14 @@ class RunConfig:
     cape_templates: str = "one"
     #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as written to ``config.json`` / ``metrics.json``: ``api_base`` in its public form
+        (no user info nor credential-like query parameters, :func:`refcal._urls.public_url`)."""
+        doc = asdict(self)
+        if doc.get("api_base"):
+            doc["api_base"] = public_url(doc["api_base"])
+        return doc
 
     def validate(self) -> None:
         """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +274,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     """
     from ..calibrate import DACA, agreement_diagnostics
     from ..parsing import apply_failure_policy, count_failures, parse_guess_probability
-    from .folder import write_run_folder
+    from .folder import check_run_dir, write_run_folder
 
     keys = parse_freeform_methods(methods)
     if not 0.0 < cfg.calib_frac < 1.0:
@@ -286,9 +286,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     if cfg.scaling != "temperature":
         raise InputError("free-form P(True) has two options: use --scaling temperature")
     check_api_letters(cfg)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
+    out_dir = check_run_dir(out_dir, overwrite=overwrite)  # before any slow work
     from ..data.registry import _canonical, _spec
 
     t_start = time.perf_counter()  # wall time: loading the questions through evaluation, as for multiple choice
@@ -401,7 +399,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
 
     first_test = splits_idx[0][1]
     result = RunResult(
-        refcal_version=__version__, config=asdict(cfg), has_labels=has_labels, n_questions=n,
+        refcal_version=__version__, config=cfg.to_dict(), has_labels=has_labels, n_questions=n,
         n_eval=len(first_test), n_units=len(per_unit),
         protocol=(f"{round(100 * cfg.calib_frac)}% calibration / {round(100 * (1 - cfg.calib_frac))}% test, "
                   f"{cfg.n_splits} random splits (seed {cfg.seed})"),
@@ -469,7 +467,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
                      for i in range(min(N_EXAMPLES, n))],
     }
     result.freeform = freeform
-    cfg_dict = asdict(cfg)
+    cfg_dict = cfg.to_dict()
     cfg_dict.update(task="free-form", methods=keys, chat_template=True, freeform={k: freeform[k] for k in ("judge", "generation", "prompts")})
     result.config = cfg_dict
 
