@@ -53,6 +53,26 @@ def make_temp_dir(prefix: str, parent: str | os.PathLike | None = None) -> Path:
     return tmp
 
 
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give every file under ``root`` (and ``root``) the mode a plain ``open`` / ``mkdir`` would have:
+    ``0666 & ~umask`` for files (execute bits kept where set), ``0777 & ~umask`` for folders. For trees
+    written by libraries that create private temporary files (safetensors writes 0600 whatever the umask),
+    so another user or a Ray actor under another uid can read them. Entries owned by someone else are left
+    alone (``chmod`` would fail)."""
+    fmode, dmode, uid = file_mode(), dir_mode(), os.geteuid()
+    for here, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            p = os.path.join(here, name)
+            st = os.lstat(p)
+            if st.st_uid != uid or os.path.islink(p):
+                continue
+            want = dmode if name in dirs else (fmode | (st.st_mode & 0o111 & dmode))
+            if st.st_mode & 0o7777 != want:
+                os.chmod(p, want)
+    if os.stat(root).st_uid == uid:
+        os.chmod(root, dmode)
+
+
 def ensure_parent(path: str | os.PathLike, *, what: str = "the output", create: bool = True) -> Path:
     """Create the missing folders above ``path`` (like ``mkdir -p``), with one clean error when that fails.
 
