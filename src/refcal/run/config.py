@@ -71,6 +71,10 @@ class RunConfig:
         """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""
         if not 0.0 < self.calib_frac < 1.0:
             raise InputError(f"--calib-frac must be strictly between 0 and 1, got {self.calib_frac}")
+        from ..options import MAX_BINS
+
+        if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or not 1 <= self.n_bins <= MAX_BINS:
+            raise InputError(f"--bins must be an integer from 1 to {MAX_BINS}, got {self.n_bins!r}")
         if self.n_splits < 1:
             raise InputError(f"--n-splits must be at least 1, got {self.n_splits}")
         bad = [t for t in self.templates if t not in TEMPLATE_IDS]

@@ -29,6 +29,7 @@ from .. import __version__
 from .._io import atomic_write_json, ensure_parent, make_temp_dir, rename_exclusive
 from ..errors import InputError
 from ..metrics import ConfidenceInterval, SelectiveCurve, TopLabel
+from ..options import MAX_BINS
 from ..scores import ScoreSet
 from .config import RunConfig
 from .result import (
@@ -230,8 +231,8 @@ def load_config(run_dir: str | os.PathLike, result: RunResult | None = None) -> 
     if config is None:
         config = (result or load_result(run_dir)).config
     n_bins = config.get("n_bins")
-    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1):
-        raise _bad(run_dir / METRICS_FILE, f"config n_bins must be a positive integer, got {n_bins!r}")
+    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and 1 <= n_bins <= MAX_BINS):
+        raise _bad(run_dir / METRICS_FILE, f"config n_bins must be an integer from 1 to {MAX_BINS}, got {n_bins!r}")
     return config
 
 
