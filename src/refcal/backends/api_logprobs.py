@@ -79,7 +79,12 @@ def letter_logprobs(
     -------
     LetterScores
     """
-    pairs = [(str(t), float(lp)) for t, lp in top]
+    pairs = []
+    for t, lp in top:
+        if isinstance(lp, bool) or not isinstance(lp, int | float):  # null, "-0.5", [..]: not a conforming server
+            raise BackendError(f"the server returned the log-probability {lp!r} for the token {str(t)[:20]!r}, not "
+                               "a number; it is not OpenAI-compatible here (check its version, or use another server)")
+        pairs.append((str(t), float(lp)))
     if not pairs:
         raise BackendError("the server returned no top log-probabilities; it must support top_logprobs")
     lps = np.array([lp for _, lp in pairs], dtype=np.float64)

@@ -85,7 +85,9 @@ class APIStats:
     ``n_requests_with_floor``: requests with at least one floored letter; ``n_letters``: letters
     scored in total; ``n_retries``: HTTP attempts that were retried; ``n_no_token``: answers with no
     first token at all (the model ended at once, e.g. llama.cpp's server then returns no
-    log-probabilities): every letter of those is floored (a uniform row).
+    log-probabilities): every letter of those is floored (a uniform row); ``n_one_alternative``: top-k
+    answers that held only the sampled token (a server ignoring ``top_logprobs``: after
+    :data:`IGNORED_TOPK_AFTER` such answers and no other, the backend refuses the server).
     """
 
     n_requests: int = 0
@@ -94,6 +96,7 @@ class APIStats:
     n_requests_with_floor: int = 0
     n_retries: int = 0
     n_no_token: int = 0
+    n_one_alternative: int = 0
     #: how letters were scored: "exact" (fixed token set), "topk" (top-k with the floor), or
     #: "unresolved" (no letter request sent by this backend yet)
     letter_source: str = "unresolved"
@@ -138,6 +141,11 @@ class OpenAIOptions(BackendOptions):
             raise InputError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
         if not (_is_num(self.timeout) and self.timeout > 0 and _is_num(self.floor_margin) and self.floor_margin > 0):
             raise InputError("timeout and floor_margin must be positive numbers")
+
+
+#: top-k answers with the sampled token only (and no other kind) after which a server is refused as ignoring
+#: ``top_logprobs`` (fewer when fewer requests are sent at once)
+IGNORED_TOPK_AFTER = 5
 
 
 def _is_int(v: Any) -> bool:
@@ -223,6 +231,7 @@ class OpenAIBackend:
         self._probe_lock = threading.Lock()  # the first letter request asks the server once
         self._token_ids: dict[str, list[int]] = {}  # text -> token ids (the server's /tokenize)
         self._warned_raw = False
+        self._topk_check_after = IGNORED_TOPK_AFTER
         self.fingerprint = (
             f"openai:{model}@{self.api_base.split('://', 1)[1]};mode={mode};top_logprobs={top_logprobs};"
             f"seed={seed};floor_margin={self.floor_margin:.6g};r_resolution={R_RESOLUTION:g};letters={self.letters}"
@@ -277,7 +286,20 @@ class OpenAIBackend:
         for r in requests:
             if not isinstance(r, LetterRequest) or len(set(r.letters)) < 2 or len(set(r.letters)) != len(r.letters):
                 raise InputError("each request needs at least two distinct option letters")
+        self._topk_check_after = min(IGNORED_TOPK_AFTER, len(requests))
         yield from self._iter(requests, self._score_one)
+
+    def _check_topk_honoured(self) -> None:
+        """Refuse a server that answers every top-k request with the sampled token only (it ignores
+        ``top_logprobs``): k - 1 of k letters would get the floor on every question. Called under the lock."""
+        st = self.stats
+        n = st.n_requests - st.n_no_token
+        if self.top_logprobs >= 2 and n >= self._topk_check_after and st.n_one_alternative == n > 0:
+            raise BackendError(
+                f"the server at {self.api_base} ignores top_logprobs={self.top_logprobs}: its first {n} answers "
+                "held only the sampled token, so all but one option letter would be floored on every question; "
+                "use a server that returns top_logprobs (vLLM, llama.cpp's server), --api-letters exact, or "
+                "--scoring cloze")
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """Continuation log-likelihoods from the prompt's own log-probabilities (see :meth:`score_cloze_iter`)."""
@@ -402,6 +424,9 @@ class OpenAIBackend:
             self.stats.n_floored_letters += scores.n_floored
             self.stats.n_requests_with_floor += scores.n_floored > 0
             self.stats.n_no_token += top is None
+            self.stats.n_one_alternative += bool(top) and len(top) == 1
+            if top:
+                self._check_topk_honoured()
         return scores
 
     def _exact_letters(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores | None:

@@ -112,6 +112,10 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
 
     cols = pop_columns(columns)
     ray = pop_ray(columns)
+    if no_progress:
+        from .._progress import third_party_progress
+
+        third_party_progress(False)  # transformers' weight-loading and conversion bars too
     freeform = is_freeform(dataset, cols)
     if freeform and ray is not None:
         raise click.UsageError("--ray applies to multiple-choice data sets; score free-form runs without it")

@@ -294,7 +294,16 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     qs = load_freeform_questions(cfg, split)
     if len(qs) < 2:
         raise InputError(f"{len(qs)} question(s) are too few; raise --limit")
-    has_labels = all(q.labelled for q in qs)
+    from .protocol import check_splittable
+
+    check_splittable(len(qs), cfg)  # before generating and scoring every answer
+    # judged wherever there are references: a question without them gets -1 (judge_answers' contract) and
+    # is left out of the metrics, not the whole run
+    has_labels = any(q.labelled for q in qs)
+    n_unreferenced = sum(not q.labelled for q in qs)
+    if has_labels and n_unreferenced:
+        log.warning("%d of %d questions have no reference answers: they are not judged and are left out of the "
+                    "metrics (fits without labels still use them)", n_unreferenced, len(qs))
     jd = make_judge(judge, qs, api_base=judge_api_base) if has_labels else None
 
     def labels_of(answers: list[str]) -> np.ndarray:
@@ -324,8 +333,9 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
         guesses = [p.answer or "" for p in final]
         # the verbal confidence is about its own guess: judged like the answers (a failed parse is wrong)
         method_labels["verbal"] = labels_of(guesses)
-        if has_labels:
-            method_labels["verbal"] = np.where([p.answer is None for p in final], 0, method_labels["verbal"])
+        if has_labels:  # unreferenced questions stay -1
+            failed = np.array([p.answer is None for p in final]) & (method_labels["verbal"] >= 0)
+            method_labels["verbal"] = np.where(failed, 0, method_labels["verbal"])
         notes["verbal"] = {"parse_failures": count_failures(parsed), "failure_confidence": 0.5,
                            "labels": "correctness of the stated guess (a failed parse counts as wrong)"}
     n_empty = sum(not a for a in sc.answers)
@@ -334,7 +344,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     for k in keys:
         m = FREEFORM_METHODS[k]
         if m.needs_labels and not has_labels:
-            unavailable[k] = "needs labels, and some questions have no reference answers"
+            unavailable[k] = "needs labels, and no question has reference answers"
         elif m.needs_base and base2 is None:
             unavailable[k] = "needs the base model's scores"
         elif m.source in ("chat_likelihood", "reeval") and m.source not in fixed:
@@ -359,9 +369,12 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
             y = method_labels.get(k, labels)
             if m.source == "fit":
                 reg = METHODS[k]
+                if m.needs_labels:  # a labelled fit sees the judged questions only
+                    ci = ci[labels[ci] >= 0]
                 b_c = base2[ci] if base2 is not None else chat2[ci]
+                fit_labels = labels[ci] if m.needs_labels else None  # label-free fits never see labels
                 try:
-                    fitted = reg.fit(b_c, chat2[ci], labels[ci] if has_labels else None, scaling="temperature")
+                    fitted = reg.fit(b_c, chat2[ci], fit_labels, scaling="temperature")
                 except FitError as e:
                     log.warning("%s: %s; this unit is evaluated uncalibrated", m.label, e)
                     fitted = Unfitted(str(e))
@@ -374,9 +387,13 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
             else:
                 lp = fixed[m.source][ti]
             tl = _correct_with(lp)
-            row.update(_unit_metrics({k: tl}, y[ti] if has_labels else None, cfg.n_bins))
-            if has_labels:  # the binary log loss of c against the verdict (a TopLabel carries no NLL)
-                row[k]["nll"] = metrics.nll_from_log_proba(lp, y[ti])
+            judged = y[ti] >= 0  # metrics on the judged answers (questions without references are -1)
+            if has_labels and judged.any():
+                row.update(_unit_metrics({k: tl[judged]}, y[ti][judged], cfg.n_bins))
+                # the binary log loss of c against the verdict (a TopLabel carries no NLL)
+                row[k]["nll"] = metrics.nll_from_log_proba(lp[judged], y[ti][judged])
+            else:
+                row.update(_unit_metrics({k: tl}, None, cfg.n_bins))
             if ui == 0:
                 plotted[k] = (tl, y[ti])
         per_unit.append(row)
@@ -409,8 +426,11 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     )
     if has_labels and plotted:
         for k, (lp, y) in plotted.items():
-            result.selective.update(selective({k: lp}, y))
-            b = bootstrap({k: lp}, y, n_bins=cfg.n_bins, seed=cfg.seed)
+            judged = y >= 0
+            if not judged.any():
+                continue
+            result.selective.update(selective({k: lp[judged]}, y[judged]))
+            b = bootstrap({k: lp[judged]}, y[judged], n_bins=cfg.n_bins, seed=cfg.seed)
             if result.bootstrap is None:
                 result.bootstrap = b
             else:
@@ -433,7 +453,8 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
                 conf_all[k] = deployed.predict_proba(chat2)[:, 1]
             elif k == "ts" and has_labels:
                 try:
-                    conf_all[k] = METHODS["ts"].fit(None, chat2, labels).predict_proba(chat2)[:, 1]
+                    judged = labels >= 0
+                    conf_all[k] = METHODS["ts"].fit(None, chat2[judged], labels[judged]).predict_proba(chat2)[:, 1]
                 except FitError:
                     pass
             elif k == "naive" and base2 is not None:
@@ -447,7 +468,8 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     freeform = {
         "task": "free-form",
         "n_questions": n, "n_empty_answers": int(n_empty),
-        "accuracy": float((labels == 1).mean()) if has_labels else None,
+        "accuracy": float((labels[labels >= 0] == 1).mean()) if has_labels else None,
+        "n_unjudged": int((labels < 0).sum()),
         "judge": jd.config if jd is not None else None,
         "generation": {"prompt": pf.GENERATION_PROMPT, "max_new_tokens": pf.GENERATION_MAX_NEW_TOKENS,
                        "stop": list(pf.GENERATION_STOP), "chat_template": True, "decoding": "greedy"},

@@ -37,6 +37,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
     test_split, calib_split = protocol.splits(cfg)
     splits = [test_split] + ([calib_split] if calib_split else [])
     questions = {s: protocol.load_questions(cfg, s) for s in splits}
+    if calib_split is None:  # random splits: refuse too few questions before scoring them
+        protocol.check_splittable(len(questions[test_split]), cfg)
     t0 = time.perf_counter()
 
     # one model at a time, so only one is in memory
