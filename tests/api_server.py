@@ -391,3 +391,43 @@ class FakeVLLM(_LocalServer):
 def _error(message: str, param: str) -> dict:
     """vLLM's error body (``ErrorResponse``) for a validation error."""
     return {"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}
+
+
+class ScriptedServer(_LocalServer):
+    """A server on 127.0.0.1 whose every POST is answered by ``answer(path, request) -> (status, body)``:
+    for servers that misbehave in one precise way (log-probabilities as strings, no top-k, ...)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests: list[tuple[str, dict]] = []
+        self._listen()
+
+    def _handler(self):
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                srv.requests.append((self.path, req))
+                status, payload = srv.answer(self.path, req)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def chat_answer(top: list[tuple[str, object]], token: str = "A", logprob: object = -0.1) -> dict:
+    """A chat completion whose first token is ``token`` with top alternatives ``top`` ((token, logprob) pairs)."""
+    content = [{"token": token, "logprob": logprob, "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]
+    return {"id": "x", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": token},
+                         "logprobs": {"content": content}, "finish_reason": "length"}]}
