@@ -44,8 +44,9 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def request_auth(url: str, api_key: str | None) -> tuple[str, dict[str, str]]:
-    """The URL to send requests to (user info removed) and the ``Authorization`` header for it.
+def request_auth(url: str, api_key: str | None) -> tuple[str, str | None]:
+    """The URL to send requests to (user info removed) and the value of its ``Authorization`` header
+    (None: send none). Keep the value in a :class:`refcal.backends.api_http.Secret`.
 
     ``api_key`` set: ``Bearer api_key`` and the user info is dropped (the key wins). No key but user
     info: ``Basic base64(user:password)`` (percent-escapes decoded). Neither: no header. Query
@@ -54,11 +55,11 @@ def request_auth(url: str, api_key: str | None) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     bare = urlunsplit(parts._replace(netloc=_host(parts)))
     if api_key:
-        return bare, {"Authorization": f"Bearer {api_key}"}
+        return bare, f"Bearer {api_key}"
     if parts.username is not None or parts.password is not None:
         pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        return bare, {"Authorization": "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")}
-    return bare, {}
+        return bare, "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return bare, None
 
 
 __all__ = ["public_url", "request_auth", "is_secret_param"]

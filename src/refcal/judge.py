@@ -206,7 +206,8 @@ class OpenAIJudge:
                              f"got {public_url(base) if base else 'nothing'!r}")
         self.model, self.prompt_template = model, prompt_template
         self._key = Secret(os.environ.get(api_key_env))
-        request_base, self._auth = request_auth(base, self._key.get())  # the key wins over user:password@
+        request_base, auth = request_auth(base, self._key.get())  # the key wins over user:password@
+        self._auth = Secret(auth)
         self._base, self.api_base = Secret(request_base), public_url(base)
         if not isinstance(max_retries, int) or max_retries < 0 or not timeout > 0 or max_tokens < 1:
             raise InputError("the judge needs max_retries >= 0, a positive timeout and max_tokens >= 1")
@@ -235,7 +236,7 @@ class OpenAIJudge:
                                    "messages": [{"role": "user", "content": self.prompt(question, answer)}]}
         if self.seed is not None:
             payload["seed"] = self.seed
-        headers = dict(self._auth)
+        headers = {"Authorization": self._auth.get()} if self._auth else {}
         body = post_json(self._http(), _join(self._base.get(), "chat/completions"), payload, headers=headers,
                          policy=self.policy, secret=self._key, rng=random.Random(self.n_requests),
                          stop=threading.Event())

@@ -214,7 +214,7 @@ class OpenAIBackend:
         # everything shown (repr, fingerprint, meta, errors) uses the public form.
         self._key = Secret(os.environ.get(api_key_env))
         request_base, auth = request_auth(base, self._key.get())
-        self._base, self._auth = Secret(request_base), auth
+        self._base, self._auth = Secret(request_base), Secret(auth)
         self.api_base = public_url(base)
         self.mode = mode
         self.top_logprobs = top_logprobs
@@ -406,7 +406,7 @@ class OpenAIBackend:
             log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
         url = self._endpoint("completions" if raw else "chat/completions")
         payload = {**common, "prompt": text} if raw else {**common, "messages": [{"role": "user", "content": text}]}
-        headers = dict(self._auth)
+        headers = {"Authorization": self._auth.get()} if self._auth else {}
         body = post_json(
             client, url, payload, headers=headers, policy=self.policy, secret=self._key,
             rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=abort, on_retry=self._count_retry,
@@ -499,7 +499,7 @@ class OpenAIBackend:
         with self._lock:
             if text in self._token_ids:
                 return self._token_ids[text]
-        headers = dict(self._auth)
+        headers = {"Authorization": self._auth.get()} if self._auth else {}
         payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
         # letters="auto" asks once, without retries: a failed probe means the top-k (the scoring request
         # that follows retries as usual and reports a dead server); letters="exact" retries as usual
