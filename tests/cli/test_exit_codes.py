@@ -81,6 +81,7 @@ CASES = [
     ("evaluate unreadable scores", lambda p: ["evaluate", "--scores", p["secret_scores"]], 1, "permission denied"),
     ("apply unreadable calibrator", lambda p: ["apply", "--scores", p["chat"], "--calibrator", p["secret_cal"],
                                                "-o", p["run"] / "o.parquet"], 1, "permission denied"),
+    ("report into a read-only run folder", lambda p: ["report", p["ro_run"]], 1, "permission denied"),
     # the other side of the rule: a path that is wrong, not refused, is bad input
     ("fit missing scores", lambda p: ["fit", "--base", p["base"], "--chat", p["run"] / "nope.parquet"], 2, "nope"),
     ("apply missing calibrator", lambda p: ["apply", "--scores", p["chat"], "--calibrator", p["run"] / "nope.json",
@@ -95,6 +96,13 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("perm")
     p = _files(root)
     (root / "run").mkdir()
+    from refcal.cli import main
+
+    p["ro_run"] = root / "ro_run"
+    assert main(["run", "--base", "fake:b", "--chat", "fake:c", "-d", str(p["data"]), "--scoring", "letter",
+                 "--limit", "0", "--no-progress", "--no-report", "--cache-dir", str(root / "cache0"),
+                 "-o", str(p["ro_run"])]) == 0
+    os.chmod(p["ro_run"], 0o555)
     os.chmod(p["ro"], 0o555)
     os.chmod(p["ro_cache"], 0o555)
     os.chmod(p["secret_scores"], 0)
