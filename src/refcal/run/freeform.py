@@ -369,12 +369,11 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
             y = method_labels.get(k, labels)
             if m.source == "fit":
                 reg = METHODS[k]
-                if m.needs_labels:  # a labelled fit sees the judged questions only
-                    ci = ci[labels[ci] >= 0]
-                b_c = base2[ci] if base2 is not None else chat2[ci]
-                fit_labels = labels[ci] if m.needs_labels else None  # label-free fits never see labels
+                # a labelled fit sees the judged questions only; label-free fits see every one, never a label
+                fi = ci[labels[ci] >= 0] if m.needs_labels else ci
+                b_c = base2[fi] if base2 is not None else chat2[fi]
                 try:
-                    fitted = reg.fit(b_c, chat2[ci], fit_labels, scaling="temperature")
+                    fitted = reg.fit(b_c, chat2[fi], labels[fi] if m.needs_labels else None, scaling="temperature")
                 except FitError as e:
                     log.warning("%s: %s; this unit is evaluated uncalibrated", m.label, e)
                     fitted = Unfitted(str(e))
