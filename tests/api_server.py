@@ -400,6 +400,7 @@ class ScriptedServer(_LocalServer):
     def __init__(self, answer):
         self.answer = answer
         self.requests: list[tuple[str, dict]] = []
+        self.auth: list[str | None] = []  # the Authorization header of each POST (None: absent)
         self._listen()
 
     def _handler(self):
@@ -414,6 +415,7 @@ class ScriptedServer(_LocalServer):
             def do_POST(self):
                 req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 srv.requests.append((self.path, req))
+                srv.auth.append(self.headers.get("Authorization"))
                 status, payload = srv.answer(self.path, req)
                 data = json.dumps(payload).encode()
                 self.send_response(status)

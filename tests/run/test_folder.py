@@ -41,6 +41,29 @@ def test_credentials_in_api_base_never_reach_the_run_folder(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["config"]["api_base"] == config["api_base"]
 
 
+def test_judge_credentials_are_sent_but_never_stored(tmp_path, capsys, monkeypatch):
+    """The free-form judge at ``--judge-api-base`` with user info and a key parameter: HTTP Basic is sent
+    (no API key is set), nothing of the credentials reaches the run folder or the terminal."""
+    from api_server import ScriptedServer
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    data = tmp_path / "ff.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Which thing is number {i}?", "answers": [str(i)]}) + "\n"
+                            for i in range(12)))
+    reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "yes"}, "finish_reason": "stop"}]}
+    with ScriptedServer(lambda path, req: (200, reply)) as srv:
+        base = srv.url.replace("http://", "http://alice:s3cr3t@") + "?api_key=SECRETKEY"
+        out = tmp_path / "run"
+        assert main(["run", "--dataset", str(data), "--base", "fake:base", "--chat", "fake:chat", "--methods",
+                     "p_true", "--judge", "openai:judge", "--judge-api-base", base, "--no-progress",
+                     "-o", str(out)]) == 0, capsys.readouterr().err
+    assert srv.auth and set(srv.auth) == {"Basic YWxpY2U6czNjcjN0"}  # base64("alice:s3cr3t")
+    shown = capsys.readouterr()
+    for p in [p for p in out.rglob("*") if p.is_file()]:
+        assert not [s for s in SECRETS if s.encode() in p.read_bytes()], p
+    assert not [s for s in SECRETS if s in shown.out + shown.err]
+
+
 @pytest.mark.parametrize("overwrite", [False, True], ids=["exclusive", "overwrite"])
 def test_two_runs_finishing_onto_one_folder(tmp_path, monkeypatch, capsys, overwrite):
     """Run B starts and finishes while run A writes its report (past A's "already exists" check): A must

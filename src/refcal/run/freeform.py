@@ -158,7 +158,10 @@ def make_judge(spec: str | None, questions: Sequence[Any], *, api_base: str | No
         return ExactMatchJudge(containment=True)
     if spec.startswith("openai:"):
         if api_base is not None and not str(api_base).startswith(("http://", "https://")):
-            raise InputError(f"--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {api_base!r}")
+            from .._urls import public_url
+
+            raise InputError("--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got "
+                             f"{public_url(str(api_base))!r}")
         # the judge is a generation on the OpenAI backend: its client, retries and key handling
         return ModelJudge(load_backend(spec, api_base=api_base), name=spec[len("openai:"):])
     raise InputError(f"--judge {spec!r} is not known; use exact, contains or openai:MODEL")
