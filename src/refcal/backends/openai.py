@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -53,6 +52,7 @@ from .._urls import request_auth
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
 from ._openai_exact import ExactLettersMixin
+from ._pool import daemon_map
 from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import (
     NO_ECHO,
@@ -281,45 +281,11 @@ class OpenAIBackend(ExactLettersMixin):
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
-        todo: queue.SimpleQueue = queue.SimpleQueue()
-        for item in enumerate(requests):
-            todo.put(item)
-        done: queue.SimpleQueue = queue.SimpleQueue()
-
-        def work() -> None:
-            while not stop.is_set():
-                try:
-                    i, req = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    done.put((i, worker(client, req, i, stop), None))
-                except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-                    done.put((i, None, exc))
-
-        # daemon threads, never joined: a request stuck on its socket cannot hold up Ctrl-C or exit
-        threads = [threading.Thread(target=work, name=f"refcal-api-{j}", daemon=True)
-                   for j in range(min(self.concurrency, len(requests)))]
-        for t in threads:
-            t.start()
-        error: BaseException | None = None
         try:
-            while True:
-                try:
-                    i, value, exc = done.get(timeout=0.2)
-                except queue.Empty:
-                    if any(t.is_alive() for t in threads) or not done.empty():
-                        continue
-                    break
-                if exc is None:
-                    yield i, value
-                elif not isinstance(exc, Aborted) and error is None:
-                    error = exc  # the first failure stops the others; finished results are still yielded
-                    stop.set()
-            if error is not None:
-                raise error
+            # daemon workers, never joined: a request stuck on its socket cannot hold up Ctrl-C or exit
+            yield from daemon_map(requests, lambda req, i: worker(client, req, i, stop), workers=self.concurrency,
+                                  stop=stop, skip=(Aborted,))
         finally:
-            stop.set()
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - a worker may still hold a connection; it is a daemon
