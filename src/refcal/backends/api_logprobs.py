@@ -104,3 +104,40 @@ def letter_logprobs(
         vals = by_letter[letter]
         out[j] = floor if not vals else float(np.logaddexp.reduce(np.array(vals, dtype=np.float64)))
     return LetterScores(logprobs=out, floored=floored, floor=floor)
+
+
+def first_token_alternatives(body: dict) -> list[tuple[str, float]] | None:
+    """The ``(token, logprob)`` alternatives of the first generated token of an OpenAI-style answer.
+
+    Chat completions carry ``choices[0].logprobs.content[0].top_logprobs`` (a list of ``{token,
+    logprob}``; when it is empty the sampled token itself is the one alternative), legacy completions
+    ``choices[0].logprobs.top_logprobs[0]`` (a dict). Returns None when no token was generated (the
+    model ended its answer at once). Raises ``KeyError`` / ``TypeError`` / ``IndexError`` /
+    ``AttributeError`` when the answer has no log-probabilities at all (the caller names the server).
+    """
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    if lp is None:
+        raise KeyError("logprobs")
+    if "content" in lp:  # chat completions
+        content = lp["content"] or []
+        if not content:
+            return None
+        first = content[0]
+        pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
+        return pairs or [(first["token"], first["logprob"])]
+    tops = lp.get("top_logprobs") or []  # legacy completions: a dict per token
+    if not tops:
+        return None
+    return list(tops[0].items())
+
+
+def topk_letter_scores(top: Iterable[tuple[str, float]] | None, letters: Sequence[str], *,
+                       floor_margin: float = math.log(2.0)) -> LetterScores:
+    """:func:`letter_logprobs`, or, when no token was generated (``top`` is None), every letter at the
+    resolution floor ``log(1e-6) - floor_margin`` (a uniform row, all letters floored)."""
+    if top is None:
+        floor = math.log(R_RESOLUTION) - floor_margin
+        k = len(letters)
+        return LetterScores(np.full(k, floor), (True,) * k, floor)
+    return letter_logprobs(top, letters, floor_margin=floor_margin)

@@ -1,0 +1,363 @@
+"""Forwarding to the upstream: pass-through, calibrated answers, calibrated streams (see :mod:`.app`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from starlette.responses import Response
+
+from ..backends.api_http import public_url
+from ..backends.api_logprobs import LetterScores, first_token_alternatives, topk_letter_scores
+from ..errors import BackendError
+from .calibrated import RefcalSpec, prompt_text, result
+from .config import finite_list
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamFailure(Exception):
+    """The upstream did not give a usable answer: ``response`` goes to the client as it is."""
+
+    def __init__(self, response: Any, kind: str):
+        super().__init__(kind)
+        self.response = response
+        self.kind = kind
+
+
+def public(url: str) -> str:
+    return public_url(url)
+
+
+def _fail(status: int, message: str, kind: str) -> UpstreamFailure:
+    from fastapi.responses import JSONResponse
+
+    from .app import error_body
+
+    return UpstreamFailure(JSONResponse(error_body(message, kind), status_code=status), kind)
+
+
+def _transport_failure(exc: Exception, url: str, timeout: float) -> UpstreamFailure:
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return _fail(504, f"the upstream {public(url)} did not answer within {timeout:g} s", "upstream_timeout")
+    return _fail(502, f"the upstream {public(url)} could not be reached or dropped the connection "
+                 f"({type(exc).__name__})", "upstream_unreachable")
+
+
+async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw: bytes | None, t0: float) -> Any:
+    """Forward a request unchanged and stream the upstream's answer back unchanged (status, body)."""
+    import httpx
+    from starlette.background import BackgroundTask
+    from starlette.responses import StreamingResponse
+
+    from .app import KEEP_RESPONSE_HEADERS
+
+    url = f"{proxy.base_url}/{endpoint}"
+    req = proxy.client.build_request(method, url, content=raw, headers=proxy.upstream_headers(headers))
+    t_up = time.perf_counter()
+    try:
+        resp = await proxy.client.send(req, stream=True)
+    except httpx.HTTPError as exc:
+        failure = _transport_failure(exc, url, proxy.config.timeout)
+        proxy.metrics.errors.labels(failure.kind).inc()
+        return failure.response
+    if resp.status_code >= 400:
+        proxy.metrics.errors.labels("upstream_status").inc()
+    keep = {k: v for k, v in resp.headers.items() if k.lower() in KEEP_RESPONSE_HEADERS}
+    proxy.metrics.overhead.observe(max(0.0, (t_up - t0)))
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+        proxy.metrics.upstream_latency.observe(time.perf_counter() - t_up)
+
+    return StreamingResponse(body(), status_code=resp.status_code, headers=keep, background=BackgroundTask(resp.aclose))
+
+
+def _upstream_body(proxy: Any, endpoint: str, body: dict, spec: RefcalSpec) -> tuple[dict, int | None]:
+    """The request sent upstream: ``body`` (``refcal`` removed) asking for the first token's top-k; and the
+    client's own top-k (None: the client did not ask for log-probabilities)."""
+    out = dict(body)
+    k = proxy.config.top_logprobs
+    if endpoint == "completions":
+        asked = out.get("logprobs")
+        client_k = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+        out["logprobs"] = max(k, client_k or 0)
+    else:
+        client_k = None
+        if out.get("logprobs"):
+            tl = out.get("top_logprobs")
+            client_k = tl if isinstance(tl, int) and not isinstance(tl, bool) else 0
+        out["logprobs"] = True
+        out["top_logprobs"] = max(k, client_k or 0)
+    return out, client_k
+
+
+def _restore_logprobs(choice: dict, client_k: int | None) -> None:
+    """Give the client the log-probabilities it asked for (none, or its own top-k), not the proxy's."""
+    if client_k is None:
+        choice.pop("logprobs", None)
+        return
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return
+    for tok in lp.get("content") or []:
+        if isinstance(tok, dict) and isinstance(tok.get("top_logprobs"), list):
+            tok["top_logprobs"] = tok["top_logprobs"][:client_k]
+    if isinstance(lp.get("top_logprobs"), list):
+        lp["top_logprobs"] = [dict(list(d.items())[:client_k]) if isinstance(d, dict) else d for d in lp["top_logprobs"]]
+
+
+def _letters(proxy: Any, answer: dict, spec: RefcalSpec, url: str) -> LetterScores:
+    try:
+        top = first_token_alternatives(answer)
+        return topk_letter_scores(top, spec.letters, floor_margin=proxy.config.floor_margin)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise _fail(502, f"the upstream {public(url)} answered without token log-probabilities; it must support "
+                    "logprobs/top_logprobs for calibrated requests", "upstream_no_logprobs") from None
+    except BackendError as exc:
+        raise _fail(502, f"the upstream {public(url)}: {exc}", "upstream_no_logprobs") from None
+
+
+def _answer_text(answer: dict) -> str:
+    try:
+        choice = answer["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice.get("text")
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return text if isinstance(text, str) else ""
+
+
+async def _post_json(proxy: Any, url: str, payload: dict, headers: dict) -> dict:
+    """POST and parse a JSON object; :class:`UpstreamFailure` carries what the client gets otherwise."""
+    import httpx
+    from starlette.responses import Response
+
+    from .app import KEEP_RESPONSE_HEADERS
+
+    t = time.perf_counter()
+    try:
+        resp = await proxy.client.post(url, json=payload, headers=headers)
+    except httpx.HTTPError as exc:
+        raise _transport_failure(exc, url, proxy.config.timeout) from None
+    finally:
+        proxy.metrics.upstream_latency.observe(time.perf_counter() - t)
+    if resp.status_code != 200:
+        keep = {k: v for k, v in resp.headers.items() if k.lower() in KEEP_RESPONSE_HEADERS}
+        raise UpstreamFailure(Response(resp.content, status_code=resp.status_code, headers=keep), "upstream_status")
+    try:
+        out = resp.json()
+    except ValueError:
+        raise _fail(502, f"the upstream {public(url)} answered HTTP 200 with malformed JSON", "upstream_malformed") from None
+    if not isinstance(out, dict):
+        raise _fail(502, f"the upstream {public(url)} answered HTTP 200 with JSON that is not an object",
+                    "upstream_malformed")
+    return out
+
+
+async def _p_true(proxy: Any, endpoint: str, headers: dict, model: Any, spec: RefcalSpec, answer: str) -> LetterScores:
+    """The chat model's P(True) letters of its own answer (one more upstream request)."""
+    from ..prompts_freeform import p_true_prompt
+
+    chat = endpoint != "completions"
+    text = p_true_prompt(spec.question or "", answer, chat=chat)
+    k = proxy.config.top_logprobs
+    payload: dict[str, Any] = {"model": model, "max_tokens": 1, "temperature": 0, "n": 1, "stream": False}
+    if chat:
+        payload |= {"messages": [{"role": "user", "content": text}], "logprobs": True, "top_logprobs": k}
+    else:
+        payload |= {"prompt": text, "logprobs": k}
+    url = f"{proxy.base_url}/{endpoint}"
+    judged = await _post_json(proxy, url, payload, headers)
+    return _letters(proxy, judged, spec, url)
+
+
+async def _finish(proxy: Any, endpoint: str, headers: dict, body: dict, spec: RefcalSpec, request_id: str,
+                  scores: LetterScores, answer_text: str) -> dict:
+    """Calibrate, sample the reference, write the monitoring record; the ``refcal`` field."""
+    if spec.task == "free_form":
+        scores = await _p_true(proxy, endpoint, headers, body.get("model"), spec, answer_text)
+    base = None
+    ref = proxy.reference
+    if ref is not None and ref.sampled():
+        if spec.task == "free_form":
+            from ..prompts_freeform import p_true_prompt
+
+            ref_prompt = p_true_prompt(spec.question or "", answer_text, chat=False)
+        else:
+            ref_prompt = prompt_text(body)
+        try:
+            base = await ref.score(ref_prompt, spec.letters)
+            proxy.metrics.reference.labels("ok").inc()
+        except Exception as exc:  # noqa: BLE001 - a failed reference sample must not fail the answer
+            proxy.metrics.reference.labels("failed").inc()
+            log.warning("reference model failed on request %s: %s", request_id, type(exc).__name__)
+            if proxy.cal.needs_base:
+                raise _fail(502, f"the reference model could not score this request ({type(exc).__name__}); "
+                            f"{proxy.cal.method} needs it", "reference_failed") from None
+    out = result(spec, proxy.cal, scores.logprobs, scores.floored, "topk", request_id, base)
+    proxy.metrics.calibrated.labels(spec.task).inc()
+    proxy.metrics.observe_confidence(out["confidence"])
+    rec: dict[str, Any] = {"t": time.time(), "id": request_id, "task": spec.task, "model": body.get("model"),
+                           "chat": finite_list(scores.logprobs), "confidence": out["confidence"],
+                           "answer": out["answer"], "floored": sum(scores.floored)}
+    if base is not None:
+        proxy.metrics.observe_agreement(int(np.argmax(base)) == int(np.argmax(scores.logprobs)))
+        rec["base"] = finite_list(base)
+    if proxy.config.log_text:
+        rec["prompt"] = prompt_text(body)
+        rec["text"] = answer_text
+    proxy.record(rec)
+    return out
+
+
+async def calibrated(proxy: Any, endpoint: str, headers: Any, body: dict, spec: RefcalSpec, request_id: str,
+                     t0: float) -> Any:
+    """A non-streamed calibrated request: the upstream's answer plus the ``refcal`` field."""
+    from fastapi.responses import JSONResponse
+
+    up_body, client_k = _upstream_body(proxy, endpoint, body, spec)
+    hdrs = proxy.upstream_headers(headers)
+    url = f"{proxy.base_url}/{endpoint}"
+    t_up = time.perf_counter()
+    upstream_time = 0.0
+    try:
+        answer = await _post_json(proxy, url, up_body, hdrs)
+        upstream_time = time.perf_counter() - t_up
+        scores = _letters(proxy, answer, spec, url) if spec.task == "multiple_choice" else None
+        text = _answer_text(answer)
+        t_fin = time.perf_counter()
+        field = await _finish(proxy, endpoint, hdrs, body, spec, request_id, scores, text)  # type: ignore[arg-type]
+        if spec.task == "free_form":  # the P(True) request is upstream time too
+            upstream_time += time.perf_counter() - t_fin
+    except UpstreamFailure as failure:
+        proxy.metrics.errors.labels(failure.kind).inc()
+        return failure.response
+    for choice in answer.get("choices") or []:
+        if isinstance(choice, dict):
+            _restore_logprobs(choice, client_k)
+    answer["refcal"] = field
+    response = JSONResponse(answer)
+    proxy.metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - upstream_time))
+    return response
+
+
+def calibrated_stream(proxy: Any, endpoint: str, headers: Any, body: dict, spec: RefcalSpec, request_id: str) -> Any:
+    """A streamed calibrated request: the upstream's chunks pass through (log-probabilities restored to what
+    the client asked), then one chunk ``{"choices": [], "refcal": {...}}``, then ``data: [DONE]``. An upstream
+    that fails before streaming gives its status and body; one that breaks mid-stream ends the stream with
+    ``data: {"error": ...}`` and no ``[DONE]`` (no confidence)."""
+    from starlette.responses import StreamingResponse
+
+    up_body, client_k = _upstream_body(proxy, endpoint, body, spec)
+    hdrs = proxy.upstream_headers(headers)
+    url = f"{proxy.base_url}/{endpoint}"
+    return _StreamResponse(proxy, endpoint, hdrs, body, up_body, client_k, spec, request_id, url, StreamingResponse)
+
+
+class _StreamResponse(Response):
+    """Sends the upstream's status and body if it fails before streaming, else streams (an ASGI response
+    whose status is known only once the upstream answers)."""
+
+    def __init__(self, proxy, endpoint, hdrs, body, up_body, client_k, spec, request_id, url, response_cls):
+        self.background = None
+        self.status_code = 200
+        self.s = self  # the fields below, read as s.<name> in the methods
+        self.proxy, self.endpoint, self.hdrs, self.body, self.up_body = proxy, endpoint, hdrs, body, up_body
+        self.client_k, self.spec, self.request_id, self.url, self.response_cls = client_k, spec, request_id, url, response_cls
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import httpx
+
+        s = self.s
+        req = s.proxy.client.build_request("POST", s.url, json=s.up_body, headers=s.hdrs)
+        t_up = time.perf_counter()
+        try:
+            resp = await s.proxy.client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            failure = _transport_failure(exc, s.url, s.proxy.config.timeout)
+            s.proxy.metrics.errors.labels(failure.kind).inc()
+            await failure.response(scope, receive, send)
+            return
+        if resp.status_code != 200:
+            content = await resp.aread()
+            await resp.aclose()
+            s.proxy.metrics.errors.labels("upstream_status").inc()
+            ctype = resp.headers.get("content-type")
+            await Response(content, status_code=resp.status_code, media_type=ctype)(scope, receive, send)
+            return
+        stream = s.response_cls(self._events(resp, t_up), media_type="text/event-stream")
+        await stream(scope, receive, send)
+
+    async def _events(self, resp: Any, t_up: float) -> AsyncIterator[bytes]:
+        s = self.s
+        first: dict | None = None
+        saw_token = False
+        text: list[str] = []
+        done = False
+        upstream_time = 0.0
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise _fail(502, "malformed JSON in the upstream's stream", "upstream_malformed") from None
+                for choice in chunk.get("choices") or [] if isinstance(chunk, dict) else []:
+                    if not isinstance(choice, dict):
+                        continue
+                    lp = choice.get("logprobs")
+                    if first is None and isinstance(lp, dict) and (lp.get("content") or lp.get("top_logprobs")):
+                        first = {"choices": [{"logprobs": lp}]}
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content") if isinstance(delta, dict) else None
+                    piece = piece if isinstance(piece, str) else choice.get("text")
+                    if isinstance(piece, str) and piece:
+                        saw_token = True
+                        text.append(piece)
+                    _restore_logprobs(choice, s.client_k)
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+            upstream_time = time.perf_counter() - t_up
+            s.proxy.metrics.upstream_latency.observe(upstream_time)
+            if not done:
+                raise _fail(502, "the upstream's stream ended without [DONE]", "upstream_unreachable")
+            if first is None and saw_token:
+                raise _fail(502, f"the upstream {public(s.url)} streamed without token log-probabilities",
+                            "upstream_no_logprobs")
+            answer = first or {"choices": [{"logprobs": {"content": []}}]}
+            scores = _letters(s.proxy, answer, s.spec, s.url) if s.spec.task == "multiple_choice" else None
+            field = await _finish(s.proxy, s.endpoint, s.hdrs, s.body, s.spec, s.request_id, scores,  # type: ignore[arg-type]
+                                  "".join(text))
+        except UpstreamFailure as failure:
+            s.proxy.metrics.errors.labels(failure.kind).inc()
+            msg = json.loads(failure.response.body)
+            yield f"data: {json.dumps(msg)}\n\n".encode()
+            return
+        except Exception as exc:  # httpx errors mid-stream: the upstream dropped the connection
+            import httpx
+
+            if not isinstance(exc, httpx.HTTPError):
+                raise
+            s.proxy.metrics.errors.labels("upstream_unreachable").inc()
+            from .app import error_body
+
+            yield f"data: {json.dumps(error_body('the upstream dropped the stream', 'upstream_unreachable'))}\n\n".encode()
+            return
+        finally:
+            await resp.aclose()
+        final = {"id": s.request_id, "object": "chat.completion.chunk" if s.endpoint != "completions"
+                 else "text_completion", "created": int(time.time()), "model": s.body.get("model"), "choices": [],
+                 "refcal": field}
+        yield f"data: {json.dumps(final, separators=(',', ':'))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
