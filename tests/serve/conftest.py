@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import numpy as np
 import pytest
 
 from refcal import DACA
@@ -63,14 +62,3 @@ def make_proxy(upstream, cal_path, tmp_path):
     yield make
     for p in made:
         p.close()
-
-
-def mc(prompt: str, k: int = 4, model: str = "m", **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "refcal": {"task": "multiple_choice", "n_options": k}, **extra}
-
-
-def softmax(x):
-    x = np.asarray(x, dtype=float)
-    e = np.exp(x - x.max())
-    return e / e.sum()

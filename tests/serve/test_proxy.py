@@ -7,7 +7,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from conftest import mc
+from serve_helpers import PromptReference, mc
 
 from refcal import load_calibrator
 from refcal.backends import load_backend
@@ -53,7 +53,6 @@ def test_models_forwarded_and_health(make_proxy, upstream):
 
 
 def read_log_count(p) -> int:
-    p.state.writer and None
     try:
         return len(read_log(p.state.config.log_dir))
     except Exception:  # noqa: BLE001 - no records yet
@@ -233,25 +232,10 @@ def test_metrics(make_proxy):
         assert name in text
 
 
-class _Reference:
-    """A reference model whose letters' logits are written in the prompt as BASE=[...] (tests only)."""
-
-    rate = 1.0
-
-    def sampled(self):
-        return True
-
-    async def score(self, prompt, letters):
-        import re
-
-        return np.array([float(v) for v in re.search(r"BASE=\[([^\]]*)\]", prompt).group(1).split(",")])
-
-    def close(self):
-        pass
 
 
 def test_reference_sample_logged_and_agreement_metric(make_proxy):
-    p = make_proxy(reference=_Reference())
+    p = make_proxy(reference=PromptReference())
     for chat, base in (([3, 0, 0, 0], [2, 1, 0, 0]), ([3, 0, 0, 0], [0, 2, 0, 0])):
         prompt = logits_prompt("q", chat) + f" BASE=[{', '.join(map(str, base))}]"
         assert p.client.post("/v1/chat/completions", json=mc(prompt)).status_code == 200

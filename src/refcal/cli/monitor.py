@@ -31,8 +31,8 @@ def monitor(log: Path, cal_path: Path, window: str, baseline: Path | None, basel
     Exit code 3 when the deployed temperature falls outside a window's interval (for cron and CI).
     """
     from ..errors import InputError
-    from ..serve.monitor import monitor as run
-    from ..serve.monitor_report import write_monitor_report
+    from ..serve.drift import monitor as run
+    from ..serve.drift_report import write_monitor_report
 
     if baseline_base is not None and baseline is None:
         raise InputError("--baseline-base needs --baseline (the chat model's scores of the same questions)")

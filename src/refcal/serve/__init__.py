@@ -21,7 +21,7 @@ def __getattr__(name: str):
 
         return getattr(app, name)
     if name == "monitor":
-        from .monitor import monitor
+        from .drift import monitor
 
         return monitor
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """The monitoring log: an append-only, crash-safe store of calibrated requests (JSONL segments).
 
-Layout: a folder of segments ``segment-<start time>-<pid>-<n>.jsonl``. Each writer (one per proxy
+Layout: a folder of segments ``segment-<UTC start time, ns>-<pid>-<n>.jsonl``. Each writer (one per proxy
 process) opens a **new** segment when it starts and when the current one reaches ``max_records``, and
 never reopens an old one, so a torn line can only be the last line of a segment.
 
@@ -70,7 +70,8 @@ class LogWriter:
             self._sync()
             os.close(self._fd)
         self._n_segment += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        ns = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns / 1e9)) + f"{ns % 1_000_000_000:09d}"
         name = f"segment-{stamp}-{os.getpid()}-{self._n_segment:04d}.jsonl"
         self.path = self.folder / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o666)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text, ensure_parent
-from .monitor import PSI_MAJOR, PSI_MODERATE, MonitorResult
+from .drift import PSI_MAJOR, PSI_MODERATE, MonitorResult
 
 MAX_TABLE_ROWS = 500
 
