@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from .._math import log_softmax
 from ..errors import CalibratorFileError, InputError
 
 TASK_KINDS = {"multiple_choice": "multiple-choice", "free_form": "free-form P(True)"}
@@ -97,16 +96,27 @@ class ServedCalibrator:
         """Calibrated log-probabilities, shape (k,), of one row of chat log-probabilities."""
         g = np.asarray(chat, dtype=np.float64)[None, :]
         f = None if base is None else np.asarray(base, dtype=np.float64)[None, :]
-        return _predict_log_proba(self.cal, g, f)[0]
+        return _predict_log_proba(self.cal, g, f, self._form)[0]
+
+    @property
+    def _form(self) -> str:
+        if not hasattr(self, "_form_"):
+            self._form_ = _call_form(self.cal)
+        return self._form_
 
 
-def _predict_log_proba(cal: Any, chat: np.ndarray, base: np.ndarray | None) -> np.ndarray:
+def _call_form(cal: Any) -> str:
+    params = inspect.signature(cal.predict_log_proba).parameters
+    return "base" if "base" in params else "pair" if "base_logits" in params else "chat"
+
+
+def _predict_log_proba(cal: Any, chat: np.ndarray, base: np.ndarray | None, form: str | None = None) -> np.ndarray:
     """``cal.predict_log_proba(chat, base=...)`` (the unified calibrator API), or the older pair form
     ``predict_log_proba(base, chat)`` of calibrators that read both models."""
-    params = inspect.signature(cal.predict_log_proba).parameters
-    if "base" in params:
+    form = form or _call_form(cal)
+    if form == "base":
         return np.asarray(cal.predict_log_proba(chat, base=base))
-    if "base_logits" in params:
+    if form == "pair":
         return np.asarray(cal.predict_log_proba(base, chat))
     return np.asarray(cal.predict_log_proba(chat))
 
@@ -197,7 +207,3 @@ def result(spec: RefcalSpec, cal: ServedCalibrator, chat: np.ndarray, floored: t
         "letter_source": letter_source, "floored": [spec.letters[i] for i, f in enumerate(floored) if f],
         "calibrator": cal.describe(), "request_id": request_id,
     }
-
-
-def uncalibrated(chat: np.ndarray) -> np.ndarray:
-    return log_softmax(np.asarray(chat, dtype=np.float64))
