@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 
-from refcal import DACA
-from refcal.serve import ServeConfig, create_app
-from refcal.serve.fake_upstream import FakeUpstream, ServerThread
-from refcal.synthetic import make_synthetic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/api_server.py (FakeVLLM, LlamaServer)
+
+from refcal import DACA  # noqa: E402
+from refcal.serve import ServeConfig, create_app  # noqa: E402
+from refcal.serve.fake_upstream import FakeUpstream, ServerThread  # noqa: E402
+from refcal.synthetic import make_synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")

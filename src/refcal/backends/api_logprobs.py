@@ -26,8 +26,9 @@ Floor for absent letters
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -141,3 +142,64 @@ def topk_letter_scores(top: Iterable[tuple[str, float]] | None, letters: Sequenc
         k = len(letters)
         return LetterScores(np.full(k, floor), (True,) * k, floor)
     return letter_logprobs(top, letters, floor_margin=floor_margin)
+
+
+# -- exact letters: a server that scores a fixed token set (vLLM's ``logprob_token_ids``) -------------------
+#: spellings whose single token counts for a letter with exact letters (the top-k rule counts any returned
+#: token that strips to the letter; these are the ones a first answer token plausibly takes)
+LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
+
+
+def letter_id_groups(letters: Sequence[str], tokenize: Callable[[str], Sequence[int]]) -> list[list[int]]:
+    """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`), ``tokenize(text)`` giving
+    the model's ids of a text. Raises ``ValueError`` (the reason) when a letter has no single-token spelling
+    or two letters share a token."""
+    groups: list[list[int]] = []
+    for letter in letters:
+        ids: list[int] = []
+        for form in LETTER_FORMS:
+            toks = list(tokenize(form.format(letter)))
+            if len(toks) == 1 and toks[0] not in ids:
+                ids.append(toks[0])
+        if not ids:
+            raise ValueError(f"option label {letter!r} has no single-token spelling for this model")
+        groups.append(ids)
+    flat = [i for g in groups for i in g]
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"option labels {tuple(letters)} share a token for this model")
+    return groups
+
+
+def token_id_logprobs(body: Any) -> dict[int, float]:
+    """``{token id: logprob}`` of the first generated position of an answer to a request with
+    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
+    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``.
+    Raises ``ValueError`` when the answer has no token log-probabilities."""
+    try:
+        lp = body["choices"][0]["logprobs"]
+        if "content" in lp:
+            content = lp["content"] or []
+            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
+        else:
+            tops = lp.get("top_logprobs") or []
+            pairs = list((tops[0] or {}).items()) if tops else []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError("its answer has no token log-probabilities") from None
+    out: dict[int, float] = {}
+    for tok, v in pairs:
+        if (isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit()
+                and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+            out[int(tok[9:])] = float(v)
+    return out
+
+
+def exact_letter_scores(values: dict[int, float], groups: Sequence[Sequence[int]]) -> LetterScores:
+    """Letter log-probabilities from exact token log-probabilities: ``logsumexp`` over each letter's ids.
+    Raises ``ValueError`` when a requested id is missing (the server ignored ``logprob_token_ids``)."""
+    ids = sorted({i for g in groups for i in g})
+    missing = [i for i in ids if i not in values]
+    if missing:
+        raise ValueError(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
+                         "so it ignored logprob_token_ids")
+    lps = np.array([np.logaddexp.reduce(np.array([values[i] for i in g], dtype=np.float64)) for g in groups])
+    return LetterScores(lps, (False,) * len(groups), math.nan)

@@ -48,7 +48,16 @@ import numpy as np
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
 from .api_http import Aborted, RefusedError, RetryPolicy, Secret, post_json, public_url, scrub
-from .api_logprobs import R_RESOLUTION, LetterScores, first_token_alternatives, topk_letter_scores
+from .api_logprobs import (
+    LETTER_FORMS,  # noqa: F401 - re-exported: the spellings exact letters count
+    R_RESOLUTION,
+    LetterScores,
+    exact_letter_scores,
+    first_token_alternatives,
+    letter_id_groups,
+    token_id_logprobs,
+    topk_letter_scores,
+)
 from .base import (
     BackendOptions,
     ClozeRequest,
@@ -66,9 +75,6 @@ DEFAULT_API_BASE = "https://api.openai.com/v1"
 MAX_TOP_LOGPROBS = 20
 LETTER_MODES = ("auto", "exact", "topk")
 MAX_TOKEN_IDS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS
-#: spellings whose single token counts for a letter with ``letters="exact"`` (the top-k rule counts any
-#: returned token that strips to the letter; these are the ones a first answer token plausibly takes)
-LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
 
 
 @dataclass
@@ -418,30 +424,17 @@ class OpenAIBackend:
                                  logprob_token_ids=ids, return_tokens_as_token_ids=True, **extra)
         except RefusedError as exc:
             raise _NoExact(f"it refused logprob_token_ids with HTTP {exc.status}") from None
-        values = _token_id_logprobs(body)
-        missing = [i for i in ids if i not in values]
-        if missing:
-            raise _NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
-                           "so it ignored logprob_token_ids")
-        lps = np.array([_logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
-        return LetterScores(lps, (False,) * len(groups), math.nan)
+        try:
+            return exact_letter_scores(token_id_logprobs(body), groups)
+        except ValueError as exc:
+            raise _NoExact(str(exc)) from None
 
     def _letter_ids(self, client: Any, letters: Sequence[str], index: int, stop: threading.Event) -> list[list[int]]:
         """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`)."""
-        groups: list[list[int]] = []
-        for letter in letters:
-            ids: list[int] = []
-            for form in LETTER_FORMS:
-                toks = self._tokenize(client, form.format(letter), index, stop)
-                if len(toks) == 1 and toks[0] not in ids:
-                    ids.append(toks[0])
-            if not ids:
-                raise _NoExact(f"option label {letter!r} has no single-token spelling for this model")
-            groups.append(ids)
-        flat = [i for g in groups for i in g]
-        if len(set(flat)) != len(flat):
-            raise _NoExact(f"option labels {tuple(letters)} share a token for this model")
-        return groups
+        try:
+            return letter_id_groups(letters, lambda text: self._tokenize(client, text, index, stop))
+        except ValueError as exc:
+            raise _NoExact(str(exc)) from None
 
     def _tokenize(self, client: Any, text: str, index: int, stop: threading.Event) -> list[int]:
         """Token ids of ``text`` (no special tokens) from vLLM's ``POST /tokenize``; cached."""
@@ -547,32 +540,6 @@ class OpenAIBackend:
 
 class _NoExact(Exception):
     """The server cannot score a fixed token set (the message says why)."""
-
-
-def _token_id_logprobs(body: Any) -> dict[int, float]:
-    """``{token id: logprob}`` of the first generated position of an answer to a request with
-    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
-    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``."""
-    try:
-        lp = body["choices"][0]["logprobs"]
-        if "content" in lp:
-            content = lp["content"] or []
-            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
-        else:
-            tops = lp.get("top_logprobs") or []
-            pairs = list((tops[0] or {}).items()) if tops else []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise _NoExact("its answer has no token log-probabilities") from None
-    out: dict[int, float] = {}
-    for tok, v in pairs:
-        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit() and _is_num(v):
-            out[int(tok[9:])] = float(v)
-    return out
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
 
 
 _NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "

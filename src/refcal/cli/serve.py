@@ -32,12 +32,16 @@ _PATH = click.Path(path_type=Path)
               help="Apply a temperature fitted on another number of options (else such requests get 422).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds per upstream request.")
+@click.option("--letters", type=click.Choice(["auto", "exact", "topk"]), default="auto", show_default=True,
+              help="How option letters are scored. exact: the upstream scores the letter tokens themselves (vLLM's "
+                   "logprob_token_ids); topk: from the top-k log-probabilities, absent letters floored; auto: exact "
+                   "where the upstream can, else topk.")
 @click.option("--top-logprobs", type=click.IntRange(1, 20), default=20, show_default=True,
               help="Top-k log-probabilities asked of the upstream for calibrated requests.")
 def serve(cal_path: Path, upstream: str, reference: str | None, reference_api_base: str | None,
           reference_rate: float, host: str, port: int, log_dir: Path | None, log_text: bool, fsync: str,
           api_key_env: str | None, upstream_key_env: str, allow_other_k: bool, timeout: float,
-          top_logprobs: int) -> None:
+          top_logprobs: int, letters: str) -> None:
     """Serve an OpenAI-compatible proxy that adds calibrated confidence (a `refcal` field) to answers.
 
     Requests without a `refcal` field pass through unchanged. See docs/serving.md.
@@ -49,6 +53,6 @@ def serve(cal_path: Path, upstream: str, reference: str | None, reference_api_ba
         upstream=upstream, calibrator=str(cal_path), reference=reference, reference_api_base=reference_api_base,
         reference_rate=reference_rate, log_dir=None if log_dir is None else str(log_dir), api_key_env=api_key_env,
         upstream_key_env=upstream_key_env, log_text=log_text, allow_other_k=allow_other_k, timeout=timeout,
-        top_logprobs=top_logprobs, fsync=fsync,
+        top_logprobs=top_logprobs, fsync=fsync, letters=letters,
     )
     run(config, host=host, port=port)

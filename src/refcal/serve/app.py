@@ -79,6 +79,9 @@ class Proxy:
         self.metrics = ProxyMetrics()
         self.client: Any = None
         self.base_url = config.upstream.rstrip("/")
+        from .letters import ExactLetters
+
+        self.letters = ExactLetters(config.letters, self.base_url)
 
     async def start(self) -> None:
         import httpx
@@ -140,6 +143,8 @@ def create_app(config: ServeConfig, **kwargs: Any) -> Any:
         cal = proxy.cal
         return {"status": "ok", "calibrator": {**cal.describe(), "task": cal.task, "n_options": cal.n_options},
                 "upstream": forward.public(proxy.base_url), "log": proxy.config.log_dir is not None,
+                "letters": proxy.config.letters,
+                "letter_source": {m: "exact" if ok else "topk" for m, ok in proxy.letters.exact.items()},
                 "reference": proxy.config.reference}
 
     @app.get("/metrics")
@@ -175,7 +180,9 @@ def create_app(config: ServeConfig, **kwargs: Any) -> Any:
             return JSONResponse(error_body(str(exc), "invalid_request_error"), status_code=422)
         request_id = f"rc-{uuid.uuid4().hex[:24]}"
         if body.get("stream"):
-            return forward.calibrated_stream(proxy, endpoint, request.headers, body, spec, request_id)
+            from .stream import calibrated_stream
+
+            return calibrated_stream(proxy, endpoint, request.headers, body, spec, request_id)
         return await forward.calibrated(proxy, endpoint, request.headers, body, spec, request_id, t0)
 
     @app.post("/v1/chat/completions")

@@ -34,6 +34,7 @@ class ServeConfig:
     timeout : seconds per upstream request (connect, read, write).
     top_logprobs : k of the top-k asked of the upstream for calibrated requests (1..20).
     fsync : monitoring log fsync policy ("always", "interval", "never").
+    letters : "auto", "exact" or "topk": how option letters are scored (:mod:`refcal.serve.letters`).
     """
 
     upstream: str
@@ -50,6 +51,7 @@ class ServeConfig:
     top_logprobs: int = 20
     floor_margin: float = math.log(2.0)
     fsync: str = "interval"
+    letters: str = "auto"
     max_connections: int = 512
     seed: int = 0
 
@@ -61,6 +63,8 @@ class ServeConfig:
             raise InputError(f"--reference-rate must be in [0, 1], got {self.reference_rate}")
         if not (isinstance(self.top_logprobs, int) and 1 <= self.top_logprobs <= 20):
             raise InputError(f"--top-logprobs must be an integer in 1..20, got {self.top_logprobs!r}")
+        if self.letters not in ("auto", "exact", "topk"):
+            raise InputError(f"--letters must be auto, exact or topk, got {self.letters!r}")
         if not self.timeout > 0:
             raise InputError(f"--timeout must be positive, got {self.timeout}")
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
