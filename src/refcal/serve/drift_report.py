@@ -52,6 +52,9 @@ def plot_monitor(result: MonitorResult) -> str:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("window")
     fig.tight_layout()
     buf = io.BytesIO()
