@@ -64,6 +64,7 @@ async def _load(url: str, n: int, clients: int, logits: np.ndarray, expect: np.n
 
     lat = np.zeros(n)
     bad = 0
+    transport: list[str] = []
     next_i = 0
     proxied = "refcal" in url
 
@@ -75,7 +76,13 @@ async def _load(url: str, n: int, clients: int, logits: np.ndarray, expect: np.n
             body = {"model": "m", "messages": [{"role": "user", "content": logits_prompt(f"q{i}", logits[i])}],
                     "refcal": {"task": "multiple_choice", "n_options": 4}, "max_tokens": 1}
             t = time.perf_counter()
-            r = await http.post("/v1/chat/completions", json=body)
+            try:
+                r = await http.post("/v1/chat/completions", json=body)
+            except httpx.HTTPError as exc:  # counted, never hidden: a transport error is an error
+                lat[i] = time.perf_counter() - t
+                bad += 1
+                transport.append(type(exc).__name__)
+                continue
             lat[i] = time.perf_counter() - t
             if r.status_code != 200:
                 bad += 1
@@ -88,7 +95,8 @@ async def _load(url: str, n: int, clients: int, logits: np.ndarray, expect: np.n
         await asyncio.gather(*(worker(http) for _ in range(clients)))
         wall = time.perf_counter() - t0
     return {"n": n, "wall_s": wall, "throughput_rps": n / wall, "latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "latency_p99_ms": float(np.percentile(lat, 99) * 1e3), "errors": bad}
+            "latency_p99_ms": float(np.percentile(lat, 99) * 1e3), "errors": bad,
+            "transport_errors": sorted(set(transport))}
 
 
 def _hist_quantile(text: str, name: str, q: float) -> float:
@@ -125,7 +133,8 @@ def bench_proxy(args, tmp: Path) -> dict:
     expect = cal.predict_proba(log_softmax(logits)).max(axis=1)
     up_port, px_port = free_port(), free_port()
     up = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "refcal.serve.fake_upstream:FakeUpstream",
-                           "--port", str(up_port), "--log-level", "warning", "--no-access-log"], env=_env())
+                           "--port", str(up_port), "--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "75"],
+                          env=_env())
     px = subprocess.Popen([sys.executable, "-m", "refcal", "serve", "--upstream", f"http://127.0.0.1:{up_port}/v1",
                            "--calibrator", str(tmp / "cal.json"), "--port", str(px_port), "--log", str(tmp / "log")],
                           env=_env())

@@ -27,3 +27,23 @@ class PromptReference:
 
     def close(self) -> None:
         pass
+
+
+def wait_records(folder, n: int, timeout: float = 30.0):
+    """The log's records once it holds ``n`` (reference samples are logged just after their answer)."""
+    import time
+
+    from refcal.errors import InputError
+    from refcal.serve import read_log
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = read_log(folder)
+            if len(data) >= n:
+                return data
+        except InputError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the log did not reach {n} records in {timeout} s")
+        time.sleep(0.02)

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from serve_helpers import PromptReference, mc
+from serve_helpers import PromptReference, mc, wait_records
 
 from refcal import DACA
 from refcal.cli import main
@@ -74,6 +74,7 @@ def test_constructed_shift_is_flagged_without_labels(make_proxy, calibration, tm
     p = make_proxy(calibrator=str(calibration / "cal.json"), log_dir=str(tmp_path / "log"), reference=PromptReference())
     _feed(p, make_synthetic(500, 4, seed=21))
     _feed(p, make_synthetic(500, 4, seed=22, chat_temperature=second))
+    wait_records(tmp_path / "log", 1000)
     out = tmp_path / "report"
     rc = main(["monitor", str(tmp_path / "log"), "--calibrator", str(calibration / "cal.json"), "--window", "250",
                "--baseline", str(calibration / "chat.jsonl"), "--baseline-base", str(calibration / "base.jsonl"),

@@ -7,7 +7,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import PromptReference, mc
+from serve_helpers import PromptReference, mc, wait_records
 
 from refcal import load_calibrator
 from refcal.backends import load_backend
@@ -239,7 +239,7 @@ def test_reference_sample_logged_and_agreement_metric(make_proxy):
     for chat, base in (([3, 0, 0, 0], [2, 1, 0, 0]), ([3, 0, 0, 0], [0, 2, 0, 0])):
         prompt = logits_prompt("q", chat) + f" BASE=[{', '.join(map(str, base))}]"
         assert p.client.post("/v1/chat/completions", json=mc(prompt)).status_code == 200
-    data = read_log(p.state.config.log_dir)
+    data = wait_records(p.state.config.log_dir, 2)
     assert data.has_base.all()
     np.testing.assert_allclose(data.base[:, :2], [[2, 1], [0, 2]])
     assert "refcal_agreement_rate 0.5" in p.client.get("/metrics").text

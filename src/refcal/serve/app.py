@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 DROP_REQUEST_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
                         "accept-encoding", "authorization", "proxy-authorization"}
 KEEP_RESPONSE_HEADERS = ("content-type", "content-encoding", "retry-after", "x-request-id")
+#: idle seconds before the proxy drops a connection to the upstream (below the usual 5 s server keep-alive)
+UPSTREAM_KEEPALIVE_S = 4.0
+#: idle seconds the proxy keeps a client's connection open (above the usual 60 s of load balancers, so the
+#: proxy never closes a connection a balancer is about to reuse)
+CLIENT_KEEPALIVE_S = 75
 
 
 
@@ -77,6 +82,7 @@ class Proxy:
 
             self.writer = LogWriter(config.log_dir, fsync=config.fsync)
         self.metrics = ProxyMetrics()
+        self.pending: set[Any] = set()  # reference samples being scored after their answer went out
         self.client: Any = None
         self.base_url = config.upstream.rstrip("/")
         from .letters import ExactLetters
@@ -86,11 +92,17 @@ class Proxy:
     async def start(self) -> None:
         import httpx
 
+        # idle upstream connections are closed before the upstream's own keep-alive timeout (uvicorn's
+        # default, used by vLLM: 5 s) can close them under a request that is being sent
         limits = httpx.Limits(max_connections=self.config.max_connections,
-                              max_keepalive_connections=self.config.max_connections)
+                              max_keepalive_connections=self.config.max_connections, keepalive_expiry=UPSTREAM_KEEPALIVE_S)
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout), limits=limits)
 
     async def stop(self) -> None:
+        if self.pending:  # their records are owed to the log
+            import asyncio
+
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
         if self.reference is not None:
@@ -213,4 +225,5 @@ def serve(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, wor
 
     log.warning("refcal serve: %s calibrator on http://%s:%d -> %s", app.state.proxy.cal.method, host, port,
                 public(config.upstream))
-    uvicorn.run(app, host=host, port=port, log_level=workers_log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=workers_log_level, access_log=False,
+                timeout_keep_alive=CLIENT_KEEPALIVE_S)

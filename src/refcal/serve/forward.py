@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -181,8 +182,8 @@ async def _finish(proxy: Any, endpoint: str, headers: dict, body: dict, spec: Re
     """Calibrate, sample the reference, write the monitoring record; the ``refcal`` field."""
     if spec.task == "free_form":
         scores = await _p_true(proxy, endpoint, headers, body.get("model"), spec, answer_text)
-    base = None
     ref = proxy.reference
+    ref_prompt = None
     if ref is not None and ref.sampled():
         if spec.task == "free_form":
             from ..prompts_freeform import p_true_prompt
@@ -190,29 +191,58 @@ async def _finish(proxy: Any, endpoint: str, headers: dict, body: dict, spec: Re
             ref_prompt = p_true_prompt(spec.question or "", answer_text, chat=False)
         else:
             ref_prompt = prompt_text(body)
-        try:
-            base = await ref.score(ref_prompt, spec.letters)
-            proxy.metrics.reference.labels("ok").inc()
-        except Exception as exc:  # noqa: BLE001 - a failed reference sample must not fail the answer
-            proxy.metrics.reference.labels("failed").inc()
-            log.warning("reference model failed on request %s: %s", request_id, type(exc).__name__)
-            if proxy.cal.needs_base:
-                raise _fail(502, f"the reference model could not score this request ({type(exc).__name__}); "
-                            f"{proxy.cal.method} needs it", "reference_failed") from None
+    base = None
+    if ref_prompt is not None and proxy.cal.needs_base:  # the calibrator reads the reference: wait for it
+        base = await _reference(proxy, ref_prompt, spec, request_id)
+        if base is None:
+            raise _fail(502, f"the reference model could not score this request; {proxy.cal.method} needs it",
+                        "reference_failed")
     out = result(spec, proxy.cal, scores.logprobs, scores.floored, source, request_id, base)
     proxy.metrics.calibrated.labels(spec.task).inc()
     proxy.metrics.observe_confidence(out["confidence"])
     rec: dict[str, Any] = {"t": time.time(), "id": request_id, "task": spec.task, "model": body.get("model"),
                            "chat": finite_list(scores.logprobs), "confidence": out["confidence"],
                            "answer": out["answer"], "floored": sum(scores.floored)}
-    if base is not None:
-        proxy.metrics.observe_agreement(int(np.argmax(base)) == int(np.argmax(scores.logprobs)))
-        rec["base"] = finite_list(base)
     if proxy.config.log_text:
         rec["prompt"] = prompt_text(body)
         rec["text"] = answer_text
-    proxy.record(rec)
+    if ref_prompt is not None and base is None:  # a monitoring sample: score it after answering
+        if len(proxy.pending) >= MAX_PENDING_REFERENCE:
+            proxy.metrics.reference.labels("skipped").inc()  # the reference cannot keep up: log without it
+        else:
+            task = asyncio.get_running_loop().create_task(_record_with_reference(proxy, rec, ref_prompt, spec, scores))
+            proxy.pending.add(task)
+            task.add_done_callback(proxy.pending.discard)
+            return out
+    _record(proxy, rec, base, scores)
     return out
+
+
+#: reference samples scored in the background at once; beyond, a sampled request is logged without one
+MAX_PENDING_REFERENCE = 256
+
+
+async def _reference(proxy: Any, prompt: str, spec: RefcalSpec, request_id: str) -> np.ndarray | None:
+    try:
+        base = await proxy.reference.score(prompt, spec.letters)
+    except Exception as exc:  # noqa: BLE001 - a failed reference sample must not fail the answer
+        proxy.metrics.reference.labels("failed").inc()
+        log.warning("the reference model failed on request %s: %s", request_id, type(exc).__name__)
+        return None
+    proxy.metrics.reference.labels("ok").inc()
+    return base
+
+
+async def _record_with_reference(proxy: Any, rec: dict, prompt: str, spec: RefcalSpec, scores: LetterScores) -> None:
+    base = await _reference(proxy, prompt, spec, rec["id"])
+    _record(proxy, rec, base, scores)
+
+
+def _record(proxy: Any, rec: dict, base: np.ndarray | None, scores: LetterScores) -> None:
+    if base is not None:
+        proxy.metrics.observe_agreement(int(np.argmax(base)) == int(np.argmax(scores.logprobs)))
+        rec["base"] = finite_list(base)
+    proxy.record(rec)
 
 
 async def calibrated(proxy: Any, endpoint: str, headers: Any, body: dict, spec: RefcalSpec, request_id: str,
