@@ -183,18 +183,24 @@ MONITOR_CHILD = """
 import sys, time, resource, json
 t = time.perf_counter()
 from refcal.cli import main
-rc = main(["monitor", sys.argv[1], "--calibrator", sys.argv[2], "--window", "10000", "-o", sys.argv[3]])
+rc = main(["monitor", sys.argv[1], "--calibrator", sys.argv[2], "--window", "10000", "-o", sys.argv[3],
+           "--baseline", sys.argv[4], "--baseline-base", sys.argv[5]])
 print(json.dumps({"rc": rc, "wall_s": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 def bench_monitor(args, tmp: Path) -> dict:
-    from refcal import DACA
+    from refcal import DACA, load_calibrator
+    from refcal.scores import ScoreSet
     from refcal.synthetic import make_synthetic
 
-    d = make_synthetic(4000, 4, seed=0)
+    d = make_synthetic(4000, 4, seed=0, n_mc=16)  # the served records below come from the same distribution
     DACA().fit(d.base, d.chat).save(tmp / "mcal.json")
+    ids = [f"c{i}" for i in range(len(d.chat))]
+    ScoreSet.from_rows(ids, d.chat.tolist()).save(tmp / "calib_chat.jsonl")
+    ScoreSet.from_rows(ids, d.base.tolist()).save(tmp / "calib_base.jsonl")
+    cal = load_calibrator(tmp / "mcal.json")
     log = tmp / "big-log"
     log.mkdir()
     t = time.perf_counter()
@@ -205,7 +211,7 @@ def bench_monitor(args, tmp: Path) -> dict:
             m = min(block, args.records - s)
             data = make_synthetic(m, 4, seed=int(rng.integers(1 << 30)), n_mc=16)
             g = data.chat - np.log(np.exp(data.chat).sum(1, keepdims=True))
-            conf = np.exp(g / 3.5).max(1) / np.exp(g / 3.5).sum(1)
+            conf = np.exp(cal.predict_log_proba(g)).max(1)
             ref = rng.random(m) < 0.1
             for i in range(m):
                 rec = {"t": 1.7e9 + s + i, "id": f"r{s + i}", "task": "multiple_choice",
@@ -216,11 +222,14 @@ def bench_monitor(args, tmp: Path) -> dict:
                 fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
     size_mb = (log / "segment-00000000T000000000000000-0-0001.jsonl").stat().st_size / 1e6
     print(f"wrote {args.records} records ({size_mb:.0f} MB) in {time.perf_counter() - t:.0f} s", flush=True)
-    out = subprocess.run([sys.executable, "-c", MONITOR_CHILD, str(log), str(tmp / "mcal.json"), str(tmp / "mon")],
+    out = subprocess.run([sys.executable, "-c", MONITOR_CHILD, str(log), str(tmp / "mcal.json"), str(tmp / "mon"),
+                          str(tmp / "calib_chat.jsonl"), str(tmp / "calib_base.jsonl")],
                          env=_env(), capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"records": args.records, "log_mb": size_mb, "window": 10000, **res, "children_max_rss_mb": child_rss}
+    summary = json.loads((tmp / "mon" / "monitor.json").read_text())["summary"]
+    return {"records": args.records, "log_mb": size_mb, "window": 10000, **res, "children_max_rss_mb": child_rss,
+            "n_windows": summary["n_windows"], "n_flagged": summary["n_flagged"], "max_psi": summary["max_psi"]}
 
 
 def main() -> None:
@@ -264,6 +273,8 @@ numbers are therefore pessimistic; the proxy/direct ratio is from the same run, 
 ## refcal monitor on {m['records']:,} records ({m['log_mb']:.0f} MB JSONL, window {m['window']:,}, 10 % reference samples)
 
 - wall time **{m['wall_s']:.1f} s** (goal < 60 s), peak RSS **{m['peak_rss_mb']:.0f} MB** (goal < 500 MB), exit code {m['rc']}
+- the records come from the calibration set's distribution (with `--baseline` / `--baseline-base`): {m['n_flagged']}
+  of {m['n_windows']} windows flagged, max PSI {m['max_psi']:.3f}
 """
     args.out.with_suffix(".md").write_text(md)
     print(md)

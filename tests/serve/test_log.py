@@ -67,6 +67,25 @@ def test_damaged_line_inside_a_segment_is_refused(tmp_path):
         fh.write(b"garbage\n" + json.dumps(_rec(1)).encode() + b"\n")
     with pytest.raises(InputError, match=r":2: not a monitoring record"):
         list(iter_records(tmp_path))
+    with pytest.raises(InputError, match=r":2: not a monitoring record"):
+        read_log(tmp_path)
+
+
+def test_record_without_the_monitor_fields_is_refused(tmp_path):
+    with LogWriter(tmp_path) as w:
+        w.write(_rec(0))
+        w.write({"t": 2.0, "id": "x", "confidence": 0.5})
+    with pytest.raises(InputError, match="lack 'chat'"):
+        read_log(tmp_path)
+
+
+def test_options_of_different_counts_are_padded_with_minus_inf(tmp_path):
+    with LogWriter(tmp_path) as w:
+        w.write(_rec(0))
+        w.write({**_rec(1), "chat": [0.0, -1.0], "base": [0.0, -2.0]})
+    data = read_log(tmp_path)
+    assert data.chat.shape == (2, 4) and data.chat[1, 2:].tolist() == [-np.inf, -np.inf]
+    assert np.isnan(data.base[0]).all() and data.base[1].tolist() == [0.0, -2.0, -np.inf, -np.inf]
 
 
 def test_missing_or_empty_log(tmp_path):

@@ -264,3 +264,29 @@ def test_free_form_asks_p_true_and_applies_the_free_form_calibrator(upstream, tm
     assert out["refcal"]["confidence"] == pytest.approx(expect[1], abs=1e-9)
     assert out["refcal"]["probabilities"]["False"] == pytest.approx(expect[0], abs=1e-9)
     assert p.client.post("/v1/chat/completions", json=mc("q")).status_code == 422  # an MC request: wrong task
+
+
+def test_calibrator_that_reads_the_reference_waits_for_it(make_proxy, tmp_path):
+    """daca_agree picks each question's temperature by whether the two models agree: the proxy scores the
+    reference on every request before answering, and refuses to start without a reference model."""
+    from refcal import AgreementDACA
+    from refcal.errors import InputError
+    from refcal.serve import ServeConfig, create_app
+    from refcal.synthetic import make_synthetic
+
+    d = make_synthetic(600, 4, seed=2)
+    cal = AgreementDACA().fit(d.base, d.chat)
+    path = tmp_path / "agree.json"
+    cal.save(path)
+    with pytest.raises(InputError, match="needs the reference model"):
+        create_app(ServeConfig(upstream="http://127.0.0.1:9/v1", calibrator=str(path)))
+    p = make_proxy(calibrator=str(path), reference=PromptReference())
+    for chat, base in (([3.0, 0, 0, 0], [2.0, 1, 0, 0]), ([3.0, 0, 0, 0], [0, 2.0, 0, 0])):
+        prompt = logits_prompt("q", chat) + f" BASE=[{', '.join(map(str, base))}]"
+        out = p.client.post("/v1/chat/completions", json=mc(prompt)).json()
+        g = np.log(np.exp(chat) / np.exp(chat).sum())
+        want = load_calibrator(path)
+        expect = (want.predict_proba(g[None], base=np.array([base])) if "base" in
+                  want.predict_proba.__code__.co_varnames[:3] else want.predict_proba(np.array([base]), g[None]))[0]
+        np.testing.assert_allclose([out["refcal"]["probabilities"][c] for c in "ABCD"], expect, atol=1e-9)
+    assert wait_records(p.state.config.log_dir, 2).has_base.all()

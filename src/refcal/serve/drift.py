@@ -13,8 +13,9 @@ Per window (``window=N`` consecutive records, or a duration such as ``"1h"``):
   "moderate" / "major" shift thresholds;
 * **estimated accuracy**: the mean calibrated confidence (the accuracy a calibrated model expects).
 
-Intervals are bootstrap intervals (``n_boot`` resamples of the window's records): ``estimate +- z *
-bootstrap standard error`` (the temperature's on the log scale), with ``z`` for level ``1 - alpha / m``
+Intervals are ``estimate +- z * bootstrap standard error``: for the temperature from ``n_boot`` resamples
+of the window's reference samples (on the log scale), for the means (agreement, accuracy) in closed form
+(``std / sqrt(n)``, the bootstrap's limit), with ``z`` for level ``1 - alpha / m``
 over the ``m`` windows (Bonferroni), so that the chance that *any* window flags while nothing changed is
 at most about ``alpha``. A window **flags** when the deployed temperature lies outside its temperature
 interval; the CLI then exits with code 3. With the calibration set's two score files (``baseline``,
@@ -93,21 +94,22 @@ def bootstrap_temperatures(base: np.ndarray, chat: np.ndarray, counts: np.ndarra
     valid = np.isfinite(g)
     g0 = np.where(valid, g - np.max(np.where(valid, g, -np.inf), axis=1, keepdims=True), 0.0)
     p = np.exp(log_softmax(f))
-    e_p = np.sum(p * g0, axis=1)  # (n,)
+    e_p = np.sum(np.where(valid, p * g0, 0.0), axis=1)  # (n,)
     lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
+    g0 = np.where(valid, g0, -np.inf)  # g0 <= 0 with a 0 in every row: exp(beta g0) never overflows
+    g0f, g0sq = np.where(valid, g0, 0.0), np.where(valid, g0, 0.0) ** 2
     chunk = max(1, 4_000_000 // max(g.size, 1))
     for s in range(0, counts.shape[0], chunk):
         w = counts[s:s + chunk]
         has = w.sum(axis=1) > 0
         beta = np.full(len(w), 1.0 / start)
         for _ in range(max_iter):
-            z = np.where(valid[None], beta[:, None, None] * g0[None], -np.inf)  # (b, n, k)
-            q = np.exp(z - np.max(z, axis=2, keepdims=True))
-            q /= q.sum(axis=2, keepdims=True)
-            e_q = np.sum(q * g0[None], axis=2)
-            var_q = np.sum(q * g0[None] ** 2, axis=2) - e_q ** 2
-            grad = np.sum(w * (e_q - e_p[None]), axis=1)
-            hess = np.sum(w * np.maximum(var_q, 0.0), axis=1)
+            q = np.exp(beta[:, None, None] * g0[None])  # (b, n, k), unnormalised
+            norm = q.sum(axis=2)
+            e_q = (q * g0f).sum(axis=2) / norm
+            var_q = (q * g0sq).sum(axis=2) / norm - e_q ** 2
+            grad = np.einsum("bn,bn->b", w, e_q - e_p[None])
+            hess = np.einsum("bn,bn->b", w, np.maximum(var_q, 0.0))
             step = np.where(hess > 0, grad / np.where(hess > 0, hess, 1.0), 0.0)
             new = beta - step
             new = np.where(new <= 0, beta / 4.0, new)  # Newton left the domain: move towards 0 geometrically
@@ -214,8 +216,7 @@ def monitor(log: str | os.PathLike | LogData, calibrator: str | os.PathLike | An
     if not keep.any():
         raise InputError(f"the log has no {task} records, the task of {cal.path}; pass the calibrator the proxy served")
     if n_other:
-        data = LogData(data.t[keep], data.chat[keep], data.confidence[keep], data.base[keep], data.task[keep],
-                       data.n_torn, data.files)
+        data = data.select(keep)
     base_stats = _baseline(cal, task, baseline, baseline_base)
     groups = _windows(data, parse_window(window))
     z = float(norm.ppf(1 - alpha / (2 * len(groups))))
@@ -226,12 +227,13 @@ def monitor(log: str | os.PathLike | LogData, calibrator: str | os.PathLike | An
         f, g = base_stats["base"], base_stats["chat"]
         counts = rng.multinomial(len(f), np.full(len(f), 1.0 / len(f)), size=n_boot)
         se_cal = float(np.nanstd(np.log(bootstrap_temperatures(f, g, counts, start=cal.temperature)), ddof=1))
-    rows = [_one_window(data, idx, cal, ref_conf, z, n_boot, bins, min_reference, rng, base_stats["agreement"],
+    has_base = data.has_base
+    rows = [_one_window(data, idx, has_base, cal, ref_conf, z, n_boot, bins, min_reference, rng, base_stats["agreement"],
                         se_cal) for idx in groups]
     flagged = [i for i, r in enumerate(rows) if r["flag_temperature"]]
     summary = {
         "n_records": len(data), "n_windows": len(rows), "n_flagged": len(flagged), "flagged_windows": flagged,
-        "n_reference": int(data.has_base.sum()), "n_other_task": n_other, "n_torn_lines": data.n_torn,
+        "n_reference": len(data.ref_index), "n_other_task": n_other, "n_torn_lines": data.n_torn,
         "task": task, "calibrator": {**cal.describe(), "path": cal.path}, "deployed_temperature": cal.temperature,
         "baseline_agreement": base_stats["agreement"], "baseline_agreement_source": base_stats["source"],
         "baseline_confidence": None if base_stats["confidence"] is None else float(np.mean(base_stats["confidence"])),
@@ -245,34 +247,33 @@ def monitor(log: str | os.PathLike | LogData, calibrator: str | os.PathLike | An
     return MonitorResult(rows, summary, series)
 
 
-def _mean_interval(values: np.ndarray, z: float, n_boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    n = len(values)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    boots = counts @ values / n
+def _mean_interval(values: np.ndarray, z: float) -> tuple[float, float, float]:
+    """A mean and ``mean +- z se``; ``se = std(values) / sqrt(n)`` is the bootstrap standard error of a
+    mean in closed form (the limit of infinitely many resamples), so no resampling is needed."""
     est = float(values.mean())
-    se = float(boots.std(ddof=1))
+    se = float(values.std()) / math.sqrt(len(values))
     return est, est - z * se, est + z * se
 
 
-def _one_window(data: LogData, idx: np.ndarray, cal: Any, ref_conf: np.ndarray, z: float, n_boot: int, bins: int,
+def _one_window(data: LogData, idx: np.ndarray, has_base: np.ndarray, cal: Any, ref_conf: np.ndarray, z: float, n_boot: int, bins: int,
                 min_reference: int, rng: np.random.Generator, base_agree: float | None, se_cal: float) -> dict[str, Any]:
     from .. import DACA
 
     conf = data.confidence[idx]
-    acc, acc_lo, acc_hi = _mean_interval(conf, z, n_boot, rng)
+    acc, acc_lo, acc_hi = _mean_interval(conf, z)
     row: dict[str, Any] = {
         "t_start": float(data.t[idx[0]]), "t_end": float(data.t[idx[-1]]), "n": len(idx), "accuracy": acc,
         "accuracy_lo": max(0.0, acc_lo), "accuracy_hi": min(1.0, acc_hi), "psi": psi(conf, ref_conf, bins=bins),
         "agreement": None, "agreement_lo": None, "agreement_hi": None, "temperature": None, "temperature_lo": None,
         "temperature_hi": None, "flag_temperature": False, "flag_agreement": False,
     }
-    ref = idx[data.has_base[idx]]
+    ref = idx[has_base[idx]]
     row["n_reference"] = len(ref)
     if len(ref) < min_reference:
         return row
-    f, g = data.base[ref], data.chat[ref]
+    f, g = data.base_of(ref), data.chat[ref]
     agree = (np.argmax(f, 1) == np.argmax(g, 1)).astype(float)
-    a, a_lo, a_hi = _mean_interval(agree, z, n_boot, rng)
+    a, a_lo, a_hi = _mean_interval(agree, z)
     row.update(agreement=a, agreement_lo=max(0.0, a_lo), agreement_hi=min(1.0, a_hi))
     row["flag_agreement"] = base_agree is not None and not a_lo <= base_agree <= a_hi
     if cal.temperature is None or not agree.any():

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +127,11 @@ class LogData:
         The chat model's option log-probabilities, -inf padded to the largest k.
     confidence : ndarray (n,)
         Calibrated confidence served.
-    base : ndarray (n, k)
-        The reference model's logits, NaN rows where the record was not sampled.
     task : ndarray (n,) of str
+    ref_index : ndarray (m,) of int
+        Increasing indices of the records with a reference sample.
+    ref_base : ndarray (m, k)
+        The reference model's logits of those records (-inf padded); only the sampled rows are stored.
     n_torn : int
         Partial last lines skipped (a process killed while writing).
     files : list of str
@@ -139,17 +140,49 @@ class LogData:
     t: np.ndarray
     chat: np.ndarray
     confidence: np.ndarray
-    base: np.ndarray
     task: np.ndarray
-    n_torn: int
-    files: list[str]
+    ref_index: np.ndarray
+    ref_base: np.ndarray
+    n_torn: int = 0
+    files: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.t)
 
     @property
     def has_base(self) -> np.ndarray:
-        return ~np.isnan(self.base[:, 0]) if len(self) else np.zeros(0, dtype=bool)
+        """Boolean (n,): which records have a reference sample."""
+        out = np.zeros(len(self), dtype=bool)
+        out[self.ref_index] = True
+        return out
+
+    @property
+    def base(self) -> np.ndarray:
+        """(n, k) reference logits, NaN rows where the record was not sampled (a full copy: for small logs)."""
+        out = np.full(self.chat.shape, np.nan)
+        out[self.ref_index] = self.ref_base
+        return out
+
+    def base_of(self, index: np.ndarray) -> np.ndarray:
+        """Reference logits of the sampled records ``index`` (a subset of :attr:`ref_index`)."""
+        return self.ref_base[np.searchsorted(self.ref_index, index)]
+
+    def select(self, mask: np.ndarray) -> LogData:
+        """The records where ``mask`` (bool, (n,)) holds, in the same order."""
+        keep = mask[self.ref_index]
+        new_pos = np.cumsum(mask) - 1
+        return LogData(self.t[mask], self.chat[mask], self.confidence[mask], self.task[mask],
+                       new_pos[self.ref_index[keep]], self.ref_base[keep], self.n_torn, self.files)
+
+    @classmethod
+    def from_arrays(cls, t: np.ndarray, chat: np.ndarray, confidence: np.ndarray, base: np.ndarray | None = None,
+                    task: np.ndarray | str = "multiple_choice") -> LogData:
+        """Build from arrays (``base`` with NaN rows where not sampled), e.g. for tests and simulations."""
+        t, chat = np.asarray(t, dtype=np.float64), np.asarray(chat, dtype=np.float64)
+        base = np.full(chat.shape, np.nan) if base is None else np.asarray(base, dtype=np.float64)
+        sampled = ~np.isnan(base).all(axis=1)
+        tasks = np.full(len(t), task, dtype=object) if isinstance(task, str) else np.asarray(task, dtype=object)
+        return cls(t, chat, np.asarray(confidence, dtype=np.float64), tasks, np.flatnonzero(sampled), base[sampled])
 
 
 def segments(path: str | os.PathLike) -> list[Path]:
@@ -190,72 +223,129 @@ def iter_records(path: str | os.PathLike, counter: list[int] | None = None) -> I
             yield rec
 
 
-def read_log(path: str | os.PathLike, *, chunk: int = 65536) -> LogData:
-    """Read a monitoring log (folder or one segment) into :class:`LogData`, sorted by time."""
-    counter = [0]
-    ts: list[float] = []
-    confs: list[float] = []
-    tasks: list[str] = []
-    chat_rows: list[list[float]] = []
-    base_rows: list[list[float] | None] = []
-    chat_blocks: list[np.ndarray] = []
-    base_blocks: list[np.ndarray] = []
-    kmax = 0
+#: the record fields the monitor reads (others, e.g. id, answer, prompt, are skipped by the fast reader)
+_SCHEMA_FIELDS = (("t", "float64"), ("chat", "list"), ("confidence", "float64"), ("task", "string"),
+                  ("base", "list"))
 
-    def flush() -> None:  # lists of floats cost ~10x an array: convert every `chunk` records
-        nonlocal chat_rows, base_rows
-        if chat_rows:
-            chat_blocks.append(_pad(chat_rows, kmax))
-            base_blocks.append(_pad(base_rows, kmax))
-            chat_rows, base_rows = [], []
 
-    for n, rec in enumerate(iter_records(path, counter)):
-        try:
-            chat = rec["chat"]
-            ts.append(float(rec["t"]))
-            confs.append(float(rec["confidence"]))
-            tasks.append(str(rec.get("task", "multiple_choice")))
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: record {n + 1} lacks t / chat / confidence; not a refcal monitoring "
-                             "log") from None
-        base = rec.get("base")
-        kmax = max(kmax, len(chat), len(base) if base else 0)
-        chat_rows.append(chat)
-        base_rows.append(base)
-        if len(chat_rows) >= chunk:
-            flush()
-    flush()
-    if not ts:
+def read_log(path: str | os.PathLike) -> LogData:
+    """Read a monitoring log (folder or one segment) into :class:`LogData`, sorted by time.
+
+    Segments are parsed by pyarrow's streaming JSON reader (C++, a few seconds per million records, one
+    block in memory at a time); a partial last line is skipped and counted as in :func:`iter_records`, which
+    also names the line of any other malformed record.
+    """
+    files = segments(path)
+    parts: dict[str, list[np.ndarray]] = {"t": [], "confidence": [], "task": [], "chat": [], "base": [],
+                                          "ref": []}
+    n_torn, n = 0, 0
+    for file in files:
+        batches, torn = _read_segment(file)
+        n_torn += torn
+        for batch in batches:
+            for name in ("t", "chat", "confidence"):
+                if batch.column(name).null_count:
+                    raise InputError(f"{file}: {batch.column(name).null_count} record(s) lack {name!r}; not a refcal "
+                                     "monitoring log")
+            parts["t"].append(batch.column("t").to_numpy())
+            parts["confidence"].append(batch.column("confidence").to_numpy())
+            codes = batch.column("task").fill_null("multiple_choice").dictionary_encode()
+            names = np.asarray(codes.dictionary.to_pylist(), dtype=object)
+            parts["task"].append(names[codes.indices.to_numpy(zero_copy_only=False)])
+            parts["chat"].append(_lists_to_2d(batch.column("chat")))
+            base = _lists_to_2d(batch.column("base"))
+            sampled = ~np.isnan(base).all(axis=1) if base.shape[1] else np.zeros(len(base), dtype=bool)
+            parts["base"].append(base[sampled])  # only the sampled rows: most records have none
+            parts["ref"].append(np.flatnonzero(sampled) + n)
+            n += batch.num_rows
+    if not n:
         raise InputError(f"{path}: the log holds no records yet; send calibrated requests through `refcal serve`")
-    chat_all = _stack(chat_blocks, kmax, -np.inf)
-    base_all = _stack(base_blocks, kmax, np.nan)
-    t = np.asarray(ts)
+    k = max(x.shape[1] for x in parts["chat"] + parts["base"])
+    chat = np.concatenate([_widen(x, k) for x in parts.pop("chat")])
+    chat[np.isnan(chat)] = -np.inf  # missing options (and -inf written as null) of the chat rows
+    ref_base = np.concatenate([_widen(x, k) for x in parts.pop("base")])
+    ref_base[np.isnan(ref_base)] = -np.inf
+    ref_index = np.concatenate(parts["ref"])
+    t = np.concatenate(parts["t"])
+    confidence, task = np.concatenate(parts["confidence"]), np.concatenate(parts["task"])
     order = np.argsort(t, kind="stable")
-    return LogData(t=t[order], chat=chat_all[order], confidence=np.asarray(confs)[order], base=base_all[order],
-                   task=np.asarray(tasks)[order], n_torn=counter[0], files=[str(f) for f in segments(path)])
+    if np.any(order[1:] < order[:-1]):  # not in time order (several writers): sort, and the sample with it
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        new_ref = rank[ref_index]
+        by = np.argsort(new_ref, kind="stable")
+        t, chat, confidence, task = t[order], chat[order], confidence[order], task[order]
+        ref_index, ref_base = new_ref[by], ref_base[by]
+    return LogData(t=t, chat=chat, confidence=confidence, task=task, ref_index=ref_index, ref_base=ref_base,
+                   n_torn=n_torn, files=[str(f) for f in files])
 
 
-def _pad(rows: list, k: int) -> np.ndarray:
-    out = np.full((len(rows), k), np.nan)
-    for i, row in enumerate(rows):
-        if row is not None:
-            out[i, : len(row)] = [(-math.inf if v is None else v) for v in row]
+def _read_segment(file: Path) -> tuple[Any, int]:
+    """(record batches of the monitor's fields, torn lines skipped) of one segment."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    types = {"float64": pa.float64(), "string": pa.string(), "list": pa.list_(pa.float64())}
+    schema = pa.schema([(name, types[kind]) for name, kind in _SCHEMA_FIELDS])
+    opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    with open(file, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 1))
+        last = fh.read(1)
+    if size == 0:
+        return [], 0
+    if last == b"\n":  # the usual case: streamed block by block, never all of it at once
+        return _parse(file, file, opts), 0
+    data = file.read_bytes()
+    torn = 0
+    cut = data.rfind(b"\n") + 1  # the writer was killed inside its last write
+    try:
+        complete = isinstance(json.loads(data[cut:]), dict)
+    except ValueError:
+        complete = False
+    if complete:
+        data += b"\n"
+    else:
+        data, torn = data[:cut], 1
+    if not data.strip():
+        return [], torn
+    return _parse(pa.BufferReader(data), file, opts), torn
+
+
+def _parse(source: Any, file: Path, opts: Any) -> Any:
+    """Yield the record batches of ``source``; a parse error names the malformed line (:func:`iter_records`)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        yield from pj.open_json(source, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 20))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        for _ in iter_records(file):
+            pass
+        raise InputError(f"{file}: not a refcal monitoring log ({str(exc).splitlines()[0]})") from None
+
+
+def _lists_to_2d(col: Any) -> np.ndarray:
+    """A pyarrow list<double> column as an (n, k) float array: NaN for null lists, missing and null values."""
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    n = len(arr)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    k = int(lengths.max()) if n else 0
+    out = np.full((n, k), np.nan)
+    if k:
+        values = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float64)
+        rows = np.repeat(np.arange(n), lengths)
+        starts = np.cumsum(lengths) - lengths
+        cols = np.arange(len(values)) - np.repeat(starts, lengths)
+        out[rows, cols] = values
     return out
 
 
-def _stack(blocks: list[np.ndarray], k: int, fill: float) -> np.ndarray:
-    out = []
-    for b in blocks:
-        if b.shape[1] < k:
-            b = np.concatenate([b, np.full((len(b), k - b.shape[1]), np.nan)], axis=1)
-        out.append(b)
-    arr = np.concatenate(out) if out else np.zeros((0, k))
-    if fill == -np.inf:  # chat rows: missing options are -inf (the convention for logits)
-        arr = np.where(np.isnan(arr), -np.inf, arr)
-    else:  # base rows: keep NaN for unsampled rows, -inf for missing options of sampled ones
-        sampled = ~np.isnan(arr[:, 0]) if len(arr) else np.zeros(0, dtype=bool)
-        arr[sampled] = np.where(np.isnan(arr[sampled]), -np.inf, arr[sampled])
-    return arr
+def _widen(x: np.ndarray, k: int) -> np.ndarray:
+    return x if x.shape[1] == k else np.concatenate([x, np.full((len(x), k - x.shape[1]), np.nan)], axis=1)
 
 
 def _fsync_dir(folder: Path) -> None:
