@@ -139,15 +139,14 @@ def test_slow_drip_stream_completes(make_proxy):
     ({"task": "multiple_choice", "n_options": 4, "temperature": 2}, "unknown key"),
     ("yes", "must be an object"),
 ])
-def test_request_that_does_not_fit_gets_422_with_one_line(make_proxy, upstream, field, needle):
+def test_request_that_does_not_fit_gets_422_with_one_line(make_proxy, field, needle):
     p = make_proxy()
-    before = upstream.app.n_requests if hasattr(upstream, "app") else None
     r = p.client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "q"}],
                                                      "refcal": field})
     assert r.status_code == 422
     msg = r.json()["error"]["message"]
     assert needle in msg and "\n" not in msg
-    del before
+    assert read_log_count(p) == 0
 
 
 @pytest.mark.parametrize("model,status,kind", [
@@ -286,7 +285,9 @@ def test_calibrator_that_reads_the_reference_waits_for_it(make_proxy, tmp_path):
         out = p.client.post("/v1/chat/completions", json=mc(prompt)).json()
         g = np.log(np.exp(chat) / np.exp(chat).sum())
         want = load_calibrator(path)
-        expect = (want.predict_proba(g[None], base=np.array([base])) if "base" in
-                  want.predict_proba.__code__.co_varnames[:3] else want.predict_proba(np.array([base]), g[None]))[0]
+        try:  # the unified calibrator API, or the pair form of older builds
+            expect = want.predict_proba(g[None], base=np.array([base]))[0]
+        except TypeError:
+            expect = want.predict_proba(np.array([base]), g[None])[0]
         np.testing.assert_allclose([out["refcal"]["probabilities"][c] for c in "ABCD"], expect, atol=1e-9)
     assert wait_records(p.state.config.log_dir, 2).has_base.all()
