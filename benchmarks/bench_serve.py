@@ -99,6 +99,34 @@ async def _load(url: str, n: int, clients: int, logits: np.ndarray, expect: np.n
             "transport_errors": sorted(set(transport))}
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _paired(direct: str, proxy: str, n: int, logits: np.ndarray) -> np.ndarray:
+    """One client, one request at a time, alternating direct / proxy with the same question: the added latency
+    of each pair (proxy - direct), free of queueing behind other clients."""
+    import httpx
+
+    from refcal.serve.fake_upstream import logits_prompt
+
+    diffs = np.zeros(n)
+    async with httpx.AsyncClient(timeout=60) as http:
+        for i in range(n):
+            body = {"model": "m", "messages": [{"role": "user", "content": logits_prompt(f"s{i}", logits[i])}],
+                    "refcal": {"task": "multiple_choice", "n_options": 4}, "max_tokens": 1}
+            took = []
+            for url in (direct, proxy):
+                t = time.perf_counter()
+                r = await http.post(url + "/v1/chat/completions", json=body)
+                took.append(time.perf_counter() - t)
+                assert r.status_code == 200
+            diffs[i] = took[1] - took[0]
+    return diffs
+
+
 def _hist_quantile(text: str, name: str, q: float) -> float:
     """Prometheus histogram_quantile over the cumulative buckets of ``name`` (linear within a bucket)."""
     buckets = []
@@ -145,11 +173,17 @@ def bench_proxy(args, tmp: Path) -> dict:
         warm = min(500, args.requests)
         asyncio.run(_load(proxy_url, warm, args.clients, logits, expect))  # warm-up (connections, imports)
         asyncio.run(_load(direct_url, warm, args.clients, logits, expect))
+        diffs = asyncio.run(_paired(direct_url, proxy_url.replace("#refcal", ""), args.sequential, logits))
+        print(f"sequential: added latency p50 {np.percentile(diffs, 50) * 1e3:.2f} ms, "
+              f"p99 {np.percentile(diffs, 99) * 1e3:.2f} ms", flush=True)
         metrics_before = httpx.get(f"http://127.0.0.1:{px_port}/metrics").text
         runs = []
         for rnd in range(2):
             for name, url in (("direct", direct_url), ("proxy", proxy_url)):
+                cpu0 = {"proxy": _cpu_s(px.pid), "upstream": _cpu_s(up.pid)}
                 r = asyncio.run(_load(url, args.requests, args.clients, logits, expect))
+                r["cpu_ms_per_request"] = {k: (_cpu_s(p.pid) - cpu0[k]) / args.requests * 1e3
+                                           for k, p in (("proxy", px), ("upstream", up))}
                 runs.append({"round": rnd, "path": name, **r})
                 print(f"round {rnd} {name}: {r['throughput_rps']:.0f} req/s, p50 {r['latency_p50_ms']:.1f} ms, "
                       f"p99 {r['latency_p99_ms']:.1f} ms, errors {r['errors']}", flush=True)
@@ -175,6 +209,11 @@ def bench_proxy(args, tmp: Path) -> dict:
         "overhead_mean_ms": total / count * 1e3, "overhead_count": int(count),
         "latency_p50_diff_ms": float(np.mean([p["latency_p50_ms"] - d["latency_p50_ms"] for p, d in zip(proxy, direct, strict=True)])),
         "errors": int(sum(r["errors"] for r in runs)),
+        "sequential_requests": args.sequential,
+        "sequential_added_latency_p50_ms": float(np.percentile(diffs, 50) * 1e3),
+        "sequential_added_latency_p99_ms": float(np.percentile(diffs, 99) * 1e3),
+        "proxy_cpu_ms_per_request": float(np.mean([r["cpu_ms_per_request"]["proxy"] for r in proxy])),
+        "upstream_cpu_ms_per_request": float(np.mean([r["cpu_ms_per_request"]["upstream"] for r in direct])),
         "monitoring_records": n_records, "calibrated_answers": int(count),
     }
 
@@ -237,6 +276,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--sequential", type=int, default=500, help="paired one-client requests (added latency)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -264,7 +304,13 @@ numbers are therefore pessimistic; the proxy/direct ratio is from the same run, 
                  f"{r['latency_p99_ms']:.1f} | {r['errors']} |" for r in p["runs"]) + f"""
 
 - throughput through the proxy / direct: **{p['throughput_ratio_proxy_vs_direct']:.2f}** (goal >= 0.5)
-- proxy overhead per request (handler time minus upstream wait, from `refcal_proxy_overhead_seconds`):
+- added latency per request, one client, {p['sequential_requests']} pairs (proxy - direct, same question,
+  alternating): p50 **{p['sequential_added_latency_p50_ms']:.2f} ms**, p99 **{p['sequential_added_latency_p99_ms']:.2f} ms**
+- CPU time per request (user + system, from /proc, during the 100-client runs): proxy process
+  **{p['proxy_cpu_ms_per_request']:.2f} ms**, fake upstream {p['upstream_cpu_ms_per_request']:.2f} ms: with upstream, proxy and
+  load generator on the same 2 shared cores, the proxy's CPU is what the throughput ratio pays for
+- proxy overhead per request at 100 clients (handler time minus upstream wait, `refcal_proxy_overhead_seconds`;
+  includes waiting for the proxy's event loop behind the other 99 requests):
   p50 **{p['overhead_p50_ms']:.2f} ms**, p99 **{p['overhead_p99_ms']:.2f} ms**, mean {p['overhead_mean_ms']:.2f} ms
   (goal p50 <= 2 ms, p99 <= 10 ms); client latency p50 difference proxy - direct: {p['latency_p50_diff_ms']:.1f} ms
   (includes queueing for the proxy's event loop on the shared cores)

@@ -23,7 +23,7 @@ _PATH = click.Path(path_type=Path)
               help="Monitoring log folder (append-only JSONL segments, read by `refcal monitor`).")
 @click.option("--log-text", is_flag=True, help="Also store prompt and answer text in the monitoring log.")
 @click.option("--fsync", type=click.Choice(["always", "interval", "never"]), default="interval", show_default=True,
-              help="Monitoring log: fsync after every record, at most once a second, or never (kill -9 is safe "
+              help="Monitoring log: fsync after every record, once a second (in the background), or never (kill -9 is safe "
                    "with all three; fsync guards against power loss).")
 @click.option("--api-key-env", default=None, help="Environment variable with the key clients must send (Bearer).")
 @click.option("--upstream-key-env", default="REFCAL_UPSTREAM_API_KEY", show_default=True,

@@ -8,7 +8,7 @@ Crash safety
     Each record is one line, written with a single ``os.write`` on a file opened with ``O_APPEND``
     (no user-space buffer: a record that returned from :meth:`LogWriter.write` survives ``kill -9`` of
     the process). ``fsync`` makes it survive a power cut too: ``fsync="always"`` after every record,
-    ``"interval"`` (default) at most once per ``fsync_interval`` seconds, ``"never"`` leaves it to the
+    ``"interval"`` (default) once per ``fsync_interval`` seconds from a background thread, ``"never"`` leaves it to the
     OS. A process killed inside ``os.write`` can leave a partial last line; :func:`read_log` skips it
     (and counts it), and refuses a malformed line anywhere else (the file was edited or damaged).
 
@@ -60,9 +60,14 @@ class LogWriter:
         self._fd: int | None = None
         self._n_segment = 0
         self._in_segment = 0
-        self._last_sync = time.monotonic()
+        self._dirty = False
         self.n_written = 0
         self._open_segment()
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if self.fsync == "interval":  # fsync off the writer's thread (an event loop must not wait on the disk)
+            self._syncer = threading.Thread(target=self._sync_loop, daemon=True, name="refcal-log-fsync")
+            self._syncer.start()
 
     def _open_segment(self) -> None:
         if self._fd is not None:
@@ -92,16 +97,34 @@ class LogWriter:
                 view = view[n:]
             self._in_segment += 1
             self.n_written += 1
-            now = time.monotonic()
-            if self.fsync == "always" or (self.fsync == "interval" and now - self._last_sync >= self.fsync_interval):
+            self._dirty = True
+            if self.fsync == "always":
                 self._sync()
 
     def _sync(self) -> None:
         if self._fd is not None and self.fsync != "never":
             os.fsync(self._fd)
-            self._last_sync = time.monotonic()
+            self._dirty = False
+
+    def _sync_loop(self) -> None:
+        """``fsync="interval"``: every ``fsync_interval`` s, fsync a duplicate of the segment's descriptor if
+        records were written (the lock is held only to duplicate it, never during the fsync)."""
+        while not self._stop.wait(self.fsync_interval):
+            with self._lock:
+                if self._fd is None or not self._dirty:
+                    continue
+                fd, self._dirty = os.dup(self._fd), False
+            try:
+                os.fsync(fd)
+            except OSError as exc:  # pragma: no cover - a disk error; the records are still in the file
+                log.warning("monitoring log fsync failed: %s", exc.strerror)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
         with self._lock:
             if self._fd is not None:
                 self._sync()
