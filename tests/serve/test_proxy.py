@@ -245,7 +245,7 @@ def test_reference_sample_logged_and_agreement_metric(make_proxy):
 
 
 def test_free_form_asks_p_true_and_applies_the_free_form_calibrator(upstream, tmp_path, make_proxy):
-    from refcal.prompts_freeform import p_true_prompt
+    from refcal.tasks.prompts_freeform import p_true_prompt
 
     d = np.random.default_rng(0)
     base, chat = d.normal(0, 2, (300, 2)), None

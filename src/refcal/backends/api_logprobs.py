@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
+from .base import NotSupportedError
 
 #: Residual probability below which the top-k is taken to cover all the mass (float32 rounding).
 R_RESOLUTION = 1e-6
@@ -107,6 +108,80 @@ def letter_logprobs(
     return LetterScores(logprobs=out, floored=floored, floor=floor)
 
 
+# ---------------------------------------------------------------------------------------------- response parsing
+def is_num(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class NoExact(Exception):
+    """The server cannot score a fixed token set (the message says why)."""
+
+
+def token_id_logprobs(body: Any) -> dict[int, float]:
+    """``{token id: logprob}`` of the first generated position of an answer to a request with
+    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
+    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``."""
+    try:
+        lp = body["choices"][0]["logprobs"]
+        if "content" in lp:
+            content = lp["content"] or []
+            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
+        else:
+            tops = lp.get("top_logprobs") or []
+            pairs = list((tops[0] or {}).items()) if tops else []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise NoExact("its answer has no token log-probabilities") from None
+    out: dict[int, float] = {}
+    for tok, v in pairs:
+        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit() and is_num(v):
+            out[int(tok[9:])] = float(v)
+    return out
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "
+            "needs; use a server that supports echo with logprobs on /completions (vLLM, llama-cpp-python) "
+            "or --scoring letter")
+
+
+def prompt_logprob(body: Any, prompt: str, start: int, url: str) -> tuple[float, int]:
+    """Sum of the ``token_logprobs`` of the echoed prompt tokens that end after character ``start``
+    (and begin before the prompt's end: the generated token is dropped), and their count."""
+    try:
+        text = body["choices"][0].get("text") or ""
+        lp = body["choices"][0]["logprobs"]
+        tokens, offsets, values = lp["tokens"], lp["text_offset"], lp["token_logprobs"]
+        if not (len(tokens) == len(offsets) == len(values)):
+            raise ValueError("lists of different lengths")
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise NotSupportedError(NO_ECHO.format(url=url, why="no logprobs with tokens, text_offset and "
+                                                "token_logprobs in its answer")) from None
+    if not offsets or min(offsets) >= start:  # echo ignored: only the generated token came back
+        raise NotSupportedError(NO_ECHO.format(url=url, why="echo was ignored"))
+    if len(text) > len(prompt) and max(offsets) < len(prompt):
+        # llama-cpp-python (0.3.x) pairs prompt token i with the log-probabilities that predict token i+1
+        # when the model adds no start-of-text token, and then drops the generated token: the sign
+        raise NotSupportedError(NO_ECHO.format(url=url, why="its prompt log-probabilities are shifted by one "
+                                                "token, as llama-cpp-python's for models without a BOS token"))
+    total, n = 0.0, 0
+    for tok, off, v in zip(tokens, offsets, values, strict=True):
+        if off >= len(prompt) or off + len(tok) <= start:
+            continue  # the generated token, or a token of the context
+        if not is_num(v):
+            raise NotSupportedError(NO_ECHO.format(url=url, why=f"no log-probability for prompt token {tok!r}"))
+        total += float(v)
+        n += 1
+    if n == 0:
+        raise BackendError(f"the server at {url} returned no token of the option {prompt[start:]!r}")
+    return total, n
+
+
+# ---------------------------------------------------------------------- shared by the openai: backend and refcal serve
 def first_token_alternatives(body: dict) -> list[tuple[str, float]] | None:
     """The ``(token, logprob)`` alternatives of the first generated token of an OpenAI-style answer.
 
@@ -136,7 +211,8 @@ def first_token_alternatives(body: dict) -> list[tuple[str, float]] | None:
 def topk_letter_scores(top: Iterable[tuple[str, float]] | None, letters: Sequence[str], *,
                        floor_margin: float = math.log(2.0)) -> LetterScores:
     """:func:`letter_logprobs`, or, when no token was generated (``top`` is None), every letter at the
-    resolution floor ``log(1e-6) - floor_margin`` (a uniform row, all letters floored)."""
+    resolution floor ``log(1e-6) - floor_margin``: every letter is absent and the resolution is the only
+    bound, so the row is uniform and all letters are floored."""
     if top is None:
         floor = math.log(R_RESOLUTION) - floor_margin
         k = len(letters)
@@ -144,62 +220,35 @@ def topk_letter_scores(top: Iterable[tuple[str, float]] | None, letters: Sequenc
     return letter_logprobs(top, letters, floor_margin=floor_margin)
 
 
-# -- exact letters: a server that scores a fixed token set (vLLM's ``logprob_token_ids``) -------------------
-#: spellings whose single token counts for a letter with exact letters (the top-k rule counts any returned
-#: token that strips to the letter; these are the ones a first answer token plausibly takes)
-LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
-
-
-def letter_id_groups(letters: Sequence[str], tokenize: Callable[[str], Sequence[int]]) -> list[list[int]]:
-    """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`), ``tokenize(text)`` giving
-    the model's ids of a text. Raises ``ValueError`` (the reason) when a letter has no single-token spelling
-    or two letters share a token."""
+def letter_id_groups(letters: Sequence[str], tokenize: Callable[[str], Sequence[int]],
+                     forms: Sequence[str]) -> list[list[int]]:
+    """Token ids of each letter's single-token spellings (``forms``, e.g. ``openai_options.LETTER_FORMS``),
+    ``tokenize(text)`` giving the model's ids of a text. :class:`NoExact` when a letter has no single-token
+    spelling or two letters share a token."""
     groups: list[list[int]] = []
     for letter in letters:
         ids: list[int] = []
-        for form in LETTER_FORMS:
+        for form in forms:
             toks = list(tokenize(form.format(letter)))
             if len(toks) == 1 and toks[0] not in ids:
                 ids.append(toks[0])
         if not ids:
-            raise ValueError(f"option label {letter!r} has no single-token spelling for this model")
+            raise NoExact(f"option label {letter!r} has no single-token spelling for this model")
         groups.append(ids)
     flat = [i for g in groups for i in g]
     if len(set(flat)) != len(flat):
-        raise ValueError(f"option labels {tuple(letters)} share a token for this model")
+        raise NoExact(f"option labels {tuple(letters)} share a token for this model")
     return groups
 
 
-def token_id_logprobs(body: Any) -> dict[int, float]:
-    """``{token id: logprob}`` of the first generated position of an answer to a request with
-    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
-    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``.
-    Raises ``ValueError`` when the answer has no token log-probabilities."""
-    try:
-        lp = body["choices"][0]["logprobs"]
-        if "content" in lp:
-            content = lp["content"] or []
-            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
-        else:
-            tops = lp.get("top_logprobs") or []
-            pairs = list((tops[0] or {}).items()) if tops else []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise ValueError("its answer has no token log-probabilities") from None
-    out: dict[int, float] = {}
-    for tok, v in pairs:
-        if (isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit()
-                and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
-            out[int(tok[9:])] = float(v)
-    return out
-
-
 def exact_letter_scores(values: dict[int, float], groups: Sequence[Sequence[int]]) -> LetterScores:
-    """Letter log-probabilities from exact token log-probabilities: ``logsumexp`` over each letter's ids.
-    Raises ``ValueError`` when a requested id is missing (the server ignored ``logprob_token_ids``)."""
+    """Letter log-probabilities from exact token log-probabilities (:func:`token_id_logprobs`): ``logsumexp``
+    over each letter's ids. :class:`NoExact` when a requested id is missing (the server ignored
+    ``logprob_token_ids``)."""
     ids = sorted({i for g in groups for i in g})
     missing = [i for i in ids if i not in values]
     if missing:
-        raise ValueError(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
-                         "so it ignored logprob_token_ids")
-    lps = np.array([np.logaddexp.reduce(np.array([values[i] for i in g], dtype=np.float64)) for g in groups])
+        raise NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
+                      "so it ignored logprob_token_ids")
+    lps = np.array([logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
     return LetterScores(lps, (False,) * len(groups), math.nan)

@@ -37,27 +37,17 @@ try:  # the serve extra; refcal.serve imports this module only when a proxy is b
 except ImportError as _exc:  # pragma: no cover - depends on the installation
     raise MissingDependencyError(_exc.name or "fastapi", "serve") from None
 from .calibrated import RequestMismatch, ServedCalibrator, parse_spec
-from .config import ReferenceSampler, ServeConfig
+from .config import (
+    CLIENT_KEEPALIVE_S,
+    DROP_REQUEST_HEADERS,
+    UPSTREAM_KEEPALIVE_S,
+    ReferenceSampler,
+    ServeConfig,
+    error_body,
+)
 from .metrics import ProxyMetrics
 
 log = logging.getLogger(__name__)
-
-#: request headers not forwarded (hop-by-hop, recomputed, or the client's key for this proxy)
-DROP_REQUEST_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
-                        "accept-encoding", "authorization", "proxy-authorization"}
-KEEP_RESPONSE_HEADERS = ("content-type", "content-encoding", "retry-after", "x-request-id")
-#: idle seconds before the proxy drops a connection to the upstream (below the usual 5 s server keep-alive)
-UPSTREAM_KEEPALIVE_S = 4.0
-#: idle seconds the proxy keeps a client's connection open (above the usual 60 s of load balancers, so the
-#: proxy never closes a connection a balancer is about to reuse)
-CLIENT_KEEPALIVE_S = 75
-
-
-
-def error_body(message: str, kind: str) -> dict[str, Any]:
-    """OpenAI-style error object with a one-line message."""
-    return {"error": {"message": " ".join(message.split()), "type": kind, "code": None}}
-
 
 class Proxy:
     """State shared by the routes: settings, calibrator, HTTP client, log, metrics, reference sampler."""

@@ -144,7 +144,7 @@ def parse_spec(field: Any, messages: Any = None) -> RefcalSpec:
             question = last_user_text(messages)
         if not isinstance(question, str) or not question.strip():
             raise RequestMismatch('free_form needs the question: a user message or "refcal.question"')
-        from ..prompts_freeform import P_TRUE_LETTERS
+        from ..tasks.prompts_freeform import P_TRUE_LETTERS
 
         return RefcalSpec("free_form", tuple(P_TRUE_LETTERS), question)
     k = field.get("n_options")

@@ -112,3 +112,19 @@ class ReferenceSampler:
 def finite_list(x: Any) -> list[float | None]:
     """JSON-safe list of floats (-inf, which JSON cannot hold, becomes null)."""
     return [float(v) if math.isfinite(v) else None for v in np.asarray(x, dtype=np.float64)]
+
+
+#: request headers not forwarded (hop-by-hop, recomputed, or the client's key for this proxy)
+DROP_REQUEST_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+                        "accept-encoding", "authorization", "proxy-authorization"}
+KEEP_RESPONSE_HEADERS = ("content-type", "content-encoding", "retry-after", "x-request-id")
+#: idle seconds before the proxy drops a connection to the upstream (below the usual 5 s server keep-alive)
+UPSTREAM_KEEPALIVE_S = 4.0
+#: idle seconds the proxy keeps a client's connection open (above the usual 60 s of load balancers, so the
+#: proxy never closes a connection a balancer is about to reuse)
+CLIENT_KEEPALIVE_S = 75
+
+
+def error_body(message: str, kind: str) -> dict[str, Any]:
+    """OpenAI-style error object with a one-line message."""
+    return {"error": {"message": " ".join(message.split()), "type": kind, "code": None}}

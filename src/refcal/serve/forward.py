@@ -36,7 +36,7 @@ def public(url: str) -> str:
 def _fail(status: int, message: str, kind: str) -> UpstreamFailure:
     from fastapi.responses import JSONResponse
 
-    from .app import error_body
+    from .config import error_body
 
     return UpstreamFailure(JSONResponse(error_body(message, kind), status_code=status), kind)
 
@@ -56,7 +56,7 @@ async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw:
     from starlette.background import BackgroundTask
     from starlette.responses import StreamingResponse
 
-    from .app import KEEP_RESPONSE_HEADERS
+    from .config import KEEP_RESPONSE_HEADERS
 
     url = f"{proxy.base_url}/{endpoint}"
     req = proxy.client.build_request(method, url, content=raw, headers=proxy.upstream_headers(headers))
@@ -138,7 +138,7 @@ async def _post_json(proxy: Any, url: str, payload: dict, headers: dict) -> dict
     """POST and parse a JSON object; :class:`UpstreamFailure` carries what the client gets otherwise."""
     import httpx
 
-    from .app import KEEP_RESPONSE_HEADERS
+    from .config import KEEP_RESPONSE_HEADERS
 
     t = time.perf_counter()
     try:
@@ -162,7 +162,7 @@ async def _post_json(proxy: Any, url: str, payload: dict, headers: dict) -> dict
 
 async def _p_true(proxy: Any, endpoint: str, headers: dict, model: Any, spec: RefcalSpec, answer: str) -> LetterScores:
     """The chat model's P(True) letters of its own answer (one more upstream request)."""
-    from ..prompts_freeform import p_true_prompt
+    from ..tasks.prompts_freeform import p_true_prompt
 
     chat = endpoint != "completions"
     text = p_true_prompt(spec.question or "", answer, chat=chat)
@@ -186,7 +186,7 @@ async def _finish(proxy: Any, endpoint: str, headers: dict, body: dict, spec: Re
     ref_prompt = None
     if ref is not None and ref.sampled():
         if spec.task == "free_form":
-            from ..prompts_freeform import p_true_prompt
+            from ..tasks.prompts_freeform import p_true_prompt
 
             ref_prompt = p_true_prompt(spec.question or "", answer_text, chat=False)
         else:
@@ -287,7 +287,7 @@ async def _exact(proxy: Any, up_body: dict, hdrs: dict, spec: RefcalSpec, url: s
                  model: str) -> tuple[dict | None, LetterScores | None]:
     """Exact letters (:mod:`.letters`): ``(answer, scores)``, or ``(None, None)`` when ``auto`` gives up on
     this model (the caller asks again with the top-k). ``exact`` mode refuses with 502 instead."""
-    from .letters import NoExact
+    from ..backends.api_logprobs import NoExact
 
     ex = proxy.letters
 

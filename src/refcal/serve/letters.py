@@ -2,7 +2,7 @@
 
 ``letters="exact"``: the upstream scores a fixed token set (vLLM's ``logprob_token_ids``): the proxy asks
 its ``POST /tokenize`` (at the server root) once per model and letter set for the single-token spellings
-of each letter (:data:`refcal.backends.api_logprobs.LETTER_FORMS`), adds ``logprob_token_ids`` and
+of each letter (:data:`refcal.backends.openai_options.LETTER_FORMS`), adds ``logprob_token_ids`` and
 ``return_tokens_as_token_ids`` to the request, and reads every letter's exact log-probability
 (:func:`~refcal.backends.api_logprobs.exact_letter_scores`); nothing is floored. ``"topk"``: the top-k
 with the floor. ``"auto"`` (default): exact where the upstream can, decided per model at its first
@@ -22,21 +22,18 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..backends.api_logprobs import (
-    LETTER_FORMS,
     LetterScores,
+    NoExact,
     exact_letter_scores,
     letter_id_groups,
     token_id_logprobs,
 )
+from ..backends.openai_options import LETTER_FORMS, MAX_TOKEN_IDS
 
 log = logging.getLogger(__name__)
 
 LETTER_MODES = ("auto", "exact", "topk")
-MAX_TOKEN_IDS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS
 
-
-class NoExact(Exception):
-    """The upstream cannot score a fixed token set (the message says why)."""
 
 
 class ExactLetters:
@@ -76,10 +73,7 @@ class ExactLetters:
                 for form in LETTER_FORMS:
                     text = form.format(letter)
                     cache[text] = await self._tokenize(client, headers, model, text)
-            try:
-                groups = letter_id_groups(letters, cache.__getitem__)
-            except ValueError as exc:
-                raise NoExact(str(exc)) from None
+            groups = letter_id_groups(letters, cache.__getitem__, LETTER_FORMS)
             if sum(len(g) for g in groups) > MAX_TOKEN_IDS:
                 raise NoExact(f"more token ids than vLLM takes ({MAX_TOKEN_IDS})")
             self._groups[key] = groups
@@ -109,7 +103,4 @@ class ExactLetters:
         return {"logprob_token_ids": sorted({i for g in groups for i in g}), "return_tokens_as_token_ids": True}
 
     def scores(self, answer: dict, groups: list[list[int]]) -> LetterScores:
-        try:
-            return exact_letter_scores(token_id_logprobs(answer), groups)
-        except ValueError as exc:
-            raise NoExact(str(exc)) from None
+        return exact_letter_scores(token_id_logprobs(answer), groups)

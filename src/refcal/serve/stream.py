@@ -124,7 +124,7 @@ class _StreamResponse(Response):
             if not isinstance(exc, httpx.HTTPError):
                 raise
             s.proxy.metrics.errors.labels("upstream_unreachable").inc()
-            from .app import error_body
+            from .config import error_body
 
             yield f"data: {json.dumps(error_body('the upstream dropped the stream', 'upstream_unreachable'))}\n\n".encode()
             return
