@@ -38,7 +38,6 @@ HTTP Basic (:func:`refcal._urls.request_auth`).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
@@ -58,8 +57,9 @@ from .api_logprobs import (
     NO_ECHO,
     R_RESOLUTION,
     LetterScores,
-    letter_logprobs,
+    first_token_alternatives,
     prompt_logprob,
+    topk_letter_scores,
 )
 from .base import (
     ClozeRequest,
@@ -334,14 +334,7 @@ class OpenAIBackend(ExactLettersMixin):
             "logprobs": True, "top_logprobs": self.top_logprobs}
         body, url = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1, **logprobs)
         top = self._top_pairs(body, url)
-        if top is None:
-            # The model ended its answer at once (no first token): every letter is absent and the
-            # only bound is the resolution, so the row is uniform at that floor.
-            floor = math.log(R_RESOLUTION) - self.floor_margin
-            k = len(req.letters)
-            scores = LetterScores(np.full(k, floor), (True,) * k, floor)
-        else:
-            scores = letter_logprobs(top, req.letters, floor_margin=self.floor_margin)
+        scores = topk_letter_scores(top, req.letters, floor_margin=self.floor_margin)
         return scores, top
 
     def _cloze_one(self, client: Any, req: ClozeRequest, index: int, stop: threading.Event) -> ClozeResult:
@@ -399,23 +392,7 @@ class OpenAIBackend(ExactLettersMixin):
     def _top_pairs(self, body: dict, url: str) -> list[tuple[str, float]] | None:
         """The (token, logprob) alternatives of the first generated token; None if none was generated."""
         try:
-            choice = body["choices"][0]
-            lp = choice["logprobs"]
-            if lp is None:
-                raise KeyError("logprobs")
-            if "content" in lp:  # chat completions
-                content = lp["content"] or []
-                if not content:
-                    return None
-                first = content[0]
-                pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
-                if not pairs:
-                    pairs = [(first["token"], first["logprob"])]
-                return pairs
-            tops = lp.get("top_logprobs") or []  # legacy completions: a dict per token
-            if not tops:
-                return None
-            return [(t, v) for t, v in tops[0].items()]
+            return first_token_alternatives(body)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "

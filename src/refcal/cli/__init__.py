@@ -27,6 +27,8 @@ COMMANDS = {
     "score": ("score:score", "Score a model on a data set and write option logits."),
     "run": ("run:run", "The whole job: score both models, fit, evaluate, report."),
     "report": ("report:report", "(Re)build the report of an existing run folder."),
+    "serve": ("serve:serve", "OpenAI-compatible proxy adding calibrated confidence to a chat model's answers."),
+    "monitor": ("monitor:monitor", "Label-free drift of a served calibrator from the proxy's monitoring log."),
 }
 
 
