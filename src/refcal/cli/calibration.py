@@ -10,7 +10,9 @@ from ..calibrate.base import CALIBRATORS, check_task, task_of_scores
 from ..calibrate.methods import KINDS, METHODS, fittable_methods
 from ..errors import InputError
 
-_PATH = click.Path(dir_okay=False, path_type=Path)
+# readable=False: an unreadable file is reported by the loaders under the one exit-code rule (exit 1), not
+# by click as a usage error (exit 2)
+_PATH = click.Path(dir_okay=False, readable=False, path_type=Path)
 def fit_methods() -> tuple[str, ...]:
     """``refcal fit --method``: every method of the registry with a calibrator fitted on plain score files
     (read when the command runs, so a method registered at run time is offered too)."""

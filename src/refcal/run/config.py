@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._urls import public_url
 from ..calibrate.methods import FREEFORM, KINDS, MC, parse_methods
 from ..errors import InputError
-from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
+from ..options import CLOZE_SCORINGS, MAX_BINS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
 from .backend_options import check_model_options
 
 #: The embedded default: the packaged cross-family pair on a data set where both are above chance.
@@ -69,6 +70,14 @@ class RunConfig:
     judge: str | None = None
     judge_api_base: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as written to ``config.json`` / ``metrics.json``: ``api_base`` in its public form
+        (no user info nor credential-like query parameters, :func:`refcal._urls.public_url`)."""
+        doc = asdict(self)
+        if doc.get("api_base"):
+            doc["api_base"] = public_url(doc["api_base"])
+        return doc
+
     def flags(self) -> dict[str, Any]:
         """The run's dedicated flags by the backend option they set (kept where a backend has the option)."""
         return {"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype,
@@ -82,6 +91,8 @@ class RunConfig:
             raise InputError(f"--calib-frac must be strictly between 0 and 1, got {self.calib_frac}")
         if self.n_splits < 1:
             raise InputError(f"--n-splits must be at least 1, got {self.n_splits}")
+        if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or not 1 <= self.n_bins <= MAX_BINS:
+            raise InputError(f"--bins must be an integer from 1 to {MAX_BINS}, got {self.n_bins!r}")
         if self.task == FREEFORM:
             self._validate_freeform()
             return

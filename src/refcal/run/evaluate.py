@@ -12,7 +12,7 @@ Both kinds of run go through :func:`evaluate`; nothing here names a method.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,7 +102,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
 
     deployed, calibrator, diag, premise = _pool_fits(cfg, plan)
     result = RunResult(
-        refcal_version=__version__, config=asdict(cfg), has_labels=plan.has_labels, n_questions=n_questions,
+        refcal_version=__version__, config=cfg.to_dict(), has_labels=plan.has_labels, n_questions=n_questions,
         n_eval=len(plotted_ids), n_units=len(per_unit), protocol=plan.description,
         units=[{"template": u.template, "group": u.group} for u in plan.units],
         methods=aggregate(per_unit), method_labels={k: METHODS[k].kind_label(plan.kind) for k in cfg.methods},
@@ -114,6 +114,11 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
     if plan.has_labels and preds:
         for m, lp in preds.items():  # each method against its own labels (free-form verbal: its guess's)
             y = np.asarray(plotted_labels[m])
+            judged = y >= 0  # free-form: a question without references is not judged (-1)
+            if not judged.any():
+                continue
+            if not judged.all():
+                lp, y = lp[judged], y[judged]
             result.selective.update(selective({m: lp}, y))
             b = bootstrap({m: lp}, y, n_bins=cfg.n_bins, seed=cfg.seed)
             if result.bootstrap is None:
@@ -135,13 +140,23 @@ def _fit(m: Method, calib: Part, plan: Plan, scaling: str) -> tuple[Any, dict[st
     inputs = m.inputs[plan.kind]
     labels = calib.labels_by.get(inputs.labels, calib.labels) if plan.has_labels else None
     try:
-        cal = m.fit(part_input(calib, "chat", inputs.chat), part_input(calib, "base", inputs.base), labels,
-                    scaling=scaling)
+        cal = fit_judged(m, part_input(calib, "chat", inputs.chat), part_input(calib, "base", inputs.base), labels,
+                         scaling)
     except FitError as e:
         log.warning("%s: %s; this unit is evaluated uncalibrated", m.kind_label(plan.kind), e)
         return None, {"n_iter": 0, "converged": False, "params": dict(UNFITTED), "error": str(e),
                       "fallback": "uncalibrated (temperature 1)"}
     return cal, {"n_iter": int(cal.n_iter_), "converged": bool(cal.converged_), "params": cal.fitted_params()}
+
+
+def fit_judged(m: Method, chat: Any, base: Any, labels: np.ndarray | None, scaling: str) -> Any:
+    """``m.fit``; a labelled method sees the judged questions only (free-form: those with references, label
+    >= 0), a label-free one every question and never a label."""
+    if m.needs_labels and labels is not None and bool((labels < 0).any()):
+        keep = labels >= 0
+        chat, labels = chat[keep], labels[keep]
+        base = None if base is None else base[keep]
+    return m.fit(chat, base, labels, scaling=scaling)
 
 
 def _pool_fits(cfg: RunConfig, plan: Plan) -> tuple[Any, DeployedCalibrator, Diagnostics | None, dict[str, Any]]:
@@ -187,6 +202,9 @@ def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | np.ndar
     res: dict[str, dict[str, float]] = {}
     for name, lp in preds.items():
         y = labels[name] if isinstance(labels, dict) else labels  # per method, or the same for every one
+        if y is not None and not bool((y >= 0).all()):  # free-form: metrics on the judged answers only
+            judged = y >= 0
+            lp, y = (lp[judged], y[judged]) if judged.any() else (lp, None)
         shown = claim_of(lp) if claim else lp
         if isinstance(shown, TopLabel):  # an answer and its confidence: no distribution, no NLL
             row = {"mean_confidence": float(np.mean(shown.confidence))}

@@ -10,10 +10,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
 from .config import RunConfig
 from .evaluate import evaluate
-from .folder import write_run_folder
+from .folder import check_run_dir, write_run_folder
 from .kinds import make_kind
 
 log = logging.getLogger(__name__)
@@ -30,9 +29,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
     """
     cfg.validate()
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:  # before any slow work
-        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
+    out_dir = check_run_dir(out_dir, overwrite=overwrite)  # before any slow work
     kind = make_kind(cfg.task)
     kind.prepare(cfg)
     t0 = time.perf_counter()

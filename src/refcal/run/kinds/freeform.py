@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..._urls import public_url
 from ...backends import load_backend
 from ...backends.base import NotSupportedError
 from ...calibrate.methods import FREEFORM, METHODS
@@ -46,8 +47,8 @@ from ...tasks.judges import ExactMatchJudge, ModelJudge, default_judge, judge_an
 from ...tasks.parsing import apply_failure_policy, count_failures, parse_guess_probability
 from ..backend_options import backend_options
 from ..config import RunConfig
-from ..evaluate import part_input
-from ..protocol import Part, Plan, Unit, random_split_indices
+from ..evaluate import fit_judged, part_input
+from ..protocol import Part, Plan, Unit, check_splittable, random_split_indices
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def make_judge(spec: str | None, questions: Sequence[Any], *, api_base: str | No
         return ExactMatchJudge(containment=True)
     if spec.startswith("openai:"):
         if api_base is not None and not str(api_base).startswith(("http://", "https://")):
-            raise InputError(f"--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {api_base!r}")
+            raise InputError("--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got "
+                             f"{public_url(str(api_base))!r}")
         # the judge is a generation on the OpenAI backend: its client, retries and key handling
         return ModelJudge(load_backend(spec, api_base=api_base), name=spec[len("openai:"):])
     raise InputError(f"--judge {spec!r} is not known; use exact, contains or openai:MODEL")
@@ -125,7 +127,14 @@ class Freeform:
                                        id_col=cols.get("id_col"))
         if len(self.questions) < 2:
             raise InputError(f"{len(self.questions)} question(s) are too few; raise --limit")
-        self.has_labels = all(q.labelled for q in self.questions)
+        check_splittable(len(self.questions), cfg)  # before generating and scoring every answer
+        # judged wherever there are references: a question without them gets -1 (judge_answers' contract) and
+        # is left out of the metrics, not the whole run
+        self.has_labels = any(q.labelled for q in self.questions)
+        n_unreferenced = sum(not q.labelled for q in self.questions)
+        if self.has_labels and n_unreferenced:
+            log.warning("%d of %d questions have no reference answers: they are not judged and are left out of "
+                        "the metrics (fits without labels still use them)", n_unreferenced, len(self.questions))
         self.judge = make_judge(cfg.judge, self.questions, api_base=cfg.judge_api_base) if self.has_labels else None
 
     def _labels_of(self, answers: list[str]) -> np.ndarray:
@@ -197,8 +206,8 @@ class Freeform:
         out.inputs["verbal"] = _two(np.array([p.confidence for p in final], dtype=np.float64))
         # the verbal confidence is about its own guess: judged like the answers (a failed parse is wrong)
         labels = self._labels_of([p.answer or "" for p in final])
-        if self.has_labels:
-            labels = np.where([p.answer is None for p in final], 0, labels)
+        if self.has_labels:  # unreferenced questions stay -1
+            labels = np.where(np.array([p.answer is None for p in final]) & (labels >= 0), 0, labels)
         out.labels_by["verbal"] = labels
         out.notes["verbal"] = {"parse_failures": count_failures(parsed), "failure_confidence": 0.5,
                                "labels": "correctness of the stated guess (a failed parse counts as wrong)"}
@@ -219,7 +228,7 @@ class Freeform:
         description = (f"{round(100 * cfg.calib_frac)}% calibration / {round(100 * (1 - cfg.calib_frac))}% test, "
                        f"{cfg.n_splits} random splits (seed {cfg.seed})")
         return Plan(units, description, pool, self.split, self.has_labels, kind=FREEFORM, claim=True,
-                    missing=dict(scored.missing), no_labels="needs labels, and some questions have no reference answers",
+                    missing=dict(scored.missing), no_labels="needs labels, and no question has reference answers",
                     premise=False, calibrator_inputs={"task": FREEFORM_TASK, "n_questions": n},
                     no_pool="no base model scores (no method that needs the base model was chosen)")
 
@@ -234,7 +243,8 @@ class Freeform:
         qs, labels = self.questions, scored.labels
         freeform = {
             "task": "free-form", "n_questions": len(qs), "n_empty_answers": int(sum(not a for a in scored.answers)),
-            "accuracy": float((labels == 1).mean()) if self.has_labels else None,
+            "accuracy": float((labels[labels >= 0] == 1).mean()) if self.has_labels else None,
+            "n_unjudged": int((labels < 0).sum()),
             "judge": self.judge.config if self.judge is not None else None,
             "generation": {"prompt": pf.GENERATION_PROMPT, "max_new_tokens": pf.GENERATION_MAX_NEW_TOKENS,
                            "stop": list(pf.GENERATION_STOP), "chat_template": True, "decoding": "greedy"},
@@ -255,7 +265,7 @@ class Freeform:
                          for i in range(min(N_EXAMPLES, len(qs)))],
         }
         res.freeform = freeform
-        config = asdict(cfg)
+        config = cfg.to_dict()
         config.update(chat_template=True, freeform={k: freeform[k] for k in ("judge", "generation", "prompts")})
         res.config = config
         return self._score_files(cfg, scored, conf), config
@@ -268,7 +278,7 @@ class Freeform:
             m, inputs = METHODS[k], METHODS[k].inputs[FREEFORM]
             chat, base = part_input(part, "chat", inputs.chat), part_input(part, "base", inputs.base)
             try:
-                fitted = m.fit(chat, base, part.labels_by.get(inputs.labels, part.labels), scaling=cfg.scaling)
+                fitted = fit_judged(m, chat, base, part.labels_by.get(inputs.labels, part.labels), cfg.scaling)
             except FitError:
                 continue
             out[k] = np.exp(m.predict(fitted, chat, base, part.chat, FREEFORM)[:, 1])

@@ -55,6 +55,8 @@ class MultipleChoice:
         self.test_split, self.calib_split = protocol.splits(cfg)
         self.splits = [self.test_split] + ([self.calib_split] if self.calib_split else [])
         self.questions = {s: protocol.load_questions(cfg, s) for s in self.splits}
+        if self.calib_split is None:  # random splits: refuse too few questions before scoring them
+            protocol.check_splittable(len(self.questions[self.test_split]), cfg)
 
     # ------------------------------------------------------------------ scoring
     def _inputs(self, cfg: RunConfig) -> set[str]:
