@@ -55,7 +55,7 @@ def test_judge_credentials_are_sent_but_never_stored(tmp_path, capsys, monkeypat
         base = srv.url.replace("http://", "http://alice:s3cr3t@") + "?api_key=SECRETKEY"
         out = tmp_path / "run"
         assert main(["run", "--dataset", str(data), "--base", "fake:base", "--chat", "fake:chat", "--methods",
-                     "p_true", "--judge", "openai:judge", "--judge-api-base", base, "--no-progress",
+                     "chat", "--judge", "openai:judge", "--judge-api-base", base, "--no-progress",
                      "-o", str(out)]) == 0, capsys.readouterr().err
     assert srv.auth and set(srv.auth) == {"Basic YWxpY2U6czNjcjN0"}  # base64("alice:s3cr3t")
     shown = capsys.readouterr()

@@ -10,7 +10,7 @@ from refcal.run import load_result
 N = 30
 
 
-def _run(tmp_path, name, referenced, methods="ts,daca,naive,p_true"):
+def _run(tmp_path, name, referenced, methods="ts,daca,naive,chat"):
     rows = [{"id": f"x{i}", "question": f"Which thing is number {i}?",
              "answers": ["zebra", str(i)] if referenced(i) else []} for i in range(N)]
     data = tmp_path / f"{name}.jsonl"
@@ -24,7 +24,7 @@ def _run(tmp_path, name, referenced, methods="ts,daca,naive,p_true"):
 
 def test_partial_references_judge_the_rest_and_leave_label_free_fits_unchanged(tmp_path):
     partial = _run(tmp_path, "partial", lambda i: i % 5 != 0)  # 6 of 30 without references
-    hidden = _run(tmp_path, "hidden", lambda i: False, methods="daca,naive,p_true")  # ts needs labels
+    hidden = _run(tmp_path, "hidden", lambda i: False, methods="daca,naive,chat")  # ts needs labels
     assert partial.has_labels and partial.freeform["n_unjudged"] == 6 and "ts" in partial.methods
     assert not hidden.has_labels
     # ts is fitted on the judged questions only; the label-free fits see every calibration question and no

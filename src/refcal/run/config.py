@@ -71,11 +71,12 @@ class RunConfig:
     judge_api_base: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as written to ``config.json`` / ``metrics.json``: ``api_base`` in its public form
+        """The fields as written to ``config.json`` / ``metrics.json``: ``api_base`` and ``judge_api_base`` in their public form
         (no user info nor credential-like query parameters, :func:`refcal._urls.public_url`)."""
         doc = asdict(self)
-        if doc.get("api_base"):
-            doc["api_base"] = public_url(doc["api_base"])
+        for key in ("api_base", "judge_api_base"):
+            if doc.get(key):
+                doc[key] = public_url(doc[key])
         return doc
 
     def flags(self) -> dict[str, Any]:

@@ -19,9 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..calibrate.base import TASKS
 from ..errors import CalibratorFileError, InputError
 
-TASK_KINDS = {"multiple_choice": "multiple-choice", "free_form": "free-form P(True)"}
+#: the request's ``refcal.task`` -> the calibrator's ``task_`` (:data:`refcal.calibrate.base.TASKS`; a file of the
+#: previous build with ``"free-form P(True)"`` loads as ``"free-form"``)
+TASK_KINDS = {"multiple_choice": TASKS[0], "free_form": TASKS[1]}
 MAX_OPTIONS = 26
 
 
