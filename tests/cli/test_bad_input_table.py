@@ -103,7 +103,7 @@ def _ff_rows(**over):
 def _ff_run(tmp_path, rows, *extra):
     data = tmp_path / "ff.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return ["run", "--dataset", data, "--base", "fake:base", "--chat", "fake:chat", "--methods", "p_true,daca",
+    return ["run", "--dataset", data, "--base", "fake:base", "--chat", "fake:chat", "--methods", "chat,daca",
             "--judge", "contains", "--no-progress", "--no-report", "--cache-dir", tmp_path / "cache",
             "-o", tmp_path / "run", *extra]
 
@@ -131,7 +131,7 @@ def test_freeform_file_id_column_and_one_unreferenced_question(tmp_path, capsys)
     examples = res.freeform["examples"]
     assert [e["id"] for e in examples] == [f"item-{i}" for i in range(len(examples))]
     assert {e["correct"] for e in examples if e["id"] != "item-7"} <= {0, 1}
-    assert "ece" in res.methods["p_true"]
+    assert "ece" in res.methods["chat"]
     ids = set(load_scores(tmp_path / "run" / "scores" / "chat.parquet").ids)
     assert "item-7" in ids and "7" not in ids
 

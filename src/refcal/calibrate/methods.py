@@ -317,8 +317,15 @@ DEFAULT_METHODS: tuple[str, ...] = default_methods(MC)
 NO_GENERATION_METHODS: tuple[str, ...] = _keywords(MC)["no-generation"]
 
 
+#: keys of the previous build, refused with the new name (their meaning moved, so no silent alias)
+RENAMED = {"p_true": "p_true is now chat (the chat model's P(True)); the answer likelihood, formerly chat, is "
+                     "now likelihood"}
+
+
 def get_method(key: str) -> Method:
     """The registry entry of ``key``; :class:`~refcal.errors.InputError` naming the known keys otherwise."""
+    if key in RENAMED:
+        raise InputError(f"unknown method {key!r}: {RENAMED[key]}")
     try:
         return METHODS[key]
     except KeyError:
