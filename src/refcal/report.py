@@ -25,21 +25,18 @@ import numpy as np
 from ._io import atomic_write_text
 from .calibrate.methods import METHODS, ordered_keys
 from .errors import ScoreFileError
-from .metrics import TopLabel
+from .metrics import TopLabel, columns
 from .run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
 
 __all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
 
-#: (key, header, scale, decimals, lower is better)
-_COLUMNS = [
-    ("ece", "ECE %", 100, 3, True), ("mce", "MCE %", 100, 3, True), ("aece", "AECE %", 100, 3, True),
-    ("brier", "Brier", 1, 4, True), ("nll", "NLL", 1, 4, True), ("accuracy", "Acc %", 100, 2, False),
-    ("auroc", "AUROC", 1, 4, False), ("aurc", "AURC", 1, 4, True),
-]
-_LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, reliability diagrams and "
-                  "selective accuracy / risk–coverage curves")
+#: (key, header, scale, decimals, lower is better): the ``report`` view of :data:`refcal.metrics.COLUMNS`
+_COLUMNS = [(c.key, c.header, c.scale, c.decimals, c.lower_is_better) for c in columns("report")]
+_LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, smooth / classwise / debiased ECE, "
+                  "the Brier decomposition, conformal sets, reliability diagrams and selective accuracy / "
+                  "risk–coverage curves")
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -95,7 +92,7 @@ def _comparison(result: RunResult, names: Mapping[str, str]) -> _Table:
     if has_labels:
         for c, (_, _, _, _, lower) in enumerate(cols, 1):
             cand = {r: v for (r, cc), v in means.items() if cc == c and order[r] != "base"}
-            if cand:
+            if cand and lower is not None:  # None: a property of the data, not a score (no best)
                 best = min(cand.values()) if lower else max(cand.values())
                 bold |= {(r, c) for r, v in cand.items() if v == best}
     for m in ordered_keys(set(result.unavailable) - set(methods)):
@@ -370,16 +367,18 @@ def _premise_lines(premise: Mapping[str, Any]) -> list[Any]:
 
 def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:
     """Sampling uncertainty of the headline metrics on the plotted questions."""
+    keys = {k for d in boot.methods.values() for k in d}
+    cols = [c for c in columns("report") if c.key in keys]  # the metrics with an interval, in table order
     rows = []
     for m in ordered_keys(boot.methods):
         cells = [names.get(m, m)]
-        for key, scale in (("ece", 100), ("brier", 1), ("nll", 1)):
-            ci = boot.methods[m].get(key)
-            cells.append(f"{_fmt(ci.estimate, scale, 3)} [{_fmt(ci.low, scale, 3)}, {_fmt(ci.high, scale, 3)}]"
+        for c in cols:
+            ci = boot.methods[m].get(c.key)
+            cells.append(f"{_fmt(ci.estimate, c.scale, 3)} [{_fmt(ci.low, c.scale, 3)}, {_fmt(ci.high, c.scale, 3)}]"
                          if ci is not None else "n/a")
         rows.append(cells)
     return [
-        _Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
+        _Table(["method", *(f"{c.header} [95 % CI]" for c in cols)], rows,
                collapsed=f"{100 * boot.level:.0f} % bootstrap intervals ({boot.n_boot} resamples of "
                          f"the {boot.n} plotted questions)"),
     ]

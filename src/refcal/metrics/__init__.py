@@ -17,7 +17,14 @@ metrics from block-wise sums, for files too large for memory), :mod:`.columns` (
 columns that every table reads), :mod:`.conformal` (split-conformal prediction sets).
 """
 
-from .bootstrap import ConfidenceInterval, bootstrap_ci, bootstrap_nll_ci, nll_from_log_proba
+from .bootstrap import (
+    BOOTSTRAPPED,
+    ConfidenceInterval,
+    bootstrap_all,
+    bootstrap_ci,
+    bootstrap_nll_ci,
+    nll_from_log_proba,
+)
 from .columns import COLUMNS, Column, columns
 from .conformal import (
     ConformalSets,
@@ -57,7 +64,7 @@ __all__ = [
     "ReliabilityBins", "SelectiveCurve", "RiskCoverage", "ConfidenceInterval", "BrierDecomposition",
     "reliability_bins", "ece", "mce", "aece", "brier", "brier_multiclass", "nll", "accuracy", "auroc",
     "selective_accuracy", "risk_coverage", "aurc", "bootstrap_ci", "bootstrap_nll_ci", "nll_from_log_proba",
-    "smooth_ece", "smooth_ece_at", "smooth_ece_bandwidth", "classwise_ece", "brier_decomposition", "debiased_ece",
+    "BOOTSTRAPPED", "bootstrap_all", "smooth_ece", "smooth_ece_at", "smooth_ece_bandwidth", "classwise_ece", "brier_decomposition", "debiased_ece",
     "evaluate", "METRICS", "COLUMNS", "Column", "columns",
     "ConformalSets", "conformal_quantile", "conformal_sets", "conformity_scores", "coverage", "set_sizes",
     "prediction_sets", "conformal_metrics",

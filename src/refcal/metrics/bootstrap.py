@@ -11,7 +11,7 @@ from ..errors import InputError
 from .core import _QUIET, _check, log
 from .summary import METRICS
 
-__all__ = ["ConfidenceInterval", "bootstrap_ci", "bootstrap_nll_ci", "nll_from_log_proba"]
+__all__ = ["ConfidenceInterval", "BOOTSTRAPPED", "bootstrap_ci", "bootstrap_all", "bootstrap_nll_ci", "nll_from_log_proba"]
 
 
 class ConfidenceInterval(NamedTuple):
@@ -123,3 +123,26 @@ def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
     return out
 
 
+
+
+#: the metrics :func:`bootstrap_all` gives intervals for (``refcal run`` writes them to ``metrics.json``)
+BOOTSTRAPPED = ("ece", "brier", "smooth_ece", "classwise_ece", "debiased_ece", "brier_reliability",
+                "brier_resolution")
+
+
+def bootstrap_all(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10, n_boot: int = 1000,
+                  alpha: float = 0.05, seed: int | np.random.Generator | None = 0,
+                  names: Sequence[str] = BOOTSTRAPPED) -> dict[str, ConfidenceInterval]:
+    """:func:`bootstrap_ci` of each metric of ``names`` on the same resamples (the same ``seed``); a metric
+    that needs a distribution is skipped for a :class:`~refcal.metrics.TopLabel`."""
+    from .core import TopLabel
+    from .summary import BINNED, DISTRIBUTION_ONLY
+
+    out = {}
+    for name in names:
+        if isinstance(probs, TopLabel) and name in DISTRIBUTION_ONLY:
+            continue
+        fn = METRICS[name]
+        metric = (lambda q, y, fn=fn: fn(q, y, n_bins=n_bins)) if name in BINNED else fn
+        out[name] = bootstrap_ci(metric, probs, labels, n_boot=n_boot, alpha=alpha, seed=seed)
+    return out

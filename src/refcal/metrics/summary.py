@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .core import TopLabel, _check, aece, accuracy, aurc, auroc, brier, brier_multiclass, ece, mce, nll
+from .core import TopLabel, _check, accuracy, aece, aurc, auroc, brier, brier_multiclass, ece, mce, nll
 from .extra import brier_decomposition, classwise_ece, debiased_ece
 from .smooth import smooth_ece
 

@@ -238,22 +238,17 @@ def _probs(lp: Any) -> Any:
 
 
 def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, seed: int) -> Bootstrap:
-    """95 % percentile-bootstrap intervals of ECE, Brier and NLL (1000 resamples of the plotted questions;
-    the same resamples for every metric and method). The NLL comes from the log-probabilities, as in the
-    table, so its interval is finite whenever the NLL is."""
+    """95 % percentile-bootstrap intervals of the metrics of :data:`refcal.metrics.BOOTSTRAPPED` and the NLL
+    (1000 resamples of the plotted questions; the same resamples for every metric and method). The NLL comes
+    from the log-probabilities, as in the table, so its interval is finite whenever the NLL is."""
     from .. import metrics
 
     out = Bootstrap(n_boot=N_BOOT, level=0.95, n=int(len(labels)))
-    alpha = ALPHA
     for m, lp in preds.items():
         p = _probs(lp)
-        out.methods[m] = {
-            "ece": metrics.bootstrap_ci(lambda q, y: metrics.ece(q, y, n_bins=n_bins), p, labels,
-                                        n_boot=N_BOOT, alpha=alpha, seed=seed),
-            "brier": metrics.bootstrap_ci(metrics.brier, p, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
-        }
+        out.methods[m] = metrics.bootstrap_all(p, labels, n_bins=n_bins, n_boot=N_BOOT, alpha=ALPHA, seed=seed)
         if not isinstance(lp, TopLabel):  # a TopLabel has no NLL
-            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=alpha, seed=seed)
+            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=ALPHA, seed=seed)
     return out
 
 
