@@ -228,7 +228,9 @@ class PlattScaling(TopLabelMap):
             return float(np.sum(t * np.logaddexp(0, -s) + (1 - t) * np.logaddexp(0, s)))
 
         f = loss(w)
-        for it in range(1, 101):
+        self.n_iter_ = 0
+        while self.n_iter_ < 100:
+            self.n_iter_ += 1
             q = expit(x @ w)
             grad = x.T @ (q - t)
             hess = x.T @ (x * (q * (1 - q))[:, None]) + 1e-12 * np.eye(2)
@@ -243,7 +245,6 @@ class PlattScaling(TopLabelMap):
         if not np.isfinite(w).all():  # pragma: no cover - the smoothed targets keep the optimum finite
             raise FitError("Platt scaling diverged")
         self.a_, self.b_ = float(w[0]), float(w[1])
-        self.n_iter_ = it
 
     def _map(self, conf: np.ndarray, z: np.ndarray) -> np.ndarray:
         return expit(self.a_ * z + self.b_)
