@@ -134,8 +134,14 @@ def bootstrap_all(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10, n_
                   alpha: float = 0.05, seed: int | np.random.Generator | None = 0,
                   names: Sequence[str] = BOOTSTRAPPED) -> dict[str, ConfidenceInterval]:
     """:func:`bootstrap_ci` of each metric of ``names`` on the same resamples (the same ``seed``); a metric
-    that needs a distribution is skipped for a :class:`~refcal.metrics.TopLabel`."""
+    that needs a distribution is skipped for a :class:`~refcal.metrics.TopLabel`.
+
+    The smooth ECE is resampled at the bandwidth σ* chosen on all the questions (re-choosing it on every
+    resample costs ten more kernel passes each; the interval is then that of ``smooth_ece_at(σ*)``, whose
+    value on all the questions is the estimate).
+    """
     from .core import TopLabel
+    from .smooth import smooth_ece_at, smooth_ece_bandwidth
     from .summary import BINNED, DISTRIBUTION_ONLY
 
     out = {}
@@ -143,6 +149,9 @@ def bootstrap_all(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10, n_
         if isinstance(probs, TopLabel) and name in DISTRIBUTION_ONLY:
             continue
         fn = METRICS[name]
+        if name == "smooth_ece":
+            sigma = smooth_ece_bandwidth(probs, labels)
+            fn = lambda q, y, s=sigma: smooth_ece_at(q, y, sigma=s)  # noqa: E731
         metric = (lambda q, y, fn=fn: fn(q, y, n_bins=n_bins)) if name in BINNED else fn
         out[name] = bootstrap_ci(metric, probs, labels, n_boot=n_boot, alpha=alpha, seed=seed)
     return out
