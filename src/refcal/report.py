@@ -185,6 +185,13 @@ def _plots(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str], 
             save(ax.figure, "ece_intervals", f"ECE of each method on the {result.bootstrap.n} plotted questions "
                  f"(dot) with its {100 * result.bootstrap.level:.0f} % bootstrap interval ({result.bootstrap.n_boot} "
                  "resamples, the same for every method); lower is better.")
+    if labels_ok and result.label_budget.get("methods"):
+        lb = result.label_budget
+        ax = P.plot_label_budget(P.label_curves(lb), labels=names, title="ECE against the number of labels")
+        save(ax.figure, "label_budget", f"ECE of each labelled method fitted on k labelled calibration questions "
+             f"(mean over {lb['n_units']} units and {lb['n_draws']} label draws; band: 95 % of draws), and DACA "
+             "without labels (dashed; band: 95 % bootstrap interval). "
+             + lb.get("worth_labels", {}).get("sentence", "") + ".")
     groups = {m: P.group_values([asdict(r) for r in recs]) for m, recs in result.fits.items()}
     main = groups.get("daca")
     if main is not None and len(main.groups) > 1:
@@ -241,6 +248,10 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
         out += _bootstrap_section(res.bootstrap, names)
         if "ece_intervals" in img:
             out.append(img["ece_intervals"])
+    if res.label_budget.get("methods"):
+        out += _label_budget_section(res.label_budget, names)
+        if "label_budget" in img:
+            out.append(img["label_budget"])
 
     out.append(("h2", "Confidence distributions"))
     out.append(img["confidence_histogram"] if "confidence_histogram" in img
@@ -382,6 +393,21 @@ def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:
                collapsed=f"{100 * boot.level:.0f} % bootstrap intervals ({boot.n_boot} resamples of "
                          f"the {boot.n} plotted questions)"),
     ]
+
+
+def _label_budget_section(lb: Mapping[str, Any], names: Mapping[str, str]) -> list[Any]:
+    """How many labels each labelled method needs (``--labels-budget``): mean ECE % per k."""
+    ks = [str(k) for k in lb["ks"]]
+    rows = [[names.get(m, m), *(_fmt(v, 100, 2) for v in r["metrics"]["ece"]["mean"])]
+            for m, r in lb["methods"].items()]
+    daca = lb.get("daca", {}).get("ece")
+    if daca:
+        rows.append([f"{names.get('daca', 'DACA')} (no labels)", *([_fmt(daca["mean"], 100, 2)] * len(ks))])
+    sentence = lb.get("worth_labels", {}).get("sentence", "")
+    return [("h2", "How many labels is DACA worth?"),
+            ("p", f"{sentence}. Each labelled method fitted on k labelled calibration questions ({lb['n_draws']} "
+                  f"random draws per k, {lb['n_units']} units), evaluated on the test questions: mean ECE %."),
+            _Table(["method", *(f"k = {k}" for k in ks)], rows)]
 
 
 def _api_section(stats: Mapping[str, Any]) -> list[Any]:

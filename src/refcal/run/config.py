@@ -57,6 +57,10 @@ class RunConfig:
     cape_templates: str = "one"
     #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
+    #: ``--labels-budget``: label counts of the label-efficiency curve (None = every calibration label); None: no curve
+    labels_budget: list[int | None] | None = None
+    #: ``--labels-draws``: label draws per count of the curve
+    labels_draws: int = 10
 
     def validate(self) -> None:
         """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""
@@ -90,6 +94,8 @@ class RunConfig:
                 and "cape" not in self.methods:
             raise InputError("--cape-orders / --cape-templates apply to CAPE only; add cape to --methods "
                              "(or use --scoring cape)")
+        if self.labels_draws < 1:
+            raise InputError(f"--labels-draws must be at least 1, got {self.labels_draws}")
         if self.ray is not None:
             from ..scoring_ray import RayOptions
 
