@@ -26,6 +26,7 @@ from ._io import atomic_write_text
 from .calibrate.methods import METHODS, ordered_keys
 from .errors import ScoreFileError
 from .metrics import TopLabel, columns
+from .run.evaluate import CONFORMAL_ALPHA
 from .run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
 
 __all__ = ["write_report"]
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: (key, header, scale, decimals, lower is better): the ``report`` view of :data:`refcal.metrics.COLUMNS`
 _COLUMNS = [(c.key, c.header, c.scale, c.decimals, c.lower_is_better) for c in columns("report")]
+#: the second table: smooth / classwise / debiased ECE, the Brier decomposition, conformal sets
+_MORE_COLUMNS = [(c.key, c.header, c.scale, c.decimals, c.lower_is_better) for c in columns("report_more")]
 _LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, smooth / classwise / debiased ECE, "
                   "the Brier decomposition, conformal sets, reliability diagrams and selective accuracy / "
                   "risk–coverage curves")
@@ -66,13 +69,13 @@ def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
     return str(v)
 
 
-def _comparison(result: RunResult, names: Mapping[str, str]) -> _Table:
+def _comparison(result: RunResult, names: Mapping[str, str], table: list | None = None) -> _Table:
     """Methods × metrics, mean ± std over templates/splits; best mean per column in bold (base excluded).
     A method that could not apply to the run is listed with its reason."""
     methods, has_labels = result.methods, result.has_labels
     order = ordered_keys(methods)
     if has_labels:
-        cols = [c for c in _COLUMNS if any(c[0] in methods[m] for m in order)]
+        cols = [c for c in (table or _COLUMNS) if any(c[0] in methods[m] for m in order)]
     else:
         keys = sorted({k for m in order for k in methods[m]})
         cols = [(k, k.replace("_", " "), 1, 4, True) for k in keys]
@@ -232,6 +235,17 @@ def _document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] 
         if has_labels and res.methods:
             out.append(("p", "table.md and table.json give the DACA paper's Table 1 layout (ECE, MCE, AECE, "
                         f"Brier): {_paper_spread_text(res)}."))
+        more = _comparison(res, names, _MORE_COLUMNS) if has_labels and res.methods else None
+        if more is not None and len(more.header) > 1:
+            out.append(("h2", "More calibration metrics"))
+            out.append(more)
+            out.append(("p", "smECE: smooth ECE (Błasiok & Nakkiran; kernel-smoothed, no bins); cwECE: classwise "
+                        "ECE (every option's probability, Kull et al.); dECE: debiased l2 ECE on equal-mass bins "
+                        "(Kumar et al.); Brier REL − RES + UNC: the Brier score's reliability, resolution and "
+                        "uncertainty over the ECE's bins (plus two within-bin terms: docs/METHODS.md); LAC / APS: "
+                        f"split-conformal {100 * (1 - CONFORMAL_ALPHA):.0f} % prediction sets on half of each "
+                        "unit's test questions, calibrated on the other half: coverage (should be about "
+                        f"{100 * (1 - CONFORMAL_ALPHA):.0f} %) and mean set size (smaller is better)."))
     else:
         out.append(("p", "metrics.json holds no per-method results."))
 

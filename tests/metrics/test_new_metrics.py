@@ -191,6 +191,7 @@ def test_column_table_names_known_metrics_and_every_view():
     known = set(M.METRICS) | set(conformal_metrics(*_random(10, 3, 0))) | {"mean_confidence"}
     assert {c.key for c in M.COLUMNS} <= known
     assert len({c.key for c in M.COLUMNS}) == len(M.COLUMNS)
+    assert [c.key for c in M.columns("report_more")][0] == "smooth_ece"
     for view in ("console", "table_md", "report", "cli"):
         assert [c.key for c in M.columns(view)][:3] == ["ece", "mce", "aece"]
     with pytest.raises(InputError, match="view"):

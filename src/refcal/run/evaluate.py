@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 ALPHA = 0.05  # 95 % intervals
+#: miscoverage of the conformal sets in the table (90 % sets; metrics.conformal_metrics)
+CONFORMAL_ALPHA = 0.1
 
 
 class Unfitted:
@@ -183,6 +185,7 @@ def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins
         if labels is not None:
             row.update(metrics.evaluate(p, labels, n_bins=n_bins, warn=False))  # aggregate() says it once
             row["nll"] = metrics.nll_from_log_proba(lp, labels)
+            row.update(metrics.conformal_metrics(p, labels, alpha=CONFORMAL_ALPHA, seed=0))
         res[name] = row
     return res
 
