@@ -167,12 +167,13 @@ def test_daca_k_moves_from_daca_towards_labelled_ts_as_k_grows():
         t_daca = DACA().fit(d.base, d.chat).temperature_
         t_ts = TemperatureScaling().fit(d.chat, d.labels).temperature_
     assert abs(t_ts - 3.0) < 0.3 and abs(t_daca - t_ts) > 0.5
-    gaps = []
-    for k in (0, 10, 100, 3000):
-        y = np.full(3000, -1)
-        y[:k] = d.labels[:k]
-        gaps.append(abs(DACAWithLabels().fit(d.base, d.chat, y).temperature_ - t_ts))
-    assert gaps[0] > gaps[2] and gaps[-1] < 0.05 * t_ts
+    for width in ("average", "evidence"):
+        gaps = []
+        for k in (0, 10, 100, 3000):
+            y = np.full(3000, -1)
+            y[:k] = d.labels[:k]
+            gaps.append(abs(DACAWithLabels(width=width).fit(d.base, d.chat, y).temperature_ - t_ts))
+        assert gaps[0] > gaps[2] and gaps[-1] < 0.05 * t_ts, width
 
 
 def test_daca_k_fixed_prior_width_is_the_map_of_its_posterior(data):
@@ -199,3 +200,5 @@ def test_daca_k_refuses_bad_input(data):
         DACAWithLabels(prior_sd=-1).fit(data.base, data.chat, data.labels)
     with pytest.raises(InputError, match="labels"):
         DACAWithLabels().fit(data.base, data.chat, np.full(len(data.labels), 9))
+    with pytest.raises(InputError, match="width"):
+        DACAWithLabels(width="max").fit(data.base, data.chat, data.labels)

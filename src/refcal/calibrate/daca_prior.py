@@ -8,14 +8,22 @@ With :math:`\beta = 1/\tau`, the chat logits :math:`g_i` and labels :math:`y_i` 
 where :math:`\tau_\mathrm{DACA}` is fitted without labels on every calibration question. The fitted
 temperature is the MAP :math:`\hat\beta_s = \arg\min_\beta \mathrm{NLL}(\beta) + (\beta-\beta_0)^2/(2s^2)`.
 
-**The prior width s is chosen by the marginal likelihood of the k labels** (empirical Bayes), under the
-Laplace approximation
+**The prior width s is weighed by the marginal likelihood of the k labels**, under the Laplace
+approximation
 
 .. math:: \log p(y \mid s) \approx -\mathrm{NLL}(\hat\beta_s) - \frac{(\hat\beta_s-\beta_0)^2}{2s^2}
           - \log s - \tfrac12 \log H_s, \qquad H_s = \mathrm{NLL}''(\hat\beta_s) + s^{-2},
 
-maximised over a log-spaced grid of :math:`s / \beta_0` in [1e-3, 1e2] (61 points) refined by a bounded
-1-D search. Why this and not leave-one-out cross-validation:
+on a log-spaced grid of :math:`s / \beta_0` in [1e-3, 1e2] (61 points). ``width="average"`` (the default)
+gives each width a log-uniform hyperprior over the grid and returns the posterior mean
+:math:`\beta = \sum_s w_s \hat\beta_s`, :math:`w_s \propto p(y \mid s)` (hierarchical Bayes);
+``width="evidence"`` takes the single most likely width (type-II maximum likelihood, refined by a bounded
+1-D search). Measured on the synthetic worlds (12–20 label draws, 900 / 2,100 splits): with 10 / 25 / 100
+labels the average gave ECE 4.5 / 4.0 / 3.7 % where DACA is right (DACA 4.7 / 4.3 / 4.6 %; the single
+width 6.2 / 5.6 / 3.5 %, worse than DACA alone with few labels) and 8.4 / 9.2 / 2.9 % where DACA is wrong
+(DACA 9.4 / 9.7 / 9.4 %; single width 8.0 / 8.5 / 2.6 %): averaging never did worse than DACA, which is
+the promise of adding labels to it, at the price of moving more slowly when DACA is wrong.
+Why the marginal likelihood and not leave-one-out cross-validation:
 
 * the NLL is convex in :math:`\beta` (its second derivative is the variance of :math:`g` under the
   calibrated distribution), so the posterior is log-concave and unimodal in one dimension: the Laplace
@@ -92,7 +100,10 @@ class DACAWithLabels:
     Parameters
     ----------
     prior_sd : float or None, default None
-        Width ``s`` of the prior on ``beta = 1/tau``; ``None`` chooses it by the Laplace marginal likelihood.
+        Width ``s`` of the prior on ``beta = 1/tau``; ``None`` weighs the grid of widths by their Laplace
+        marginal likelihood (see ``width``).
+    width : {"average", "evidence"}, default "average"
+        With ``prior_sd=None``: the posterior mean over widths, or the single most likely width.
     temperature_bounds : (float, float)
         The fitted temperature stays within these (``beta`` within their inverses).
 
@@ -103,9 +114,11 @@ class DACAWithLabels:
     prior_temperature_ : float
         DACA's label-free temperature ``1 / beta_0``.
     prior_sd_ : float or None
-        The prior width used (``None`` when no label was given: the fit is DACA's).
+        The prior width used: the given or most likely one, or (``average``) the posterior geometric mean of
+        the widths; ``None`` when no label was given (the fit is DACA's).
     log_evidence_ : float or None
-        Laplace log marginal likelihood of the labels at ``prior_sd_``.
+        Laplace log marginal likelihood of the labels at ``prior_sd_`` (``average``: averaged over the
+        hyperprior).
     n_labels_, n_, n_agree_ : int
         Labelled questions, questions, agreeing questions (DACA's fit).
     """
@@ -115,16 +128,21 @@ class DACAWithLabels:
     task_ = TASKS[0]
     scaling = "temperature"
 
-    def __init__(self, *, prior_sd: float | None = None, temperature_bounds: tuple[float, float] = (1e-3, 1e4)):
+    def __init__(self, *, prior_sd: float | None = None, width: str = "average",
+                 temperature_bounds: tuple[float, float] = (1e-3, 1e4)):
         self.prior_sd = prior_sd
+        self.width = width
         self.temperature_bounds = temperature_bounds
 
     def __repr__(self) -> str:
-        return f"DACAWithLabels(prior_sd={self.prior_sd!r}, temperature_bounds={self.temperature_bounds!r})"
+        return (f"DACAWithLabels(prior_sd={self.prior_sd!r}, width={self.width!r}, "
+                f"temperature_bounds={self.temperature_bounds!r})")
 
     def _check_params(self) -> None:
         if self.prior_sd is not None and not (_is_real(self.prior_sd) and 0 < self.prior_sd < np.inf):
             raise InputError(f"prior_sd must be a positive number or None, got {self.prior_sd!r}")
+        if self.width not in ("average", "evidence"):
+            raise InputError(f"width must be 'average' or 'evidence', got {self.width!r}")
         b = self.temperature_bounds
         if not (isinstance(b, list | tuple) and len(b) == 2 and all(_is_real(v) for v in b) and 0 < b[0] < b[1] < np.inf):
             raise InputError(f"temperature_bounds must be (low, high) with 0 < low < high, got {b!r}")
@@ -163,28 +181,35 @@ class DACAWithLabels:
         gy = gl[np.arange(gl.shape[0]), y[known]]
         lo, hi = 1.0 / hi_t, 1.0 / lo_t
 
-        def neg_evidence(log_s: float) -> float:
+        def fit_at(log_s: float) -> tuple[float, float]:
+            """(MAP beta, negative Laplace log evidence) at the width exp(log_s)."""
             s = float(np.exp(log_s))
             b, nll, d2 = _map_beta(gl, gy, beta0, s, lo, hi)
-            return nll + (b - beta0) ** 2 / (2 * s**2) + log_s + 0.5 * np.log(d2 + 1 / s**2)
+            return b, nll + (b - beta0) ** 2 / (2 * s**2) + log_s + 0.5 * np.log(d2 + 1 / s**2)
 
         if self.prior_sd is not None:
             log_s = float(np.log(self.prior_sd))
+            beta, neg = fit_at(log_s)
         else:
             logs = np.log(_GRID * beta0)
-            vals = np.array([neg_evidence(v) for v in logs])
-            i = int(np.argmin(vals))
-            log_s = float(logs[i])
-            if 0 < i < len(logs) - 1:  # refine between the neighbours of the best grid point
-                res = minimize_scalar(neg_evidence, bounds=(logs[i - 1], logs[i + 1]), method="bounded",
-                                      options={"xatol": 1e-6})
-                if res.fun < vals[i]:
-                    log_s = float(res.x)
-        s = float(np.exp(log_s))
-        beta, _, _ = _map_beta(gl, gy, beta0, s, lo, hi)
+            betas, vals = (np.array(v) for v in zip(*(fit_at(v) for v in logs), strict=True))
+            if self.width == "average":  # log-uniform hyperprior on the grid: posterior weights of the widths
+                w = np.exp(-(vals - vals.min()))
+                w /= w.sum()
+                beta, log_s = float(w @ betas), float(w @ logs)
+                neg = float(vals.min() - np.log(np.mean(np.exp(-(vals - vals.min())))))
+            else:
+                i = int(np.argmin(vals))
+                log_s = float(logs[i])
+                if 0 < i < len(logs) - 1:  # refine between the neighbours of the best grid point
+                    res = minimize_scalar(lambda v: fit_at(v)[1], bounds=(logs[i - 1], logs[i + 1]),
+                                          method="bounded", options={"xatol": 1e-6})
+                    if res.fun < vals[i]:
+                        log_s = float(res.x)
+                beta, neg = fit_at(log_s)
         if not np.isfinite(beta) or beta <= 0:  # pragma: no cover - the bracket keeps beta in [lo, hi]
             raise FitError(f"the DACA + k labels fit returned beta = {beta!r}")
-        self.prior_sd_, self.log_evidence_ = s, float(-neg_evidence(log_s))
+        self.prior_sd_, self.log_evidence_ = float(np.exp(log_s)), float(-neg)
         self.temperature_ = float(1.0 / beta)
         return self
 
@@ -192,19 +217,19 @@ class DACAWithLabels:
         if not hasattr(self, "temperature_"):
             raise NotFittedError("this DACAWithLabels is not fitted yet; call fit(base_logits, chat_logits, labels)")
 
-    def predict_log_proba(self, chat_logits: object, base_logits: object = None) -> np.ndarray:
-        """Calibrated log-probabilities (n, k): ``log_softmax(g / tau)``; ``base_logits`` is not used."""
+    def predict_log_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
+        """Calibrated log-probabilities (n, k): ``log_softmax(g / tau)``; ``base`` (the base model's logits) is not used."""
         from .._math import log_softmax
 
         self._check_fitted()
         return log_softmax(apply_temperature(check_logits(chat_logits, "chat_logits"), self.temperature_))
 
-    def predict_proba(self, chat_logits: object, base_logits: object = None) -> np.ndarray:
+    def predict_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
         return np.exp(self.predict_log_proba(chat_logits))
 
     # ------------------------------------------------------------------ export
     def _hyperparameters(self) -> dict[str, Any]:
-        return {"prior_sd": _plain_number(self.prior_sd),
+        return {"prior_sd": _plain_number(self.prior_sd), "width": self.width,
                 "temperature_bounds": [_plain_number(v) for v in self.temperature_bounds]}
 
     def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -224,7 +249,7 @@ class DACAWithLabels:
     def from_dict(cls, data: dict, source: str) -> DACAWithLabels:
         """Inverse of :meth:`to_dict`; every field checked."""
         r = _pairfile.Reader(data, source, METHOD)
-        cal = r.build(cls, {"prior_sd", "temperature_bounds"}, "temperature")
+        cal = r.build(cls, {"prior_sd", "width", "temperature_bounds"}, "temperature")
         params = r.obj("parameters")
         lo, hi = cal.temperature_bounds
         for name in ("temperature", "prior_temperature"):

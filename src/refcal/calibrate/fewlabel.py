@@ -127,9 +127,9 @@ class TopLabelMap:
             z = np.clip(np.log(c) - np.log1p(-c), -_Z_MAX, _Z_MAX)
         return self._map(c, z)
 
-    def predict_log_proba(self, chat_logits: object, base_logits: object = None) -> np.ndarray:
+    def predict_log_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
         """Calibrated log-probabilities (n, k): the answer's confidence mapped, the other options rescaled
-        (see the module docstring); the answer stays the chat model's. ``base_logits`` is not used."""
+        (see the module docstring); the answer stays the chat model's. ``base`` (the base model's logits) is not used."""
         self._check_fitted()
         g = check_logits(chat_logits, "chat_logits")
         lp, a, conf, z = top_label_inputs(g)
@@ -149,7 +149,7 @@ class TopLabelMap:
         out[single] = lp[single]  # one present option: nothing to redistribute
         return out
 
-    def predict_proba(self, chat_logits: object, base_logits: object = None) -> np.ndarray:
+    def predict_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
         """Calibrated probabilities (n, k); rows sum to 1."""
         return np.exp(self.predict_log_proba(chat_logits))
 
