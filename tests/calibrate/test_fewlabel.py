@@ -202,3 +202,27 @@ def test_daca_k_refuses_bad_input(data):
         DACAWithLabels().fit(data.base, data.chat, np.full(len(data.labels), 9))
     with pytest.raises(InputError, match="width"):
         DACAWithLabels(width="max").fit(data.base, data.chat, data.labels)
+
+
+@pytest.mark.parametrize("cls", MAPS)
+def test_top_label_maps_keep_the_answer_on_any_logits(cls, data):
+    """Property: on arbitrary logits (missing options, near-ties, huge gaps) the calibrated rows are
+    distributions whose argmax is the chat model's answer."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    cal = cls().fit(data.chat[:60], data.labels[:60])
+    finite = st.floats(-60, 60, allow_nan=False)
+
+    @settings(max_examples=150, deadline=None)
+    @given(arrays(np.float64, (5, 4), elements=st.one_of(finite, st.just(-np.inf))))
+    def check(g):
+        few = np.isfinite(g).sum(axis=1) < 2  # a question needs two options (check_logits)
+        g[few, :2] = np.where(np.isfinite(g[few, :2]), g[few, :2], -1.0)
+        lp = cal.predict_log_proba(g)
+        assert np.allclose(np.exp(lp).sum(1), 1, atol=1e-9)
+        assert (lp.argmax(1) == g.argmax(1)).all()
+        assert (np.isneginf(lp) == np.isneginf(g)).all()  # a missing option stays missing
+
+    check()

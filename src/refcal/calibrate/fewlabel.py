@@ -52,7 +52,7 @@ def top_label_inputs(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """
     lp = log_softmax(logits)
     n = lp.shape[0]
-    a = np.argmax(lp, axis=1)
+    a = np.argmax(logits, axis=1)  # the chat model's answer (SPEC: argmax of its logits; softmax may tie them)
     rows = np.arange(n)
     top = lp[rows, a]
     others = lp.copy()
