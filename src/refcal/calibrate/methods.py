@@ -295,7 +295,7 @@ METHODS: dict[str, Method] = {m.key: m for m in (
            _few_label("IsotonicCalibration"), _calibrated_chat),
     Method("histogram", "histogram binning (labelled, top-label)", "#c5b0d5", True, False,
            _few_label("HistogramBinning"), _calibrated_chat),
-    Method("daca_k", "DACA + k labels (DACA prior, labelled)", "#6b6ecf", True, True, _daca_k, _calibrated_chat),
+    Method("daca_k", "DACA + k labels (DACA prior, labelled)", "#e6550d", True, True, _daca_k, _calibrated_chat),
     _HiddenStateMethod("proj", "BaseCal-Proj (hidden-state map)", "#e7969c", False, True, _proj_fit, _proj_apply,
                        source=HIDDEN_SOURCE, top_label=True),
 )}
