@@ -7,8 +7,10 @@ Lines (by lines) in blocks of ``block_rows`` questions and keep only what the so
   counts, its centred chat logits (``k`` float64) — the Newton iteration on ``beta = 1/tau`` sums the
   objective's derivatives over these blocks (:func:`refcal.calibrate._solvers.temperature_moments`) and
   the per-question target terms are summed while reading;
-* metrics keep each question's confidence (float64) and correctness (bool) for the rank-based ones
-  (AECE, AUROC, AURC) and sums for the others (ECE/MCE bins, Brier, NLL, accuracy).
+* metrics are :class:`refcal.metrics.sums.MetricSums` (every key of :func:`refcal.metrics.evaluate`):
+  each question's confidence (float64) and correctness (bool) for the rank-based ones (AECE, debiased and
+  smooth ECE, AUROC, AURC) and sums for the others (ECE/MCE and classwise bins, Brier and its
+  decomposition, NLL, accuracy).
 
 The results equal the in-memory path (:func:`refcal.load_scores` + :class:`refcal.calibrate.DACA` /
 :func:`refcal.metrics.evaluate`) up to the order of floating-point additions (relative ~1e-15).
