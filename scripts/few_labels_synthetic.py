@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refcal import plots
+from refcal.report import plots
 from refcal.run.budget import label_budget
 from refcal.run.protocol import Part, Unit
 from refcal.synthetic import make_world

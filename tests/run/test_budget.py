@@ -118,7 +118,7 @@ def test_label_budget_refuses_unlabelled_units(world):
 
 def test_plot_label_budget_draws_on_a_given_axes(world):
     pytest.importorskip("matplotlib")
-    from refcal import plots as P
+    from refcal.report import plots as P
 
     lb = label_budget(_units(world, 1), [0, 10, None], n_draws=2, seed=0)
     data = P.label_curves(lb)

@@ -55,7 +55,7 @@ class RunConfig:
     #: CAPE's members (``--scoring cape`` and the ``cape`` method): ``cyclic`` | ``all`` orders, ``one`` | ``all`` templates
     cape_orders: str = "cyclic"
     cape_templates: str = "one"
-    #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
+    #: score on Ray (:class:`refcal.backends.ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
     #: ``--labels-budget``: label counts of the label-efficiency curve (None = every calibration label); None: no curve
     labels_budget: list[int | None] | None = None
@@ -97,7 +97,7 @@ class RunConfig:
         if self.labels_draws < 1:
             raise InputError(f"--labels-draws must be at least 1, got {self.labels_draws}")
         if self.ray is not None:
-            from ..scoring_ray import RayOptions
+            from ..backends.ray import RayOptions
 
             RayOptions(**self.ray)  # refuses bad values with the flag's name
 
