@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics
 from .._math import log_softmax
+from ..calibrate import DACA
+from ..calibrate.methods import METHODS
 from ..errors import FitError, InputError
 
 log = logging.getLogger(__name__)
@@ -76,8 +79,6 @@ def fit_on_budget(key: str, base: np.ndarray, chat: np.ndarray, labels: np.ndarr
                   scaling: str = "temperature") -> Any:
     """Method ``key`` fitted on the labels of the questions ``idx`` only (see the module docstring);
     ``None`` for ``k = 0`` of a label-only method (the chat model unchanged)."""
-    from ..calibrate.methods import METHODS
-
     m = METHODS[key]
     if m.needs_base:  # reads every question's logits, and the drawn labels only
         masked = np.full(len(labels), -1, dtype=np.int64)
@@ -89,8 +90,6 @@ def fit_on_budget(key: str, base: np.ndarray, chat: np.ndarray, labels: np.ndarr
 
 
 def _unit_scores(fitted: Any, test_chat: np.ndarray, labels: np.ndarray, n_bins: int) -> dict[str, float]:
-    from .. import metrics
-
     lp = log_softmax(test_chat) if fitted is None else fitted.predict_log_proba(test_chat)
     p = np.exp(lp)
     return {"ece": metrics.ece(p, labels, n_bins=n_bins), "smooth_ece": metrics.smooth_ece(p, labels),
@@ -100,9 +99,6 @@ def _unit_scores(fitted: Any, test_chat: np.ndarray, labels: np.ndarray, n_bins:
 def _daca_reference(units: list, n_bins: int, seed: int) -> dict[str, dict[str, float]]:
     """DACA's mean over units of each metric, with a 95 % interval from bootstrap resamples of each unit's
     test questions (the same resample indices for every metric)."""
-    from .. import metrics
-    from ..calibrate import DACA
-
     probs = []
     for u in units:
         try:
