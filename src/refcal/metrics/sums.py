@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import ReliabilityBins, log
+from .core import ReliabilityBins, _check_bins, log
 from .extra import debiased_from_bins
 from .smooth import smooth_ece_from
 from .summary import METRICS
@@ -31,7 +31,7 @@ class MetricSums:
     """
 
     def __init__(self, n_bins: int):
-        self.n_bins = n_bins
+        self.n_bins = n_bins = _check_bins(n_bins)
         self.edges = np.linspace(0.0, 1.0, n_bins + 1)
         self.counts = np.zeros(n_bins, np.int64)
         self.bin_corr = np.zeros(n_bins)
