@@ -17,7 +17,9 @@ The methods a run compares (calibrators and fit-free methods) are the registry :
 from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, agreement_mask
 from .base import CALIBRATORS, CalibrationWarning, Calibrator
+from .daca_prior import DACAWithLabels
 from .diagnostics import agreement_diagnostics
+from .fewlabel import HistogramBinning, IsotonicCalibration, PlattScaling
 from .io import from_dict, load_calibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 from .mutual import MutualCalibration
@@ -30,6 +32,10 @@ __all__ = [
     "MutualCalibration",
     "CALIBRATORS",
     "Calibrator",
+    "DACAWithLabels",
+    "HistogramBinning",
+    "IsotonicCalibration",
+    "PlattScaling",
     "CalibrationWarning",
     "MatrixScaling",
     "NaiveAlignment",

@@ -128,9 +128,10 @@ def _fit_calibrator(m, cal, base_path: Path | None, chat_path: Path, lmeval_metr
     m.reads(kind)  # a method of the other kind only: one line naming the kinds it applies to
     if m.needs_labels:
         n_missing = int((chat.labels < 0).sum())
-        if n_missing:
-            raise InputError(f"{chat_path}: {n_missing} of {len(chat)} questions have no label; --method {m.key} is "
-                             "labelled and needs every label (--method daca is label-free)")
+        if n_missing == len(chat):
+            raise InputError(f"{chat_path}: no question has a label; --method {m.key} is fitted on labels "
+                             "(--method daca is label-free)")
+        # the calibrator decides what unknown labels mean: an oracle refuses them, a few-label map skips them
         cal.fit_roles(chat.logits, None, chat.labels)
         cal.task_ = kind
         return cal, len(chat), (None, chat.meta)

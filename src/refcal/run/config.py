@@ -66,6 +66,10 @@ class RunConfig:
     ray: dict[str, Any] | None = None
     #: ``--model-option KEY=VALUE`` (``chat.KEY`` / ``base.KEY``: one model): validated by the backends' options
     model_options: dict[str, Any] = field(default_factory=dict)
+    #: ``--labels-budget``: label counts of the label-efficiency curve (None = every calibration label); None: no curve
+    labels_budget: list[int | None] | None = None
+    #: ``--labels-draws``: label draws per count of the curve
+    labels_draws: int = 10
     #: free-form runs: the judge (exact, contains, openai:MODEL; None: the data set's default) and its API
     judge: str | None = None
     judge_api_base: str | None = None
@@ -92,6 +96,8 @@ class RunConfig:
             raise InputError(f"--calib-frac must be strictly between 0 and 1, got {self.calib_frac}")
         if self.n_splits < 1:
             raise InputError(f"--n-splits must be at least 1, got {self.n_splits}")
+        if self.labels_draws < 1:
+            raise InputError(f"--labels-draws must be at least 1, got {self.labels_draws}")
         if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or not 1 <= self.n_bins <= MAX_BINS:
             raise InputError(f"--bins must be an integer from 1 to {MAX_BINS}, got {self.n_bins!r}")
         if self.task == FREEFORM:

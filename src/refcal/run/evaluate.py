@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 ALPHA = 0.05  # 95 % intervals
+#: miscoverage of the conformal sets in the table (90 % sets; metrics.conformal_metrics)
+CONFORMAL_ALPHA = 0.1
 #: the fit record of a unit whose fit was impossible: evaluated with the chat model unchanged
 UNFITTED = {"temperature": 1.0}
 
@@ -219,6 +221,7 @@ def _unit_metrics(preds: dict[str, Any], labels: dict[str, np.ndarray] | np.ndar
         if y is not None:
             row.update(metrics.evaluate(p, y, n_bins=n_bins, warn=False))  # aggregate() says it once
             row["nll"] = metrics.nll_from_log_proba(lp, y)
+            row.update(metrics.conformal_metrics(p, y, alpha=CONFORMAL_ALPHA, seed=0))
         res[name] = row
     return res
 
@@ -272,20 +275,15 @@ def _probs(lp: Any) -> Any:
 
 
 def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, seed: int) -> Bootstrap:
-    """95 % percentile-bootstrap intervals of ECE, Brier and NLL (1000 resamples of the plotted questions;
-    the same resamples for every metric and method). The NLL comes from the log-probabilities, as in the
-    table, so its interval is finite whenever the NLL is."""
+    """95 % percentile-bootstrap intervals of the metrics of :data:`refcal.metrics.BOOTSTRAPPED` and the NLL
+    (1000 resamples of the plotted questions; the same resamples for every metric and method). The NLL comes
+    from the log-probabilities, as in the table, so its interval is finite whenever the NLL is."""
     out = Bootstrap(n_boot=N_BOOT, level=0.95, n=int(len(labels)))
-    alpha = ALPHA
     for m, lp in preds.items():
         p = _probs(lp)
-        out.methods[m] = {
-            "ece": metrics.bootstrap_ci(lambda q, y: metrics.ece(q, y, n_bins=n_bins), p, labels,
-                                        n_boot=N_BOOT, alpha=alpha, seed=seed),
-            "brier": metrics.bootstrap_ci(metrics.brier, p, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
-        }
+        out.methods[m] = metrics.bootstrap_all(p, labels, n_bins=n_bins, n_boot=N_BOOT, alpha=ALPHA, seed=seed)
         if not isinstance(lp, TopLabel):  # a TopLabel has no NLL
-            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=alpha, seed=seed)
+            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=ALPHA, seed=seed)
     return out
 
 

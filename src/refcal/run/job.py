@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .budget import label_budget
 from .config import RunConfig
 from .evaluate import evaluate
 from .folder import check_run_dir, write_run_folder
@@ -43,8 +44,19 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
     # run folder and report written after it are not counted); scoring_seconds: loading models + scoring
     evaluation.result.timing = {"wall_seconds": round(t_end - t_start, 2), "scoring_seconds": round(score_seconds, 2),
                                 "evaluation_seconds": round(t_end - t_eval, 2)}
+    if cfg.labels_budget:
+        evaluation.result.label_budget = _label_budget(cfg, plan)
     scores, config = kind.finish(cfg, evaluation, scored)
     return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish, config=config)
+
+
+def _label_budget(cfg: RunConfig, plan: Any) -> dict[str, Any]:
+    """The label-efficiency curve (``--labels-budget``, :mod:`refcal.run.budget`), or why there is none."""
+    if not plan.has_labels:
+        log.warning("--labels-budget needs labels on every question; no label-efficiency curve")
+        return {"error": "some questions have no label"}
+    return label_budget(plan.units, cfg.labels_budget, n_draws=cfg.labels_draws, seed=cfg.seed,
+                        n_bins=cfg.n_bins, scaling=cfg.scaling)
 
 
 __all__ = ["run"]
