@@ -320,6 +320,12 @@ def save_adapter(model, out: Path, card: dict) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    # the adapter names the alias it applies to, not this machine's cache path; PEFT's template card goes
+    cfg_path = tmp / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = card["base"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (tmp / "README.md").unlink(missing_ok=True)
     (tmp / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     (tmp / "training.json").write_text(json.dumps(card, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -341,10 +347,12 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             ax.set_visible(False)
             continue
         x, y = np.array(pts).T
-        ax.plot(x, y, lw=0.6, alpha=0.45, label="per step")
-        w = max(1, len(y) // 15)
-        if len(y) >= w:
+        w = len(y) // 15
+        ax.plot(x, y, lw=0.6 if w > 1 else 1.5, marker=None if w > 1 else "o", ms=3, label="per step")
+        if w > 1:
             ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.8, label=f"mean of {w}")
+        if stage == "dpo" and key == "loss":
+            ax.axhline(math.log(2), color="grey", lw=0.8, ls="--", label="log 2 (policy = reference)")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimiser step (16 sequences / pairs)")
         ax.legend(fontsize=8)
