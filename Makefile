@@ -12,7 +12,7 @@ DEBS    := $(shell grep -v '^\s*\#' requirements-debian.txt)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-api setup-browser setup-bigbench run test lint bench clean
+.PHONY: setup setup-api setup-browser setup-bigbench run test lint lint-imports bench clean
 
 setup: $(STAMP)
 
@@ -44,7 +44,12 @@ run: setup
 
 test: setup setup-api setup-browser
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(MAKE) lint-imports
 	$(BIN)/pytest -q
+
+# The layer, no-cycle and independence contracts of pyproject.toml [tool.importlinter] (docs/ARCHITECTURE.md).
+lint-imports: setup
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/bench_fit.py

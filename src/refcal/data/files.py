@@ -28,6 +28,7 @@ gives the split a caller should use when none is asked for.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import re
@@ -109,7 +110,7 @@ def read_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
         except RecursionError:
             raise DatasetError(f"{path}: JSON nested too deeply; expected flat objects, one per question") from None
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # pyarrow is a core dependency
 
         try:
             return pq.read_table(path).to_pylist()
@@ -131,7 +132,7 @@ def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
 
 
 def _read_arrow_file(path: Path) -> list[dict[str, Any]]:
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow is a core dependency, imported on use to keep `import refcal` light
 
     for opener in (pa.ipc.open_stream, pa.ipc.open_file):
         try:
@@ -238,6 +239,12 @@ def _need(col: str, role: str, columns: list[str], path: Path) -> str:
     return col
 
 
+def id_column(id_col: str | None, columns: list[str], path: Any) -> str | None:
+    """The id column of a user file, for every task kind: ``id_col`` (which must exist), else a column
+    named ``id`` when there is one, else None (row numbers)."""
+    return _need(id_col, "id", columns, path) if id_col else ("id" if "id" in columns else None)
+
+
 def row_ids(rows: list[dict[str, Any]], icol: str | None) -> list[str]:
     """Question ids: the stripped values of column ``icol`` (unique, non-empty), or row numbers when None."""
     out: list[str] = []
@@ -296,7 +303,7 @@ def load_file(
                                f"(one column per option); columns found: {', '.join(columns)}")
         ccol = _need(choices_col or "choices", "choices", columns, path)
     acol = _need(answer_col, "answer", columns, path) if answer_col else ("answer" if "answer" in columns else None)
-    icol = _need(id_col, "id", columns, path) if id_col else ("id" if "id" in columns else None)
+    icol = id_column(id_col, columns, path)
     scol = _need(subject_col, "subject", columns, path) if subject_col else ("subject" if "subject" in columns else None)
 
     choices = []
@@ -323,8 +330,6 @@ def _filter_subjects(qs: list[Question], subjects: Iterable[str], scol: str | No
     have = sorted({q.subject for q in qs if q.subject is not None})
     unknown = [s for s in want if s not in have]
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(unknown[0], have, n=4, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}" if close else f"subjects found: {', '.join(have[:20])}"
         raise DatasetError(f"subject {unknown[0]!r} not in column {scol!r}; {hint}")
