@@ -261,7 +261,7 @@ def train_sft(model, tok, items: list[Item], *, seed: int, max_steps: int | None
         loss = sft_loss(model, ids, att, reply)
         loss.backward()
         norm = _step(optim, params, lr_at(step, total, SFT["lr"]))
-        rows.append({"stage": "sft", "step": step + 1, "of": total, "loss": float(loss), "grad_norm": norm,
+        rows.append({"stage": "sft", "step": step + 1, "of": total, "loss": float(loss.detach()), "grad_norm": norm,
                      "lr": lr_at(step, total, SFT["lr"]), "tokens": int(att.sum()),
                      "reply_tokens": int(reply.sum()), "elapsed_s": round(time.perf_counter() - t0, 2)})
         logf(rows[-1])
@@ -305,7 +305,7 @@ def train_dpo(model, tok, pairs: list[tuple[Item, int]], *, seed: int, max_steps
         loss, acc, margin = dpo_loss(pc, pr, ref[step][0], ref[step][1], DPO["beta"])
         loss.backward()
         norm = _step(optim, params, lr_at(step, total, DPO["lr"]))
-        rows.append({"stage": "dpo", "step": step + 1, "of": total, "loss": float(loss), "reward_accuracy": acc,
+        rows.append({"stage": "dpo", "step": step + 1, "of": total, "loss": float(loss.detach()), "reward_accuracy": acc,
                      "reward_margin": margin, "grad_norm": norm, "lr": lr_at(step, total, DPO["lr"]),
                      "elapsed_s": round(time.perf_counter() - t0, 2)})
         logf(rows[-1])

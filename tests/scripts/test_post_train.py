@@ -99,7 +99,7 @@ def test_dpo_loss_matches_the_formula_and_its_gradient_moves_the_margin(pt):
     loss, acc, margin = pt.dpo_loss(pol[:3], pol[3:], rc, rr, beta=0.1)
     m = (full_sum[:3] - rc) - (full_sum[3:] - rr)
     want = float(np.mean(np.log1p(np.exp(-0.1 * m.numpy()))))  # -log sigmoid
-    assert float(loss) == pytest.approx(want, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(want, abs=1e-6)
     assert acc == pytest.approx(float((m > 0).float().mean()))
     assert margin == pytest.approx(float(0.1 * m.mean()), abs=1e-6)
     loss.backward()
