@@ -251,6 +251,28 @@ class Calibrator:
         self.objective_ = r.real(solver["objective"], "solver.objective")
 
 
+def legacy_solver_record(cal: Calibrator) -> dict[str, Any]:
+    """The ``solver`` record of a calibrator that may have been read from a file without one (``objective``
+    null then, see :func:`read_legacy_solver`)."""
+    return {"name": cal.solver_name, "n_iter": cal.n_iter_, "converged": cal.converged_,
+            "objective": None if math.isnan(cal.objective_) else cal.objective_}
+
+
+def read_legacy_solver(cal: Calibrator, r: Reader) -> None:
+    """``solver`` of the few-label calibrators, whose files of format_version 1 had no such record: read as
+    0 iterations, converged, objective unknown (NaN; written back as null)."""
+    if "solver" not in r.data and r.data.get("format_version") == 1:
+        cal.n_iter_, cal.converged_, cal.objective_ = 0, True, math.nan
+        return
+    solver = r.obj("solver")
+    cal.n_iter_ = r.integer(solver["n_iter"], "solver.n_iter", 0)
+    if not isinstance(solver["converged"], bool):
+        raise r.bad(f"solver.converged must be true or false, got {solver['converged']!r}")
+    cal.converged_ = solver["converged"]
+    objective = solver["objective"]
+    cal.objective_ = math.nan if objective is None else r.real(objective, "solver.objective")
+
+
 def _check_header(data: Any, source: str) -> str:
     """The method of a calibrator file, once its format, version and method are known good."""
     if isinstance(data, dict) and "logits" in data and "format" not in data:

@@ -37,20 +37,18 @@ Why the marginal likelihood and not leave-one-out cross-validation:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from ..errors import FitError, InputError, NotFittedError
-from . import _pairfile
+from .._math import log_softmax
+from ..errors import FitError, InputError
 from ._maps import apply_temperature
 from ._validate import check_logits, check_optional_labels, check_pair
-from .base import TASKS
+from .base import Calibrator, Reader, legacy_solver_record, read_legacy_solver
 from .base import is_real as _is_real
-from .base import plain_number as _plain_number
 
 __all__ = ["DACAWithLabels", "METHOD"]
 
@@ -95,7 +93,7 @@ def _map_beta(g: np.ndarray, gy: np.ndarray, beta0: float, s: float, lo: float, 
     return b, f, d2
 
 
-class DACAWithLabels:
+class DACAWithLabels(Calibrator):
     """DACA + k labels (see the module docstring): one temperature, fitted on both models' logits of every
     calibration question (the label-free DACA prior) and the labels of those that have one.
 
@@ -123,22 +121,22 @@ class DACAWithLabels:
         hyperprior).
     n_labels_, n_, n_agree_ : int
         Labelled questions, questions, agreeing questions (DACA's fit).
+    n_iter_, converged_, objective_ : int, bool, float
+        DACA's Newton iterations plus one per prior width tried; whether every solve converged; the negative
+        log evidence ``-log_evidence_`` (DACA's objective when no label was given).
     """
 
     method = METHOD
     description = "DACA + k labels: MAP temperature with DACA's label-free temperature as the prior"
-    task_ = TASKS[0]
     scaling = "temperature"
+    #: DACA's Newton solve (the prior), then one safeguarded Newton MAP solve per prior width tried
+    solver_name = "newton+laplace"
 
     def __init__(self, *, prior_sd: float | None = None, width: str = "average",
                  temperature_bounds: tuple[float, float] = (1e-3, 1e4)):
         self.prior_sd = prior_sd
         self.width = width
         self.temperature_bounds = temperature_bounds
-
-    def __repr__(self) -> str:
-        return (f"DACAWithLabels(prior_sd={self.prior_sd!r}, width={self.width!r}, "
-                f"temperature_bounds={self.temperature_bounds!r})")
 
     def _check_params(self) -> None:
         if self.prior_sd is not None and not (_is_real(self.prior_sd) and 0 < self.prior_sd < np.inf):
@@ -176,8 +174,10 @@ class DACAWithLabels:
         self.n_, self.n_agree_, self.n_options_ = int(g.shape[0]), int(daca.n_agree_), int(g.shape[1])
         self.n_labels_ = int(known.sum())
         self.prior_sd_ = self.log_evidence_ = None
+        self.n_iter_, self.converged_ = int(daca.n_iter_), bool(daca.converged_)
         if self.n_labels_ == 0:
             self.temperature_ = self.prior_temperature_
+            self.objective_ = float(daca.objective_)  # the fit is DACA's
             return self
         gl = g[known]
         gy = gl[np.arange(gl.shape[0]), y[known]]
@@ -185,6 +185,7 @@ class DACAWithLabels:
 
         def fit_at(log_s: float) -> tuple[float, float]:
             """(MAP beta, negative Laplace log evidence) at the width exp(log_s)."""
+            self.n_iter_ += 1  # one MAP solve per width tried
             s = float(np.exp(log_s))
             b, nll, d2 = _map_beta(gl, gy, beta0, s, lo, hi)
             return b, nll + (b - beta0) ** 2 / (2 * s**2) + log_s + 0.5 * np.log(d2 + 1 / s**2)
@@ -206,6 +207,7 @@ class DACAWithLabels:
                 if 0 < i < len(logs) - 1:  # refine between the neighbours of the best grid point
                     res = minimize_scalar(lambda v: fit_at(v)[1], bounds=(logs[i - 1], logs[i + 1]),
                                           method="bounded", options={"xatol": 1e-6})
+                    self.converged_ = self.converged_ and bool(res.success)
                     if res.fun < vals[i]:
                         log_s = float(res.x)
                 beta, neg = fit_at(log_s)
@@ -213,76 +215,57 @@ class DACAWithLabels:
             raise FitError(f"the DACA + k labels fit returned beta = {beta!r}")
         self.prior_sd_, self.log_evidence_ = float(np.exp(log_s)), float(-neg)
         self.temperature_ = float(1.0 / beta)
+        self.objective_ = float(neg)  # negative Laplace log evidence of the labels
         return self
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "temperature_"):
-            raise NotFittedError("this DACAWithLabels is not fitted yet; call fit(base_logits, chat_logits, labels)")
-
-    needs_base_at_apply = False
-    streamable_fit = False
 
     def fit_roles(self, chat: object, base: object = None, labels: object = None) -> DACAWithLabels:
         """The run's fit by role: both models' logits of every calibration question and the known labels."""
+        if base is None:
+            raise InputError("DACA + k labels is fitted on both models' scores: pass the base model's")
         y = np.full(np.shape(chat)[0], -1, dtype=np.int64) if labels is None else labels
         return self.fit(base, chat, y)
 
-    def fitted_params(self) -> dict[str, Any]:
-        t = getattr(self, "temperature_", None)
-        return {"n": int(getattr(self, "n_", 0)), **({"temperature": float(t)} if t is not None else {})}
-
-    def get_params(self) -> dict[str, Any]:
-        return dict(self._hyperparameters()) if hasattr(self, "_hyperparameters") else {}
-
-    def predict_log_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
+    def predict_log_proba(self, chat: object, base: object = None) -> np.ndarray:
         """Calibrated log-probabilities (n, k): ``log_softmax(g / tau)``; ``base`` (the base model's logits) is not used."""
-        from .._math import log_softmax
-
         self._check_fitted()
-        return log_softmax(apply_temperature(check_logits(chat_logits, "chat_logits"), self.temperature_))
-
-    def predict_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
-        return np.exp(self.predict_log_proba(chat_logits))
+        return log_softmax(apply_temperature(check_logits(chat, "chat_logits"), self.temperature_))
 
     # ------------------------------------------------------------------ export
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {"prior_sd": _plain_number(self.prior_sd), "width": self.width,
-                "temperature_bounds": [_plain_number(v) for v in self.temperature_bounds]}
+    def fitted_params(self) -> dict[str, Any]:
+        out = {**super().fitted_params(), "temperature": self.temperature_,
+               "prior_temperature": self.prior_temperature_, "n_labels": self.n_labels_}
+        if self.prior_sd_ is not None:
+            out["prior_sd"] = self.prior_sd_
+        return out
 
-    def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Plain-JSON description, read back by :func:`refcal.calibrate.load_calibrator`."""
-        head, provenance = _pairfile.header(self, inputs)
-        return {**head, "task": self.task_, "temperature": self.temperature_,
+    def _state(self) -> dict[str, Any]:
+        return {"temperature": self.temperature_,
                 "parameters": {"temperature": self.temperature_, "prior_temperature": self.prior_temperature_,
                                "prior_sd": self.prior_sd_, "log_evidence": self.log_evidence_},
-                "n_options": self.n_options_, "n": self.n_, "n_agree": self.n_agree_, "n_labels": self.n_labels_,
-                "hyperparameters": self._hyperparameters(), "inputs": provenance}
+                "n_options": self.n_options_, "n": self.n_, "n_agree": self.n_agree_, "n_labels": self.n_labels_}
 
-    def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
-        """Write :meth:`to_dict` as JSON atomically (see :meth:`refcal.DACA.save`)."""
-        _pairfile.save(self, path, inputs)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> DACAWithLabels:
-        """Inverse of :meth:`to_dict`; every field checked."""
-        r = _pairfile.Reader(data, source, METHOD)
-        cal = r.build(cls, {"prior_sd", "width", "temperature_bounds"}, "temperature")
-        params = r.obj("parameters")
-        lo, hi = cal.temperature_bounds
+    def _read_state(self, r: Reader) -> None:
+        data, params = r.data, r.obj("parameters")
+        lo, hi = self.temperature_bounds
         for name in ("temperature", "prior_temperature"):
             t = r.real(params[name], f"parameters.{name}")
             if not lo * (1 - 1e-12) <= t <= hi * (1 + 1e-12):
                 raise r.bad(f"parameters.{name} must lie within temperature_bounds [{lo:g}, {hi:g}], got {t!r}")
-            setattr(cal, f"{name}_", t)
-        if data.get("temperature", cal.temperature_) != cal.temperature_:
+            setattr(self, f"{name}_", t)
+        if data.get("temperature", self.temperature_) != self.temperature_:
             raise r.bad("temperature differs from parameters.temperature")
-        cal.n_options_ = r.integer(data["n_options"], "n_options", 2)
-        cal.n_ = r.integer(data["n"], "n", 1)
-        cal.n_agree_ = r.integer(data["n_agree"], "n_agree", 1)
-        cal.n_labels_ = r.integer(data["n_labels"], "n_labels", 0)
-        if cal.n_agree_ > cal.n_ or cal.n_labels_ > cal.n_:
+        self.n_options_ = r.integer(data["n_options"], "n_options", 2)
+        self.n_ = r.integer(data["n"], "n", 1)
+        self.n_agree_ = r.integer(data["n_agree"], "n_agree", 1)
+        self.n_labels_ = r.integer(data["n_labels"], "n_labels", 0)
+        if self.n_agree_ > self.n_ or self.n_labels_ > self.n_:
             raise r.bad("n_agree and n_labels cannot exceed n")
         sd, ev = params["prior_sd"], params["log_evidence"]
-        cal.prior_sd_ = None if sd is None else r.real(sd, "parameters.prior_sd")
-        cal.log_evidence_ = None if ev is None else r.real(ev, "parameters.log_evidence")
-        return cal
+        self.prior_sd_ = None if sd is None else r.real(sd, "parameters.prior_sd")
+        self.log_evidence_ = None if ev is None else r.real(ev, "parameters.log_evidence")
+
+    def _solver_record(self) -> dict[str, Any]:
+        return legacy_solver_record(self)
+
+    def _read_solver(self, r: Reader) -> None:
+        read_legacy_solver(self, r)

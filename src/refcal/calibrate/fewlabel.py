@@ -25,7 +25,6 @@ All save to plain JSON and load with :func:`refcal.calibrate.load_calibrator`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -33,12 +32,10 @@ from scipy.optimize import isotonic_regression
 from scipy.special import expit, logsumexp
 
 from .._math import log_softmax
-from ..errors import FitError, InputError, NotFittedError
-from . import _pairfile
+from ..errors import FitError, InputError
 from ._validate import check_labels, check_logits
-from .base import TASKS
+from .base import Calibrator, Reader, legacy_solver_record, read_legacy_solver
 from .base import is_real as _is_real
-from .base import plain_number as _plain_number
 
 __all__ = ["PlattScaling", "IsotonicCalibration", "HistogramBinning", "TopLabelMap", "top_label_inputs"]
 
@@ -65,22 +62,16 @@ def top_label_inputs(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return lp, a, np.exp(top), z
 
 
-class TopLabelMap:
+class TopLabelMap(Calibrator):
     """Base of the top-label maps: ``fit(chat_logits, labels)``, ``confidence_map``, ``predict_log_proba``,
-    JSON export. Subclasses set ``method``, ``description``, ``_params()`` and implement ``_fit_map`` and
-    ``_map``."""
+    JSON export (:class:`~refcal.calibrate.base.Calibrator`). Subclasses set ``method``, ``description``,
+    ``solver_name`` and implement ``_fit_map`` (which sets ``n_iter_``, ``converged_``, ``objective_``),
+    ``_map``, ``_params`` and ``_load_params``."""
 
-    method = ""
-    description = ""
-    task_ = TASKS[0]
     scaling = "top-label"
-    _hyper: tuple[str, ...] = ("eps",)
 
     def __init__(self, *, eps: float = 1e-3):
         self.eps = eps
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self._hyper)})"
 
     def _check_params(self) -> None:
         if not (_is_real(self.eps) and 0 < self.eps < 0.5):
@@ -114,9 +105,16 @@ class TopLabelMap:
     def _map(self, conf: np.ndarray, z: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "n_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(chat_logits, labels) first")
+    def _brier(self, conf: np.ndarray, z: np.ndarray, correct: np.ndarray) -> float:
+        """Mean squared error of the fitted map against correctness (what isotonic and binning minimise)."""
+        return float(np.mean((self._map(conf, z) - correct) ** 2))
+
+    def fit_roles(self, chat: object, base: object = None, labels: object = None) -> TopLabelMap:
+        """The run's fit by role (:mod:`refcal.calibrate.methods`): the labelled questions' chat logits."""
+        if labels is None:
+            raise InputError("a labelled calibrator needs the labels of the calibration questions")
+        known = np.asarray(labels) >= 0
+        return self.fit(np.asarray(chat)[known], np.asarray(labels)[known])
 
     # ------------------------------------------------------------------ prediction
     def confidence_map(self, conf: object) -> np.ndarray:
@@ -129,27 +127,11 @@ class TopLabelMap:
             z = np.clip(np.log(c) - np.log1p(-c), -_Z_MAX, _Z_MAX)
         return self._map(c, z)
 
-    needs_base_at_apply = False
-    streamable_fit = False
-
-    def fit_roles(self, chat: object, base: object = None, labels: object = None) -> TopLabelMap:
-        """The run's fit by role (:mod:`refcal.calibrate.methods`): the labelled questions' chat logits."""
-        if labels is None:
-            raise InputError("a labelled calibrator needs the labels of the calibration questions")
-        known = np.asarray(labels) >= 0
-        return self.fit(np.asarray(chat)[known], np.asarray(labels)[known])
-
-    def fitted_params(self) -> dict[str, Any]:
-        return {"n": int(getattr(self, "n_", 0))}
-
-    def get_params(self) -> dict[str, Any]:
-        return dict(self._hyperparameters()) if hasattr(self, "_hyperparameters") else {}
-
-    def predict_log_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
+    def predict_log_proba(self, chat: object, base: object = None) -> np.ndarray:
         """Calibrated log-probabilities (n, k): the answer's confidence mapped, the other options rescaled
         (see the module docstring); the answer stays the chat model's. ``base`` (the base model's logits) is not used."""
         self._check_fitted()
-        g = check_logits(chat_logits, "chat_logits")
+        g = check_logits(chat, "chat_logits")
         lp, a, conf, z = top_label_inputs(g)
         rows = np.arange(len(a))
         new = np.clip(self._map(conf, z), self.eps, 1 - self.eps)
@@ -167,48 +149,40 @@ class TopLabelMap:
         out[single] = lp[single]  # one present option: nothing to redistribute
         return out
 
-    def predict_proba(self, chat_logits: object, base: object = None) -> np.ndarray:
-        """Calibrated probabilities (n, k); rows sum to 1."""
-        return np.exp(self.predict_log_proba(chat_logits))
-
     # ------------------------------------------------------------------ export
+    def fitted_params(self) -> dict[str, Any]:
+        return {**super().fitted_params(), "n_correct": self.n_correct_, **self._summary()}
+
+    def _summary(self) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
     def _params(self) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {k: _plain_number(getattr(self, k)) for k in self._hyper}
+    def _state(self) -> dict[str, Any]:
+        return {"parameters": self._params(), "n_options": self.n_options_, "n": self.n_,
+                "n_correct": self.n_correct_}
 
-    def to_dict(self, *, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Plain-JSON description, read back by :func:`refcal.calibrate.load_calibrator`."""
-        head, provenance = _pairfile.header(self, inputs)
-        return {**head, "task": self.task_, "parameters": self._params(), "n_options": self.n_options_,
-                "n": self.n_, "n_correct": self.n_correct_, "hyperparameters": self._hyperparameters(),
-                "inputs": provenance}
+    def _read_state(self, r: Reader) -> None:
+        data = r.data
+        self.n_options_ = r.integer(data["n_options"], "n_options", 2)
+        self.n_ = r.integer(data["n"], "n", 1)
+        self.n_correct_ = r.integer(data["n_correct"], "n_correct", 0)
+        if self.n_correct_ > self.n_:
+            raise r.bad(f"n_correct {self.n_correct_} exceeds n {self.n_}")
+        self._load_params(r, r.obj("parameters"))
 
-    def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None) -> None:
-        """Write :meth:`to_dict` as JSON atomically (see :meth:`refcal.DACA.save`)."""
-        _pairfile.save(self, path, inputs)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> TopLabelMap:
-        """Inverse of :meth:`to_dict`; every field checked (a hand-edited file is refused, never applied)."""
-        r = _pairfile.Reader(data, source, cls.method)
-        cal = r.build(cls, set(cls._hyper), cls.scaling)
-        if data.get("task", TASKS[0]) != TASKS[0]:
-            raise r.bad(f"task must be {TASKS[0]!r} for {cls.method}, got {data.get('task')!r}")
-        cal.n_options_ = r.integer(data["n_options"], "n_options", 2)
-        cal.n_ = r.integer(data["n"], "n", 1)
-        cal.n_correct_ = r.integer(data["n_correct"], "n_correct", 0)
-        if cal.n_correct_ > cal.n_:
-            raise r.bad(f"n_correct {cal.n_correct_} exceeds n {cal.n_}")
-        cal._load_params(r, r.obj("parameters"))
-        return cal
-
-    def _load_params(self, r: _pairfile.Reader, params: dict) -> None:  # pragma: no cover
+    def _load_params(self, r: Reader, params: dict) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def _solver_record(self) -> dict[str, Any]:
+        return legacy_solver_record(self)
 
-def _probabilities(r: _pairfile.Reader, value: Any, name: str, *, increasing: bool) -> np.ndarray:
+    def _read_solver(self, r: Reader) -> None:
+        read_legacy_solver(self, r)
+
+
+def _probabilities(r: Reader, value: Any, name: str, *, increasing: bool) -> np.ndarray:
     if not (isinstance(value, list) and value and all(_is_real(x) and 0 <= x <= 1 for x in value)):
         raise r.bad(f"parameters.{name} must be a non-empty list of numbers in [0, 1]")
     arr = np.asarray(value, dtype=np.float64)
@@ -233,6 +207,7 @@ class PlattScaling(TopLabelMap):
 
     method = "platt"
     description = "Platt scaling of the chat model's top-label confidence (labelled)"
+    solver_name = "newton"
 
     def _fit_map(self, conf: np.ndarray, z: np.ndarray, correct: np.ndarray) -> None:
         n_pos = correct.sum()
@@ -263,16 +238,21 @@ class PlattScaling(TopLabelMap):
         if not np.isfinite(w).all():  # pragma: no cover - the smoothed targets keep the optimum finite
             raise FitError("Platt scaling diverged")
         self.a_, self.b_ = float(w[0]), float(w[1])
+        # stopped before the cap: gradient ~0, or no step decreases the (convex) loss any more (rounding)
+        self.converged_ = bool(self.n_iter_ < 100 or np.max(np.abs(grad)) < 1e-12 * max(1.0, correct.size))
+        self.objective_ = f / correct.size  # mean cross-entropy against Platt's targets
 
     def _map(self, conf: np.ndarray, z: np.ndarray) -> np.ndarray:
         return expit(self.a_ * z + self.b_)
 
+    def _summary(self) -> dict[str, Any]:
+        return {"a": self.a_, "b": self.b_}
+
     def _params(self) -> dict[str, Any]:
         return {"a": self.a_, "b": self.b_}
 
-    def _load_params(self, r: _pairfile.Reader, params: dict) -> None:
+    def _load_params(self, r: Reader, params: dict) -> None:
         self.a_, self.b_ = r.real(params["a"], "parameters.a"), r.real(params["b"], "parameters.b")
-        self.n_iter_ = 0
 
 
 # ---------------------------------------------------------------------------------------------- isotonic
@@ -289,6 +269,7 @@ class IsotonicCalibration(TopLabelMap):
 
     method = "isotonic"
     description = "isotonic regression of the chat model's top-label confidence (labelled)"
+    solver_name = "pava"
 
     def _fit_map(self, conf: np.ndarray, z: np.ndarray, correct: np.ndarray) -> None:
         x, inv = np.unique(conf, return_inverse=True)  # tied confidences pooled (weighted mean)
@@ -296,16 +277,21 @@ class IsotonicCalibration(TopLabelMap):
         mean = np.bincount(inv, weights=correct) / w
         self.x_ = x
         self.y_ = np.clip(isotonic_regression(mean, weights=w, increasing=True).x, 0.0, 1.0)
+        self.n_iter_, self.converged_ = 1, True  # pool-adjacent-violators is exact in one pass
+        self.objective_ = self._brier(conf, z, correct)
 
     def _map(self, conf: np.ndarray, z: np.ndarray) -> np.ndarray:
         if self.x_.size == 1:
             return np.full(np.shape(conf), self.y_[0])
         return np.interp(conf, self.x_, self.y_)
 
+    def _summary(self) -> dict[str, Any]:
+        return {"n_knots": int(self.x_.size)}
+
     def _params(self) -> dict[str, Any]:
         return {"x": [float(v) for v in self.x_], "y": [float(v) for v in self.y_]}
 
-    def _load_params(self, r: _pairfile.Reader, params: dict) -> None:
+    def _load_params(self, r: Reader, params: dict) -> None:
         self.x_ = _probabilities(r, params["x"], "x", increasing=True)
         self.y_ = _probabilities(r, params["y"], "y", increasing=True)
         if self.x_.size != self.y_.size or np.any(np.diff(self.x_) <= 0):
@@ -338,7 +324,7 @@ class HistogramBinning(TopLabelMap):
 
     method = "histogram"
     description = "histogram binning of the chat model's top-label confidence (labelled)"
-    _hyper = ("n_bins", "strategy", "min_per_bin", "eps")
+    solver_name = "binning"
 
     def __init__(self, *, n_bins: int = 10, strategy: str = "quantile", min_per_bin: int = 5, eps: float = 1e-3):
         super().__init__(eps=eps)
@@ -369,6 +355,8 @@ class HistogramBinning(TopLabelMap):
         with np.errstate(invalid="ignore", divide="ignore"):
             self.values_ = np.where(counts > 0, hits / counts, mid)
         self.edges_, self.counts_ = edges, counts.astype(np.int64)
+        self.n_iter_, self.converged_ = 1, True  # closed form: each bin's share of right answers
+        self.objective_ = self._brier(conf, z, correct)
 
     @staticmethod
     def _index(edges: np.ndarray, conf: np.ndarray) -> np.ndarray:
@@ -377,11 +365,14 @@ class HistogramBinning(TopLabelMap):
     def _map(self, conf: np.ndarray, z: np.ndarray) -> np.ndarray:
         return self.values_[self._index(self.edges_, conf)]
 
+    def _summary(self) -> dict[str, Any]:
+        return {"n_bins": int(self.values_.size)}
+
     def _params(self) -> dict[str, Any]:
         return {"edges": [float(v) for v in self.edges_], "values": [float(v) for v in self.values_],
                 "counts": [int(v) for v in self.counts_]}
 
-    def _load_params(self, r: _pairfile.Reader, params: dict) -> None:
+    def _load_params(self, r: Reader, params: dict) -> None:
         self.edges_ = _probabilities(r, params["edges"], "edges", increasing=True)
         self.values_ = _probabilities(r, params["values"], "values", increasing=False)
         counts = params["counts"]

@@ -54,22 +54,8 @@ def load_calibrator(path: str | os.PathLike) -> Calibrator:
     return from_dict(data, source=src)
 
 
-def _legacy() -> dict[str, Any]:  # noqa: D103 - see below
-    """Calibrators not yet on the :class:`Calibrator` base (the few-label ones), with their own ``from_dict``."""
-    from .daca_prior import DACAWithLabels
-    from .fewlabel import HistogramBinning, IsotonicCalibration, PlattScaling
-
-    return {c.method: c for c in (DACAWithLabels, PlattScaling, IsotonicCalibration, HistogramBinning)}
-
-
 def from_dict(data: Any, *, source: str = "calibrator") -> Calibrator:
     """Inverse of ``to_dict`` for any method (see :meth:`refcal.calibrate.base.Calibrator.from_dict`)."""
-    own = _legacy().get(data.get("method")) if isinstance(data, dict) and data.get("format") else None
-    if own is not None:
-        try:
-            return own.from_dict(data, source)
-        except KeyError as exc:
-            raise CalibratorFileError(f"{source}: missing key {exc.args[0]!r}; re-create it with `refcal fit`") from None
     return Calibrator.from_dict(data, source)
 
 
@@ -84,5 +70,3 @@ def _not_json_hint(src: str, exc: Exception) -> str:
         return "this is a score file, not a calibrator; pass the JSON written by `refcal fit -o`"
     return f"not valid JSON ({exc}); re-create it with `refcal fit`"
 
-
-CALIBRATORS.update(_legacy())  # the one table holds them too (their files go through their own from_dict above)
