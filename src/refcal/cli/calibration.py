@@ -311,8 +311,9 @@ def _short_meta(meta: dict) -> dict:
 
 
 def _metrics_table(results: dict[str, dict[str, float]], bins: int) -> str:
-    cols = [("ece", "ECE %", 100), ("mce", "MCE %", 100), ("aece", "AECE %", 100), ("brier", "Brier", 1),
-            ("nll", "NLL", 1), ("accuracy", "Acc", 1), ("auroc", "AUROC", 1)]
+    from ..metrics import columns
+
+    cols = [(c.key, c.header, c.scale) for c in columns("cli")]
     head = f"{'':<12}" + "".join(f"{name:>10}" for _, name, _ in cols)
     lines = [head]
     for method, m in results.items():
@@ -321,5 +322,5 @@ def _metrics_table(results: dict[str, dict[str, float]], bins: int) -> str:
             v = m.get(key)
             cells.append(f"{'n/a':>10}" if v is None or v != v else f"{v * scale:>10.3f}")
         lines.append(f"{method:<12}" + "".join(cells))
-    lines.append(f"({bins} equal-width bins; ECE/MCE/AECE in percent)")
+    lines.append(f"({bins} equal-width bins; the ECE family and accuracy in percent)")
     return "\n".join(lines)
