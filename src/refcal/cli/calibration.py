@@ -79,12 +79,13 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
 
     ensure_parent(output, what="the calibrator", create=False)  # before any work
     m = METHODS[method]
-    if m.needs_labels and base_path is not None:
+    reads_base = any(m.needs_base(k) for k in m.inputs)  # daca_k: labelled and both models' scores
+    if not reads_base and base_path is not None:
         raise InputError(f"--method {method} is fitted on the chat model's labels alone and does not read --base; "
                          "drop it")
-    if not m.needs_labels and base_path is None:
-        raise InputError(f"--method {method} is fitted on both models' scores: pass --base (only the labelled "
-                         "methods need none)")
+    if reads_base and base_path is None:
+        raise InputError(f"--method {method} is fitted on both models' scores: pass --base (only the methods "
+                         "fitted on the chat model's labels alone need none)")
     if scaling != "temperature" and isinstance(m.calibrator, str) and not m.follows_scaling:
         raise InputError(f"--scaling {scaling} applies to methods that follow it; {method} has one form only")
     cal = m.make(scaling)
@@ -100,7 +101,9 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     }
     cal.save(output, inputs=inputs)
     fp = cal.fitted_params()
-    agree = ("labels of every question" if m.needs_labels else "no labels" if "n_agree" not in fp
+    labelled = fp.get("n_labels", fp["n"])  # daca_k fits on every question, the labels of some
+    agree = ((f"labels of {labelled} of {n} questions" if labelled < n else "labels of every question")
+             if m.needs_labels else "no labels" if "n_agree" not in fp
              else f"no labels; {fp['n_agree']} agree, rate {fp['n_agree'] / n:.3f}")
     click.echo(f"{method} / {cal.scaling} on {n} {cal.task_} questions ({agree})")
     click.echo(_fit_summary(cal))
@@ -129,14 +132,15 @@ def _fit_calibrator(m, cal, base_path: Path | None, chat_path: Path, lmeval_metr
     if m.needs_labels:
         n_missing = int((chat.labels < 0).sum())
         if n_missing == len(chat):
-            raise InputError(f"{chat_path}: no question has a label; --method {m.key} is fitted on labels "
-                             "(--method daca is label-free)")
+            raise InputError(f"{chat_path}: {n_missing} of {len(chat)} questions have no label; --method {m.key} "
+                             "is fitted on labels (--method daca is label-free)")
+    if not m.needs_base(kind):
         # the calibrator decides what unknown labels mean: an oracle refuses them, a few-label map skips them
         cal.fit_roles(chat.logits, None, chat.labels)
         cal.task_ = kind
         return cal, len(chat), (None, chat.meta)
     joined = join_scores(load_scores(base_path, lmeval_metric=lmeval_metric), chat)
-    cal.fit_roles(joined.chat, joined.base)
+    cal.fit_roles(joined.chat, joined.base, joined.labels if m.needs_labels else None)
     cal.task_ = kind
     return cal, len(joined.ids), (joined.base_scores.meta, joined.chat_scores.meta)
 
