@@ -107,6 +107,34 @@ def test_few_label_maps_improve_ece_on_overconfident_data(cls, data):
 
 
 @pytest.mark.parametrize("cls", [*MAPS, DACAWithLabels])
+def test_solver_record_and_files_of_the_previous_build(cls, data, tmp_path):
+    """Every few-label calibrator records its solver (``refcal fit`` prints it) and its task; a file of
+    format_version 1, which had no solver record, still loads and predicts the same."""
+    y = data.labels[:80]
+    cal = cls().fit(data.base[:80], data.chat[:80], y) if cls is DACAWithLabels else cls().fit(data.chat[:80], y)
+    assert cal.n_iter_ >= 1 and cal.converged_ is True and np.isfinite(cal.objective_)
+    cal.task_ = "free-form"
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    doc = json.loads(path.read_text())
+    assert doc["task"] == "free-form" and doc["solver"]["name"] == cls.solver_name
+    assert load_calibrator(path).task_ == "free-form"
+    del doc["solver"], doc["task"]
+    doc["format_version"] = 1
+    path.write_text(json.dumps(doc))
+    old = load_calibrator(path)
+    assert old.task_ == "multiple-choice" and old.n_iter_ == 0 and np.isnan(old.objective_)
+    np.testing.assert_array_equal(old.predict_log_proba(data.chat), cal.predict_log_proba(data.chat))
+    old.save(tmp_path / "again.json")  # written back with objective null, read back the same
+    np.testing.assert_array_equal(load_calibrator(tmp_path / "again.json").predict_log_proba(data.chat),
+                                  cal.predict_log_proba(data.chat))
+    doc["format_version"] = 2
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CalibratorFileError, match="solver"):
+        load_calibrator(path)
+
+
+@pytest.mark.parametrize("cls", [*MAPS, DACAWithLabels])
 def test_json_round_trip_and_loader(cls, data, tmp_path):
     y = data.labels[:80]
     cal = cls().fit(data.base[:80], data.chat[:80], y) if cls is DACAWithLabels else cls().fit(data.chat[:80], y)

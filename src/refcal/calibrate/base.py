@@ -42,7 +42,8 @@ from ..errors import CalibratorFileError, InputError, NotFittedError
 
 FORMAT = "refcal-calibrator"
 #: 2: every method records ``task``, ``proj`` is saved, ``daca_agree`` records which bound each temperature hit.
-#: Files of version 1 (the previous code) are read as they are (no ``task``: multiple-choice).
+#: Files of version 1 (the previous code) are read as they are (no ``task``: multiple-choice; the few-label
+#: calibrators' had no ``solver`` record either, see :func:`read_legacy_solver`).
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 #: What a calibrator's scores are: option logits of multiple-choice questions, or the two P(True) letters
