@@ -391,6 +391,9 @@ def bootstrap_ci(
 ) -> ConfidenceInterval:
     """Percentile bootstrap interval of ``metric`` (resampling questions with replacement).
 
+    Resamples whose value is NaN (e.g. AUROC on a resample with only correct answers) are left out and
+    counted in a warning; if all are NaN the interval is NaN.
+
     Parameters
     ----------
     metric : callable ``(probs, labels) -> float`` or the name of a metric in :data:`METRICS`
@@ -399,9 +402,6 @@ def bootstrap_ci(
     alpha : float
         The interval covers ``1 - alpha``: quantiles ``alpha/2`` and ``1 - alpha/2``.
     seed : int, Generator or None
-
-    Resamples whose value is NaN (e.g. AUROC on a resample with only correct answers) are left out and
-    counted in a warning; if all are NaN the interval is NaN.
     """
     if isinstance(metric, str):
         if metric not in METRICS:
