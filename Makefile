@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt requirement
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-api setup-browser setup-data run test lint bench clean
+.PHONY: setup setup-api setup-browser setup-data run test lint bench clean docs docs-serve
 
 setup: $(STAMP)
 
@@ -37,7 +37,15 @@ run: setup
 
 test: setup setup-api setup-browser setup-data
 	$(BIN)/ruff check src tests benchmarks scripts
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest -q
+
+# The documentation site (MkDocs + Material): built into site/, or served with live reload on 127.0.0.1:8000.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 bench: setup
 	$(BIN)/python benchmarks/bench_fit.py

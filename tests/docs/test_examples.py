@@ -13,6 +13,8 @@ private cache folders of ``tests/conftest.py``, after the entry's ``subs`` (lite
 blocks (``$ command`` lines followed by what it prints) and entries with ``output`` (a string found in
 a ``text`` block of the same file: that block is the printed output), the printed output is compared
 line by line with the block; a line ``...`` stands for any number of lines.
+``how = "parse"`` parses every ``refcal`` line of a block with the command line's own parser (options, types,
+choices, ranges, method names) without running it: for records of long real runs.
 ``how = "pytest"`` names the tests that run the block's exact scenario (they need a server, a cluster
 or minutes of real-model time); the named test functions must exist.
 """
@@ -22,13 +24,18 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shlex
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = ROOT / "docs" / "examples.toml"
@@ -98,9 +105,13 @@ def _params():
         yield pytest.param(b, e, id=e["name"] if e else f"UNMAPPED-{b.file}:{b.line}", marks=marks)
 
 
-def test_every_fence_names_its_language():
-    bare = [f"{b.file}:{b.line}" for b in ALL_BLOCKS if not b.lang]
-    assert not bare, f"code fences without a language (use text, json, bash, python, ...): {bare}"
+#: a fence without a language whose first line looks like this is an untested command: refused
+COMMAND_LIKE = re.compile(r"^\s*(\$ |refcal |python3? |make |pip |lm_eval |ray |import |from \S+ import )")
+
+
+def test_no_command_hides_in_an_unlabelled_fence():
+    bare = [f"{b.file}:{b.line}" for b in ALL_BLOCKS if not b.lang and COMMAND_LIKE.match(b.code)]
+    assert not bare, f"commands in code fences without a language (label them bash / python and map them): {bare}"
 
 
 def test_every_entry_has_exactly_one_block():
@@ -108,23 +119,30 @@ def test_every_entry_has_exactly_one_block():
         hits = [b for b in CODE_BLOCKS if matches(e, b)]
         assert len(hits) == 1, f"docs/examples.toml entry {e['name']!r}: {len(hits)} blocks of {e['file']} " \
                                f"contain {e['match']!r} (it must name exactly one)"
-        assert e.get("how") in ("run", "pytest"), f"entry {e['name']!r}: how must be run or pytest"
+        assert e.get("how") in ("run", "parse", "pytest"), f"entry {e['name']!r}: how must be run, parse or pytest"
 
 
 @pytest.mark.parametrize(("block", "entry"), list(_params()))
 def test_example(block: Block, entry: dict | None, tmp_path, refcal_dirs):
     assert entry is not None, (f"{block.file}:{block.line}: this {block.lang} block has no entry in "
                                f"docs/examples.toml; add one saying how it is tested:\n{block.code}")
-    if entry["how"] == "pytest":
+    if entry.get("tests") or entry["how"] == "pytest":
         check_named_tests(entry)
+    if entry["how"] == "pytest":
+        return
+    if entry["how"] == "parse":
+        check_command_lines(block, entry)
         return
     code = block.code
     for old, new in entry.get("subs", []):
         assert old in code, f"entry {entry['name']!r}: substitution {old!r} not found in the block"
         code = code.replace(old, new)
+    if entry.get("prelude"):
+        assert block.lang == "python", f"entry {entry['name']!r}: a prelude is for python blocks"
+        code = entry["prelude"] + "\n" + code
     env = example_env(tmp_path)
     if entry.get("setup"):
-        run_code(CODE_LANGS[entry.get("setup_lang", "bash")], entry["setup"], tmp_path, env, entry)
+        run_code("bash", entry["setup"], tmp_path, env, entry)
     if CODE_LANGS[block.lang] == "console":
         run_console(code, tmp_path, env, entry)
         return
@@ -132,6 +150,36 @@ def test_example(block: Block, entry: dict | None, tmp_path, refcal_dirs):
     if entry.get("output"):
         expected = output_block(block.file, entry["output"])
         compare_output(out, expected, entry["name"])
+    if entry.get("rows_in"):
+        page = (ROOT / entry["rows_in"]).read_text(encoding="utf-8").splitlines()
+        rows = [r for r in out.splitlines() if r.startswith("|") and not r.startswith("|---")]
+        assert rows, f"example {entry['name']!r} printed no table rows"
+        missing = [r for r in rows if r not in page]
+        assert not missing, f"rows printed by {entry['name']!r} but not in {entry['rows_in']}:\n" + "\n".join(missing)
+
+
+def check_command_lines(block: Block, entry: dict) -> None:
+    """Parse every ``refcal`` line as the command line would: command, options, types, choices and ranges,
+    and the method names of ``--methods``; nothing runs."""
+    import click
+
+    from refcal.calibrate.methods import parse_methods
+    from refcal.cli import cli
+
+    text = re.sub(r"\\\n", " ", block.code)
+    lines = [ln.split(" #")[0].strip() for ln in text.splitlines()]
+    commands = [shlex.split(ln)[1:] for ln in lines if ln.startswith("refcal ")]
+    assert commands, f"example {entry['name']!r}: no refcal command line to parse"
+    for args in commands:
+        try:
+            ctx = cli.make_context("refcal", list(args))
+            rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+            name, cmd, rest = cli.resolve_command(ctx, rest)
+            sub = cmd.make_context(name, rest, parent=ctx)
+        except click.ClickException as e:
+            pytest.fail(f"example {entry['name']!r}: `refcal {' '.join(args)}` does not parse: {e.format_message()}")
+        if sub.params.get("methods"):
+            parse_methods(sub.params["methods"])
 
 
 def check_named_tests(entry: dict) -> None:
@@ -206,3 +254,58 @@ def _match(got: list[str], exp: list[str]) -> bool:
     if exp[0] == "...":
         return any(_match(got[i:], exp[1:]) for i in range(len(got) + 1))
     return bool(got) and got[0] == exp[0] and _match(got[1:], exp[1:])
+
+
+def test_readme_links_resolve():
+    """The README is read on the code host, outside the site: its relative links must name existing files."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
+
+
+def test_readme_table_is_the_kept_default_run():
+    """The README's `make run` table equals the kept run of the same setting (docs/results/sciq-cloze-l400)."""
+    from refcal.run import load_result
+
+    res = load_result(ROOT / "docs" / "results" / "sciq-cloze-l400")
+    labels = {res.label(k): k for k in res.methods}
+    labels["temperature scaling (labelled)"] = "ts"
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| method | ECE % | AECE % | Brier | NLL | accuracy |")
+    rows = [r.strip("|").split("|") for r in lines[start + 2:] if r.startswith("|")][:6]
+    assert [labels[r[0].strip()] for r in rows] == ["chat", "base", "naive", "daca", "ts", "daca_agree"]
+    for label, *cells in rows:
+        m = res.methods[labels[label.strip()]]
+        want = [f"{100 * m['ece'].mean:.3f} ± {100 * m['ece'].std:.3f}",
+                f"{100 * m['aece'].mean:.3f} ± {100 * m['aece'].std:.3f}",
+                f"{m['brier'].mean:.3f}", f"{m['nll'].mean:.3f}", f"{m['accuracy'].mean:.3f}"]
+        assert [c.strip() for c in cells] == want, label
+
+
+def test_architecture_api_sketch_names_exist():
+    """docs/ARCHITECTURE.md's public-API sketch (a signature summary, not runnable code): every name it shows
+    exists: ``refcal.X``, ``refcal.metrics.<a|b>``, the bare class names, and the fitted attributes and
+    methods a fitted calibrator has."""
+    import numpy as np
+
+    import refcal
+
+    block = next(b for b in CODE_BLOCKS if b.file == "docs/ARCHITECTURE.md" and "refcal.DACA(" in b.code)
+    for path in set(re.findall(r"\brefcal\.(\w+(?:\.\w+)?)", block.code)):
+        obj = refcal
+        for part in path.split("."):
+            assert hasattr(obj, part), f"docs/ARCHITECTURE.md names refcal.{path}, which does not exist"
+            obj = getattr(obj, part)
+    for group in re.findall(r"refcal\.metrics\.<([\w|\s]+)>", block.code):
+        for name in re.split(r"[|\s]+", group.strip()):
+            assert hasattr(refcal.metrics, name), f"docs/ARCHITECTURE.md names refcal.metrics.{name}"
+    for name in set(re.findall(r"\b([A-Z][a-z]+(?:[A-Z][a-z]+)+)\(", block.code)):
+        assert hasattr(refcal, name), f"docs/ARCHITECTURE.md names {name}, which refcal does not export"
+    data = refcal.make_synthetic(n=200, seed=0)
+    fitted = [refcal.DACA().fit(data.base, data.chat), refcal.VectorScaling().fit(data.chat, data.labels)]
+    for name in set(re.findall(r"\b([a-z][a-z_]*_)(?=[\s,/;)])", block.code)):
+        assert any(hasattr(c, name) for c in fitted), f"no fitted calibrator has {name}"
+    for name in set(re.findall(r"\b([a-z][a-z_]+)\((?:logits|path)?\)", block.code)):
+        assert any(callable(getattr(c, name, None)) for c in fitted) or hasattr(refcal, name), name
+    assert np.allclose(fitted[0].predict_proba(data.chat).sum(axis=1), 1.0)
