@@ -72,7 +72,7 @@ def ece_figure(runs: list[tuple[Path, str]], kind: str) -> bytes:
     keys = [k for k in DEFAULT_METHODS if all(k in d["methods"] for d in docs)]
     x = np.arange(len(runs))
     width = 0.8 / len(keys)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     for i, key in enumerate(keys):
         means = [100 * d["methods"][key]["ece"]["mean"] for d in docs]
         stds = [100 * d["methods"][key]["ece"]["std"] for d in docs]
@@ -81,7 +81,7 @@ def ece_figure(runs: list[tuple[Path, str]], kind: str) -> bytes:
     ax.set_xticks(x, [label for _, label in runs])
     ax.set_ylabel("ECE % (lower is better)")
     ax.set_title(f"{kind} scoring: SmolLM2-135M-Instruct calibrated with Gemma-3-270M")
-    ax.legend(fontsize=7, ncols=3, frameon=False)
+    ax.legend(fontsize=7, ncols=3, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     buf = io.StringIO()
