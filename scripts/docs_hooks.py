@@ -31,10 +31,16 @@ SETTINGS = {
 }
 
 
+#: the kept run whose report figures illustrate guides/reports.md (the embedded default's setting)
+REPORT_RUN = "sciq-cloze-l400"
+
+
 def on_files(files, config):
     for kind, settings in SETTINGS.items():
         svg = ece_figure([(ROOT / "docs" / "results" / run, label) for run, label in settings], kind)
         files.append(File.generated(config, f"results/figures/ece-{kind}.svg", content=svg))
+    for name, svg in report_figures(ROOT / "docs" / "results" / REPORT_RUN).items():
+        files.append(File.generated(config, f"results/figures/{REPORT_RUN}-{name}.svg", content=svg))
     return files
 
 
@@ -56,6 +62,44 @@ def methods_table() -> str:
                     f"{'yes' if m.needs_generation else ''} | {scorings} |")
     keywords = "; ".join(f"`{k}`: {len(v)} methods" for k, v in KEYWORDS.items())
     return "\n".join(rows) + f"\n\nKeywords of `--methods`: {keywords}.\n"
+
+
+def report_figures(run: Path) -> dict[str, bytes]:
+    """Two of the report's own figures, drawn by its plot functions from a kept run's metrics.json (the
+    selective-accuracy curves and the bootstrap intervals of ECE, default methods only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from refcal.calibrate.methods import DEFAULT_METHODS
+    from refcal.run import load_result
+
+    try:
+        from refcal.report import plots
+    except ImportError:  # before the report package
+        from refcal import plots
+
+    res = load_result(run)
+    keys = [k for k in DEFAULT_METHODS if k in res.selective]
+    labels = {k: res.label(k) for k in keys}
+    out = {}
+    ax = plots.plot_selective_accuracy({k: res.selective[k] for k in keys}, labels=labels,
+                                       title="Selective accuracy (SciQ, cloze; first split)")
+    out["selective"] = _svg(ax.figure, plt)
+    ax = plots.plot_metric_intervals({k: res.bootstrap.methods[k]["ece"] for k in keys}, labels=labels,
+                                     title="ECE of each method (SciQ, cloze; first split)")
+    out["ece-intervals"] = _svg(ax.figure, plt)
+    return out
+
+
+def _svg(fig, plt) -> bytes:
+    if fig.get_layout_engine() is None:  # the report's figures come with their own (constrained) layout
+        fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)  # a no-op for figures made without pyplot
+    return buf.getvalue().encode()
 
 
 def ece_figure(runs: list[tuple[Path, str]], kind: str) -> bytes:
@@ -83,8 +127,4 @@ def ece_figure(runs: list[tuple[Path, str]], kind: str) -> bytes:
     ax.set_title(f"{kind} scoring: SmolLM2-135M-Instruct calibrated with Gemma-3-270M")
     ax.legend(fontsize=7, ncols=3, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
-    plt.close(fig)
-    return buf.getvalue().encode()
+    return _svg(fig, plt)
