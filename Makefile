@@ -4,10 +4,15 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 STAMP   := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt requirements-assets.txt | sha1sum | cut -c1-12)
+# Source builds (llama-cpp-python, this project) install their build requirements in isolated environments,
+# which honour PIP_CONSTRAINT but not -c: so they get the pinned versions too (tests/test_setup_guard.py).
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+# Debian packages (the headless-browser test's chromium), one a line.
+DEBS    := $(shell grep -v '^\s*\#' requirements-debian.txt)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-api setup-browser setup-data run test lint bench clean docs docs-serve
+.PHONY: setup setup-api setup-browser setup-bigbench run test lint bench clean docs docs-serve
 
 setup: $(STAMP)
 
@@ -25,17 +30,19 @@ setup-api: setup
 
 # Debian's chromium for the headless-browser report test.
 setup-browser:
-	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; }
 
-# BIG-bench task files (truthfulqa-mc, mathqa): downloaded once into the user cache.
-setup-data: setup
-	$(BIN)/python scripts/fetch_bigbench.py
+# Optional data, never a step of `make test`: the BIG-bench sets (truthfulqa-mc, mathqa, truthfulqa-gen) from a
+# copy of bigbench-1.0.0.tar.gz, its extracted folder or its task files, which the package index no longer offers:
+#   make setup-bigbench SDIST=PATH
+setup-bigbench: setup
+	$(BIN)/refcal datasets --setup-bigbench $(if $(SDIST),--sdist "$(SDIST)")
 
 # The main job on the embedded default (real packaged models and data).
 run: setup
 	$(BIN)/refcal run
 
-test: setup setup-api setup-browser setup-data
+test: setup setup-api setup-browser
 	$(BIN)/ruff check src tests benchmarks scripts
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest -q

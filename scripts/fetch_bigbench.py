@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""One-time set-up of the BIG-bench data sets (truthfulqa-mc, mathqa); a no-op when already done.
+"""One-time set-up of the optional BIG-bench data sets (truthfulqa-mc, mathqa, truthfulqa-gen).
 
-Downloads the bigbench 1.0.0 sdist (358 MB) through pip's configured package index, checks its SHA-256, extracts the two task files
-refcal reads into ``$REFCAL_DATA_DIR/bigbench`` (default ``~/.cache/refcal/bigbench``) and deletes
-the archive. Same as ``refcal datasets --setup-bigbench``.
+Not part of ``make test``: the package index no longer offers the bigbench 1.0.0 sdist. With ``--sdist`` (the
+archive, its extracted folder, or a folder of the task files) it keeps the three task files refcal reads in
+``$REFCAL_DATA_DIR/bigbench`` (default ``~/.cache/refcal/bigbench``); without it, it tries pip's configured
+package index. Same as ``refcal datasets --setup-bigbench [--sdist PATH]``; a no-op when already done.
 
-Usage: python scripts/fetch_bigbench.py [--sdist PATH/TO/bigbench-1.0.0.tar.gz]  (set REFCAL_DATA_DIR to change the destination)
+Usage: python scripts/fetch_bigbench.py [--sdist PATH]  (set REFCAL_DATA_DIR to change the destination)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from refcal.errors import RefcalError
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sdist", type=Path, help="an already downloaded bigbench-1.0.0.tar.gz")
+    parser.add_argument("--sdist", type=Path, help="bigbench-1.0.0.tar.gz, its extracted folder, or a folder of the task files")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -7,8 +7,8 @@ Two ways open a window onto the real folders, explicitly:
 * ``real_models`` (implied by ``slow`` and ``api``, whose tests load the packaged models): the real
   cache's converted models (``models/``, ``sha/``) are linked into the test's cache, so the one-time
   GGUF conversion is reused while score caches stay private to the test;
-* ``real_data``: ``REFCAL_DATA_DIR`` is the real data home (BIG-bench files fetched once by
-  ``refcal datasets --setup-bigbench``).
+* ``real_data``: ``REFCAL_DATA_DIR`` is the real data home (where the optional BIG-bench files would be;
+  no test needs them: their loaders are tested on a small synthetic archive).
 
 Third-party caches that only cost time to rebuild (Hugging Face hub, matplotlib fonts) keep their real
 location although ``XDG_CACHE_HOME`` moves.

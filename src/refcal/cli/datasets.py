@@ -20,11 +20,16 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--subjects", "show_subjects", is_flag=True, help="List the 57 MMLU subjects instead.")
 @click.option("--setup-bigbench", is_flag=True,
-              help="Download the bigbench sdist once (358 MB) and keep the task files truthfulqa-mc / mathqa need.")
-@click.option("--sdist", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="With --setup-bigbench: use this already downloaded bigbench-1.0.0.tar.gz.")
+              help="Set up the optional BIG-bench data sets (truthfulqa-mc, mathqa, truthfulqa-gen) from --sdist; "
+                   "without --sdist, try pip's package index (which no longer offers the file).")
+@click.option("--sdist", type=click.Path(exists=True, path_type=Path),
+              help="With --setup-bigbench: bigbench-1.0.0.tar.gz, its extracted folder, or a folder of the task "
+                   "files.")
 def datasets(as_json: bool, show_subjects: bool, setup_bigbench: bool, sdist: Path | None) -> None:
     """List the built-in data sets with their splits and sizes.
+
+    The BIG-bench sets (truthfulqa-mc, mathqa, truthfulqa-gen) are optional: their status names the set-up
+    command until their task files are in place.
 
     User files (JSONL / JSON / CSV / TSV / Parquet / save_to_disk folders) work wherever a data set name
     is accepted, with --question-col, --choices-col or --option-cols, --answer-col.
@@ -50,7 +55,7 @@ def datasets(as_json: bool, show_subjects: bool, setup_bigbench: bool, sdist: Pa
     rows = []
     for i in infos:
         splits = ", ".join(f"{s} {n}" for s, n in i.splits.items())
-        status = "ok" if i.available else f"run `{i.setup}`"
+        status = "ok" if i.available else f"optional, needs set-up: `{i.setup}`"
         package = i.source.split(" (")[0]
         rows.append([i.name, splits, i.n_options, i.default_split, package, i.licence, status])
     click.echo(_table(rows, ["name", "splits (questions)", "options", "default", "package", "licence", "status"]))

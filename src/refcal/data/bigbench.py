@@ -1,11 +1,15 @@
-"""BIG-bench multiple-choice tasks (TruthfulQA-MC, elementary_math_qa) and their one-time setup.
+"""BIG-bench tasks (TruthfulQA-MC, elementary_math_qa, TruthfulQA generation): **optional data**.
 
-BIG-bench is on PyPI only as a 358 MB source archive (``bigbench==1.0.0``) that cannot be installed
-offline in a useful way; refcal needs two JSON files from it. :func:`fetch` downloads the archive once,
-checks its SHA-256, extracts just those files into ``<data_home>/bigbench/`` (see
-:func:`refcal._paths.data_home`; ``$REFCAL_DATA_DIR`` overrides it) and deletes the archive. It does nothing
-when the files are already there. Run it as ``refcal datasets --setup-bigbench`` or
-``python scripts/fetch_bigbench.py`` (both accept ``--sdist PATH`` for a copy downloaded elsewhere).
+refcal needs three JSON files from the BIG-bench 1.0.0 source archive (``bigbench-1.0.0.tar.gz``, 358 MB).
+The package index these machines reach no longer offers that file (it lists only ``bigbench 0.0.1``, checked
+on 7 December 2026), and no other registry package was found that carries TruthfulQA or MathQA as data, so
+the three data sets need a set-up step that nothing in ``make test`` depends on:
+``refcal datasets --setup-bigbench --sdist PATH`` with ``PATH`` a copy of the archive, its extracted folder,
+or a folder holding the task files (``truthful_qa/task_mc.json``, ...). :func:`fetch` checks an archive's
+SHA-256, extracts just those files into ``<data_home>/bigbench/`` (see :func:`refcal._paths.data_home`;
+``$REFCAL_DATA_DIR`` overrides it) and does nothing when the files are already there. Without ``--sdist`` it
+tries pip's configured package index, on request only, and says in one line when the index does not offer
+the file. ``python scripts/fetch_bigbench.py`` does the same.
 
 The archive is found through **pip's configured package index** (``index-url`` / ``extra-index-url``
 / ``find-links`` from pip's configuration and ``PIP_*`` variables, else pip's own default index), so a
@@ -47,7 +51,9 @@ _PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 #: the task files refcal reads, relative to ``benchmark_tasks/`` (also their place in the cache);
 #: ``truthful_qa/questions.json`` holds the true and false reference answers of ``truthfulqa-gen``
 FILES = ("truthful_qa/task_mc.json", "elementary_math_qa/question_only/task.json", "truthful_qa/questions.json")
-SETUP_COMMAND = "refcal datasets --setup-bigbench"
+SETUP_COMMAND = "refcal datasets --setup-bigbench --sdist PATH"
+#: the index route, tried only when asked for (``refcal datasets --setup-bigbench`` without ``--sdist``)
+INDEX_COMMAND = "refcal datasets --setup-bigbench"
 
 
 def bigbench_dir() -> Path:
@@ -73,7 +79,7 @@ def pip_config() -> dict[str, str]:
                              timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise DatasetError(f"cannot ask pip for its package index ({e}); install pip in this environment, or "
-                           f"download {SDIST_NAME} yourself and run `{SETUP_COMMAND} --sdist PATH`") from None
+                           f"download {SDIST_NAME} yourself and run `{SETUP_COMMAND}`") from None
     conf: dict[str, str] = {}
     for line in out.splitlines():
         m = re.fullmatch(r"[^.]*\.([\w-]+)='(.*)'", line.strip())
@@ -88,7 +94,7 @@ def pip_default_index() -> str:
         from pip._internal.models.index import PyPI
     except ImportError:
         raise DatasetError("pip is not importable, so its default package index is unknown; set PIP_INDEX_URL, or "
-                           f"pass an already downloaded {SDIST_NAME} with --sdist") from None
+                           f"pass an already downloaded {SDIST_NAME} with `{SETUP_COMMAND}`") from None
     return PyPI.simple_url
 
 
@@ -142,8 +148,9 @@ def find_sdist(conf: dict[str, str] | None = None) -> str:
             if urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1] == SDIST_NAME:
                 return url
         tried.append(f"{page} (no {SDIST_NAME})")
-    raise DatasetError(f"no configured package index offers {SDIST_NAME} (tried: {'; '.join(tried) or 'none'}); "
-                       f"point pip at an index that has it (PIP_INDEX_URL), or run `{SETUP_COMMAND} --sdist PATH`")
+    raise DatasetError(f"the package index no longer offers {SDIST_NAME} (tried: {'; '.join(tried) or 'none'}); "
+                       f"get a copy of the archive (or its task files) elsewhere and run `{SETUP_COMMAND}`, or "
+                       "point pip at an index that has it (PIP_INDEX_URL)")
 
 
 def _ssl_context(conf: dict[str, str]) -> ssl.SSLContext | None:
@@ -191,10 +198,39 @@ def _extract(sdist: Path, root: Path) -> None:
     except (tarfile.TarError, OSError, EOFError) as e:
         # never tell the user to delete a file they passed with --sdist: it may be theirs to keep
         raise DatasetError(f"cannot read the BIG-bench archive {sdist} ({e}); it is not a valid "
-                           f"bigbench-1.0.0.tar.gz: download it again, or run `{SETUP_COMMAND}` online") from e
+                           f"bigbench-1.0.0.tar.gz: get an intact copy and run `{SETUP_COMMAND}` again") from e
     missing = sorted(set(FILES) - found)
     if missing:
         raise DatasetError(f"{sdist} lacks {', '.join(missing)}; it is not the bigbench 1.0.0 sdist")
+
+
+#: where the task files sit inside a folder the user passes: the task folder itself, ``benchmark_tasks``,
+#: the ``bigbench`` package folder, or the extracted sdist
+_FOLDER_PREFIXES = ("", "benchmark_tasks/", "bigbench/benchmark_tasks/", "bigbench-1.0.0/bigbench/benchmark_tasks/")
+
+
+def _copy_folder(folder: Path, root: Path) -> None:
+    """Copy the task files from a folder (an extracted sdist or the task files themselves) into ``root``."""
+    for prefix in _FOLDER_PREFIXES:
+        if all((folder / prefix / f).is_file() for f in FILES):
+            break
+    else:
+        missing = [f for f in FILES if not any((folder / p / f).is_file() for p in _FOLDER_PREFIXES)]
+        raise DatasetError(f"{folder} lacks {', '.join(missing)}; pass the extracted bigbench 1.0.0 sdist or a "
+                           f"folder holding {', '.join(FILES)}")
+    for rel in FILES:  # check every file before copying any, so a broken set leaves nothing behind
+        src = folder / prefix / rel
+        try:
+            json.loads(src.read_text(encoding="utf-8"))["examples"]  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"{src} is not a BIG-bench task file ({type(e).__name__}: {e}); pass an intact "
+                               "copy of the bigbench 1.0.0 task files") from None
+    for rel in FILES:
+        src = folder / prefix / rel
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(target) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str | None = None) -> Path:
@@ -205,7 +241,8 @@ def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str | Non
     root : Path, optional
         Destination (default :func:`bigbench_dir`).
     sdist : Path, optional
-        An already downloaded ``bigbench-1.0.0.tar.gz`` (for offline machines); it is not deleted.
+        An already downloaded ``bigbench-1.0.0.tar.gz``, its extracted folder, or a folder holding the task
+        files (it is never deleted).
     url : str, optional
         Where to download the archive from when ``sdist`` is not given (default: found on pip's configured
         package index, see :func:`find_sdist`).
@@ -219,11 +256,15 @@ def fetch(root: Path | None = None, *, sdist: Path | None = None, url: str | Non
     if is_fetched(root):
         log.info("BIG-bench task files already in %s", root)
         return root
-    if sdist is not None and not Path(sdist).is_file():
-        raise DatasetError(f"no such file: {sdist}; pass the path of bigbench-1.0.0.tar.gz")
+    if sdist is not None and not Path(sdist).exists():
+        raise DatasetError(f"no such file or folder: {sdist}; pass the path of bigbench-1.0.0.tar.gz, of its "
+                           "extracted folder, or of a folder holding the task files")
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
+        if sdist is not None and Path(sdist).is_dir():
+            _copy_folder(Path(sdist), root)
+            return root
         if sdist is not None:
             _extract(Path(sdist), root)
             return root
@@ -243,7 +284,7 @@ def _fetch_online(url: str | None, root: Path) -> None:
         _download(url, archive, _ssl_context(conf))
     except OSError as e:
         raise DatasetError(f"cannot download {url.split('#', 1)[0]} ({getattr(e, 'reason', None) or e}); download "
-                           f"{SDIST_NAME} elsewhere and run `{SETUP_COMMAND} --sdist PATH`") from e
+                           f"{SDIST_NAME} elsewhere and run `{SETUP_COMMAND}`") from e
     try:
         _extract(archive, root)
     finally:
@@ -253,8 +294,8 @@ def _fetch_online(url: str | None, root: Path) -> None:
 def _examples(rel: str) -> list[dict]:
     path = bigbench_dir() / rel
     if not path.is_file():
-        raise DatasetError(f"BIG-bench file {path} is missing; run `{SETUP_COMMAND}` once "
-                           "(downloads the 358 MB bigbench sdist and keeps 3 MB)")
+        raise DatasetError(f"this data set is optional and not set up (BIG-bench file {path} is missing); get "
+                           f"bigbench-1.0.0.tar.gz or its task files and run `{SETUP_COMMAND}` once")
     with open(path, encoding="utf-8") as f:
         return json.load(f)["examples"]
 
