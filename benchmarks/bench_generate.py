@@ -25,9 +25,10 @@ import time
 import numpy as np
 import torch
 
-from refcal import prompts_freeform as pf
-from refcal.backends.transformers import TransformersBackend, _pack
+from refcal.backends.batching import pack
+from refcal.backends.transformers import TransformersBackend
 from refcal.data.freeform import load_triviaqa
+from refcal.tasks import prompts_freeform as pf
 from refcal.tasks.requests import GenerateRequest
 
 
@@ -40,7 +41,7 @@ def hf_generate(be: TransformersBackend, reqs: list[GenerateRequest]) -> list[st
     order = sorted(range(len(reqs)), key=lambda i: (-len(enc[i]), i))
     out = [""] * len(reqs)
     with torch.inference_mode():
-        for chunk in _pack(order, [len(enc[i]) for i in order], be.batch_size):
+        for chunk in pack(order, [len(enc[i]) for i in order], be.batch_size):
             width = max(len(enc[i]) for i in chunk)
             ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)

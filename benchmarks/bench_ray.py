@@ -1,6 +1,6 @@
 """Ray scaling on one machine: 1 vs 2 model replicas (actors) of one thread each, same questions, one run.
 
-Both variants go through :class:`refcal.scoring_ray.RayBackend` on one private Ray instance, so the
+Both variants go through :class:`refcal.backends.ray.RayBackend` on one private Ray instance, so the
 ratio isolates the actor pool: the driver plans the same batches, each actor loads its own copy of
 the model once (``threads=1``: ``torch.set_num_threads(1)``) and scores one planned batch per call.
 Reported per variant: the wall time of the scoring phase (from the first batch sent to the last
@@ -21,9 +21,9 @@ import numpy as np
 import ray
 
 from refcal.backends import load_backend
+from refcal.backends.ray import RayBackend, _temp_dir
 from refcal.data import load_dataset
 from refcal.scoring import score_questions
-from refcal.scoring_ray import RayBackend, _temp_dir
 
 
 def timed(rb: RayBackend, questions, batch_size: int, scoring: str) -> tuple[np.ndarray, float, float]:

@@ -22,9 +22,10 @@ import time
 import numpy as np
 import torch
 
-from refcal.backends.transformers import TransformersBackend, _pack
+from refcal.backends.batching import pack
+from refcal.backends.transformers import TransformersBackend
 from refcal.data import load_dataset
-from refcal.prompts import letter_requests
+from refcal.tasks.prompts import letter_requests
 
 
 def naive(be: TransformersBackend, reqs) -> list[np.ndarray]:
@@ -39,7 +40,7 @@ def naive(be: TransformersBackend, reqs) -> list[np.ndarray]:
 def floor(be: TransformersBackend, reqs) -> None:
     enc = sorted((be._encode_letter(r) for r in reqs), key=len, reverse=True)
     # the same padding-aware batches as refcal, so the floor is not inflated by padding
-    chunks = _pack(list(range(len(enc))), [len(e) for e in enc], be.batch_size)
+    chunks = pack(list(range(len(enc))), [len(e) for e in enc], be.batch_size)
     with torch.inference_mode():
         for chunk in chunks:
             be._forward([enc[i] for i in chunk])

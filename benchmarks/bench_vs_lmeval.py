@@ -89,14 +89,14 @@ def floor(be, reqs, batch_size: int) -> None:
     """Decoder over context + every option token per question, head + logsumexp at option tokens only."""
     import torch
 
-    from refcal.backends.transformers import _pack
+    from refcal.backends.batching import pack
 
     enc = [be._encode_cloze(r) for r in reqs]
     rows = [ctx + [t for c in conts for t in c] for ctx, conts in enc]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     step = max(1, (1 << 26) // int(be._head_w.shape[0]))
     with torch.inference_mode():
-        for chunk in _pack(order, [len(rows[i]) for i in order], batch_size):
+        for chunk in pack(order, [len(rows[i]) for i in order], batch_size):
             width = max(len(rows[i]) for i in chunk)
             ids = torch.full((len(chunk), width), be._pad, dtype=torch.long)
             own = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -119,9 +119,9 @@ def bench_model(alias: str, args: argparse.Namespace, work: Path) -> None:
 
     from refcal.backends.transformers import TransformersBackend
     from refcal.data import load_dataset
-    from refcal.prompts import cloze_requests
     from refcal.scores import load_scores
     from refcal.scoring import score_questions
+    from refcal.tasks.prompts import cloze_requests
 
     try:
         from refcal.backends.models import resolve

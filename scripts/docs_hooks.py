@@ -75,10 +75,7 @@ def report_figures(run: Path) -> dict[str, bytes]:
     from refcal.calibrate.methods import DEFAULT_METHODS
     from refcal.run import load_result
 
-    try:
-        from refcal.report import plots
-    except ImportError:  # before the report package
-        from refcal import plots
+    from refcal.report import plots
 
     res = load_result(run)
     keys = [k for k in DEFAULT_METHODS if k in res.selective]

@@ -17,11 +17,12 @@ from refcal.backends.fake import FakeBackend
 from refcal.calibrate import DACA, load_calibrator
 from refcal.cli import main
 from refcal.errors import CalibratorFileError, InputError
-from refcal.prompts_freeform import P_TRUE_LETTERS, generation_prompt
+from refcal.report import write_report
 from refcal.run import RunConfig, load_result
 from refcal.run.freeform import FREEFORM_METHODS, is_freeform, parse_freeform_methods, run_freeform
 from refcal.scores import ScoreSet, load_scores
 from refcal.tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
+from refcal.tasks.prompts_freeform import P_TRUE_LETTERS, generation_prompt
 
 N = 24
 TRICKY = "<b>What</b> | is *this* [x](javascript:alert(1))?"
@@ -72,7 +73,7 @@ def _backends(**chat_kw):
 def labelled_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ff")
     data = _data(tmp)
-    out = run_freeform(_cfg(data, tmp / "cache"), tmp / "run", backends=_backends())
+    out = run_freeform(_cfg(data, tmp / "cache"), tmp / "run", backends=_backends(), finish=write_report)
     return tmp, data, out
 
 
@@ -119,9 +120,9 @@ def test_resume_after_an_interruption_does_not_generate_again(tmp_path, labelled
     _, data, first = labelled_run
     cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
-        run_freeform(_cfg(data, cache), tmp_path / "run", backends=_backends(stop_after=8), report=False)
+        run_freeform(_cfg(data, cache), tmp_path / "run", backends=_backends(stop_after=8))
     again = _backends()
-    out = run_freeform(_cfg(data, cache), tmp_path / "run", backends=again, report=False)
+    out = run_freeform(_cfg(data, cache), tmp_path / "run", backends=again)
     assert again["chat"].n_generated == N - 8 + N  # the missing answers, then the N verbal replies
     # the same numbers as the uninterrupted run
     a, b = load_result(first), load_result(out)
@@ -129,14 +130,14 @@ def test_resume_after_an_interruption_does_not_generate_again(tmp_path, labelled
         assert a.methods[key]["ece"].values == b.methods[key]["ece"].values
     # and a third run generates nothing
     third = _backends()
-    run_freeform(_cfg(data, cache), tmp_path / "run3", backends=third, report=False)
+    run_freeform(_cfg(data, cache), tmp_path / "run3", backends=third)
     assert third["chat"].n_generated == 0
 
 
 def test_hidden_labels_leave_every_label_free_fit_unchanged(tmp_path, labelled_run):
     tmp, _, first = labelled_run
     data = _data(tmp_path, labelled=False)
-    out = run_freeform(_cfg(data, tmp / "cache"), tmp_path / "run", backends=_backends(), report=False)
+    out = run_freeform(_cfg(data, tmp / "cache"), tmp_path / "run", backends=_backends())
     a, b = load_result(first), load_result(out)
     assert not b.has_labels and b.freeform["judge"] is None
     assert "ts" in b.unavailable and "ts" not in b.methods
@@ -279,7 +280,7 @@ def test_api_chat_model_through_llama_cpp_server(tmp_path):
         data.write_text("\n".join(json.dumps(r) for r in rows))
         cfg = RunConfig(base="fake:base", chat=f"openai:{MODEL_ALIAS}", api_base=srv.url, dataset=str(data),
                         limit=None, cache_dir=str(tmp_path / "cache"), progress=False, n_splits=2)
-        out = run_freeform(cfg, tmp_path / "run", judge="contains", report=False)
+        out = run_freeform(cfg, tmp_path / "run", judge="contains")
         res = load_result(out)
         assert "chat" in res.unavailable and "log-probabilities" in res.unavailable["chat"]
         for key in ("p_true", "daca", "verbal"):

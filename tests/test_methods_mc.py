@@ -18,10 +18,11 @@ from refcal.calibrate.methods import (
 )
 from refcal.data.base import Question
 from refcal.errors import InputError
+from refcal.report import write_report
 from refcal.run import RunConfig, load_result, protocol, run
-from refcal.run.elicit import NOT_AN_OPTION, ElicitationEnsembleTask, ElicitationTask
 from refcal.run.evaluate import premise_diagnostics
 from refcal.scoring import score_questions
+from refcal.tasks.elicit import NOT_AN_OPTION, ElicitationEnsembleTask, ElicitationTask
 from test_pipeline import _questions
 
 
@@ -218,7 +219,7 @@ def test_run_all_methods_writes_every_key(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(60))
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring="letter", methods=["all"],
                     n_splits=2, progress=False)
-    out = run(cfg, tmp_path / "run")
+    out = run(cfg, tmp_path / "run", finish=write_report)
     doc = _every_method_shown(out, 60)
     for key in ("reeval", "elicitation", "elicitation_ensemble"):
         assert doc["methods"][key]["nll"]["mean"] is None  # top-label: no distribution, no NLL
@@ -312,10 +313,10 @@ def test_run_cape_options(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(20))
     base = {"base": "fake-base", "chat": "fake-chat", "dataset": "toy", "scoring": "letter", "n_splits": 2,
             "progress": False, "templates": [1, 2]}
-    out1 = run(RunConfig(**base, methods=["chat", "cape"]), tmp_path / "cyclic", report=False)
+    out1 = run(RunConfig(**base, methods=["chat", "cape"]), tmp_path / "cyclic")
     calls = fake_models["fake-chat"].calls
     out2 = run(RunConfig(**base, methods=["chat", "cape"], cape_orders="all", cape_templates="all"),
-               tmp_path / "all", report=False)
+               tmp_path / "all")
     # 20 questions x 24 orders x 5 templates, scored once (template 2's units read template 1's cache file)
     assert fake_models["fake-chat"].calls - calls == 20 * 24 * 5
     cyc = load_scores(out1 / "scores" / "chat_cape_t1.parquet")
@@ -354,7 +355,7 @@ def test_run_cloze_lists_cape_with_reason(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(40))
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring="cloze",
                     methods=["default", "cape", "reeval"], n_splits=2, progress=False)
-    out = run(cfg, tmp_path / "run", report=True)
+    out = run(cfg, tmp_path / "run", finish=write_report)
     res = load_result(out)
     assert "cape" not in res.methods and "letter" in res.unavailable["cape"]
     assert "reeval" in res.methods

@@ -9,6 +9,7 @@ from refcal.backends.fake import FakeBackend
 from refcal.cli import main
 from refcal.data.base import Question
 from refcal.errors import InputError
+from refcal.report import write_report
 from refcal.run import SCHEMA_VERSION, RunConfig, load_result, protocol, run
 from refcal.run import evaluate as E
 
@@ -42,7 +43,7 @@ def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
     if scoring != "letter":  # templates change only letter prompts; several with cloze is refused
         with pytest.raises(InputError, match="letter scoring only"):
             RunConfig(dataset="toy", scoring=scoring, templates=[1, 2]).validate()
-    out = run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run")
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["has_labels"]
     assert set(doc["methods"]) == {"chat", "base", "daca", "naive", "ts", "daca_agree"}
@@ -60,7 +61,7 @@ def test_run_random_splits(tmp_path, monkeypatch, fake_models, scoring):
     assert json.loads((out / "calibrator.json").read_text())["temperature"] == pytest.approx(3.0, rel=1e-8)
     # a second run is served from the cache: no backend call at all
     calls = {k: b.calls for k, b in fake_models.items()}
-    run(cfg, tmp_path / "run2", report=False)
+    run(cfg, tmp_path / "run2")
     assert {k: b.calls for k, b in fake_models.items()} == calls
 
 
@@ -71,7 +72,7 @@ def test_run_per_subject(tmp_path, monkeypatch, fake_models):
 
     monkeypatch.setattr(protocol, "load_questions", load)
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", progress=False)
-    out = run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run")
     doc = json.loads((out / "metrics.json").read_text())
     assert [f["group"] for f in doc["fits"]["daca"]] == ["algebra", "virology"]
     assert "per-subject" in doc["protocol"]
@@ -82,7 +83,7 @@ def test_run_without_labels(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(100, labelled=False))
     monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False)
-    out = run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run")
     doc = json.loads((out / "metrics.json").read_text())
     assert not doc["has_labels"] and "ts" not in doc["methods"]
     assert "ece" not in doc["methods"]["daca"] and "mean_confidence" in doc["methods"]["daca"]
@@ -132,13 +133,13 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
     ref_backends = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: ref_backends[spec])
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "ref-cache"))
-    ref = json.loads((run(cfg, tmp_path / "ref", report=False) / "metrics.json").read_text())
+    ref = json.loads((run(cfg, tmp_path / "ref") / "metrics.json").read_text())
 
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(tmp_path / "cache"))
     first = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=3.0, max_requests=50)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: first[spec])
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, tmp_path / "run", report=False)
+        run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # no half-written run folder
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
     done_chat = first["c"].calls
@@ -146,7 +147,7 @@ def test_interrupted_run_resumes_without_rescoring(tmp_path, monkeypatch):
 
     second = {"b": FakeBackend("base", scale=1.0), "c": FakeBackend("chat", scale=3.0)}
     monkeypatch.setattr("refcal.backends.load_backend", lambda spec, **kw: second[spec])
-    out = run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run")
     assert second["b"].calls == 0  # the base model finished before the interruption
     assert second["c"].calls == 120 - done_chat  # only what was missing
     doc = json.loads((out / "metrics.json").read_text())
@@ -183,7 +184,7 @@ def test_run_without_any_agreement_still_reports(tmp_path, monkeypatch, capsys):
 def test_calibration_split_must_differ_from_evaluation_split(tmp_path, fake_models):
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="validation", progress=False)
     with pytest.raises(InputError, match="fitted on"):
-        run(cfg, tmp_path / "run", report=False)
+        run(cfg, tmp_path / "run")
 
 
 def test_nll_survives_exp_underflow_and_aggregation_keeps_inf():
@@ -211,7 +212,7 @@ def test_run_fewshot_prefix_per_subject(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr("refcal.data.fewshot_examples", shots)
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="mmlu", split="test", fewshot=3,
                              scoring="letter", progress=False)
-    out = run(cfg, tmp_path / "run", report=False)
+    out = run(cfg, tmp_path / "run")
     assert sorted(set(asked)) == ["algebra", "virology"]
     from refcal.scores import load_scores
 
@@ -247,7 +248,7 @@ def test_run_all_methods_with_labels(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     cfg = RunConfig(base="fake-base", chat="fake-chat", dataset="toy", scoring="letter", methods=["all"],
                     n_splits=2, progress=False)
-    out = run(cfg, tmp_path / "run", report=True)
+    out = run(cfg, tmp_path / "run", finish=write_report)
     res = load_result(out)
     # proj reads hidden states, which fake models do not have: listed with its reason
     assert list(res.methods) == [k for k in METHODS if k != "proj"] and set(res.unavailable) == {"proj"}
@@ -292,7 +293,7 @@ def test_metrics_json_round_trips_through_the_typed_result(tmp_path, monkeypatch
     monkeypatch.setattr(protocol, "load_questions", lambda cfg, split: _questions(80))
     monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     out = run(RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False), tmp_path / "run",
-              report=False)
+                  finish=write_report)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION == 1
     res = load_result(out)
@@ -316,7 +317,8 @@ def test_run_folder_respects_the_umask(tmp_path, monkeypatch, fake_models):
     monkeypatch.setattr(protocol, "default_split", lambda name: "test")
     old = os.umask(0o022)
     try:
-        out = run(RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False), tmp_path / "run")
+        out = run(RunConfig(base="fake-base", chat="fake-chat", dataset="toy", progress=False), tmp_path / "run",
+                  finish=write_report)
     finally:
         os.umask(old)
     modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
@@ -371,7 +373,7 @@ def test_tiny_run_with_underflowing_probabilities_warns_nothing(tmp_path, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         out = run(RunConfig(base="b", chat="c", dataset="toy", limit=10, progress=False), tmp_path / "run",
-                  report=False)
+                  finish=write_report)
     res = load_result(out)
     chat_nll = res.bootstrap.methods["chat"]["nll"]
     assert res.methods["chat"]["nll"].mean > 745 / 7  # a log-probability below -745: exp() gives 0

@@ -16,10 +16,11 @@ from refcal.calibrate.proj import BaseCalProj, ProjInputs, fit_linear_map
 from refcal.cli import main
 from refcal.errors import FitError, InputError, MismatchError, NotFittedError
 from refcal.metrics import TopLabel
+from refcal.scoring import hidden_states
 
 
 class _Head:
-    """A numpy stand-in of :class:`refcal.backends._hidden.OptionHead` (no torch needed)."""
+    """A numpy stand-in of :class:`refcal.backends.heads.OptionHead` (no torch needed)."""
 
     def __init__(self, weight, bias=None, softcap=None):
         self.weight, self.bias, self.softcap = weight, bias, softcap
@@ -195,14 +196,13 @@ def _questions(n=9):
 def test_base_head_at_the_answer_position_reproduces_the_letter_scores(tiny):
     """The hidden state is taken where the letter logits are read: the k head rows (soft-capped, Gemma 2)
     at it give the backend's letter scores."""
-    from refcal.backends._hidden import answer_hidden_states, option_head
-    from refcal.prompts import letter_requests, option_letters
+    from refcal.tasks.prompts import letter_requests, option_letters
 
     qs = _questions()
     reqs = letter_requests(qs, template=2)
-    h = answer_hidden_states(tiny, reqs)
+    h = tiny.answer_hidden_states(reqs)
     assert h.dtype == np.float32 and h.shape == (len(qs), 32)
-    head = option_head(tiny, option_letters(4))
+    head = tiny.option_head(option_letters(4))
     assert head.softcap == 5.0
     for i, s in enumerate(tiny.score_letters(reqs)):
         np.testing.assert_allclose(head.logits(h[i: i + 1])[0, : len(s)], s, rtol=0, atol=1e-4)
@@ -212,7 +212,7 @@ def test_base_head_at_the_answer_position_reproduces_the_letter_scores(tiny):
 def test_hidden_states_are_cached_and_resume(tiny, tmp_path, monkeypatch):
     qs = _questions()
     meta = {"dataset": "toy", "split": "test"}
-    first = tiny.hidden_states(qs, template=1, cache_dir=tmp_path, meta=meta)
+    first = hidden_states(tiny, qs, template=1, cache_dir=tmp_path, meta=meta)
     assert first.ids == tuple(q.id for q in qs) and first.x.shape == (9, 32)
     parts = sorted((tmp_path / "hidden").glob("*/part-*.npz"))
     assert len(parts) >= 3  # one file per batch of at most 3
@@ -220,12 +220,12 @@ def test_hidden_states_are_cached_and_resume(tiny, tmp_path, monkeypatch):
     calls = []
     forward = type(tiny)._forward
     monkeypatch.setattr(type(tiny), "_forward", lambda self, rows, *a: calls.append(len(rows)) or forward(self, rows, *a))
-    again = tiny.hidden_states(qs, template=1, cache_dir=tmp_path, meta=meta)
+    again = hidden_states(tiny, qs, template=1, cache_dir=tmp_path, meta=meta)
     assert calls == []  # everything from the cache
     np.testing.assert_array_equal(again.x, first.x)
 
     parts[0].unlink()  # an interrupted run: one batch missing
-    resumed = tiny.hidden_states(qs, template=1, cache_dir=tmp_path, meta=meta)
+    resumed = hidden_states(tiny, qs, template=1, cache_dir=tmp_path, meta=meta)
     assert 1 <= len(calls) and sum(calls) <= 3
     np.testing.assert_array_equal(resumed.x, first.x)
     np.testing.assert_array_equal(resumed.take(["q3", "q0"]), first.x[[3, 0]])
@@ -233,16 +233,16 @@ def test_hidden_states_are_cached_and_resume(tiny, tmp_path, monkeypatch):
         resumed.take(["nope"])
     # another template is another prompt, so another cache entry
     calls.clear()
-    other = tiny.hidden_states(qs, template=2, cache_dir=tmp_path, meta=meta)
+    other = hidden_states(tiny, qs, template=2, cache_dir=tmp_path, meta=meta)
     assert sum(calls) == 9 and not np.allclose(other.x, first.x)
 
 
 def test_torn_cache_file_is_recomputed(tiny, tmp_path):
     qs = _questions(4)
-    first = tiny.hidden_states(qs, cache_dir=tmp_path)
+    first = hidden_states(tiny, qs, cache_dir=tmp_path)
     part = sorted((tmp_path / "hidden").glob("*/part-*.npz"))[0]
     part.write_bytes(part.read_bytes()[:40])
-    np.testing.assert_array_equal(tiny.hidden_states(qs, cache_dir=tmp_path).x, first.x)
+    np.testing.assert_array_equal(hidden_states(tiny, qs, cache_dir=tmp_path).x, first.x)
 
 
 # ---------------------------------------------------------------------------------------------- refcal run

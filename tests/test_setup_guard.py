@@ -161,6 +161,6 @@ def test_guard_catches_what_it_guards(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     with pytest.raises(AssertionError, match="is not an exact pin"):
         read_pins("c.txt")
-    (tmp_path / "Makefile").write_text("x:\n\tcurl -O https://example.invalid/f.tar.gz\n")
+    (tmp_path / "Makefile").write_text("x:\n\tcurl -O https://example.invalid/data.zip\n")
     with pytest.raises(AssertionError, match="names an address"):
         test_no_address_in_a_setup_file("Makefile")

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from refcal.backends.transformers import TransformersBackend  # noqa: E402
 from refcal.data.base import Question  # noqa: E402
 from refcal.errors import InputError  # noqa: E402
-from refcal.prompts import cloze_requests, letter_requests  # noqa: E402
+from refcal.tasks.prompts import cloze_requests, letter_requests  # noqa: E402
 
 QS = [
     Question("q1", "What is the capital of France?", ("Paris", "London", "Rome", "Berlin"), 0),

@@ -24,8 +24,8 @@ _LAZY = {
     "load_dataset": "data", "list_datasets": "data",
     "make_synthetic": "synthetic",
 }
-_SUBMODULES = ("metrics", "plots", "report", "run", "scoring", "prompts", "backends", "data", "calibrate", "tasks",
-               "options", "streaming", "formats", "judge", "parsing")
+_SUBMODULES = ("metrics", "report", "run", "scoring", "scores", "backends", "data", "calibrate", "tasks",
+               "options", "streaming")
 
 __all__ = sorted([*_LAZY, "metrics", "__version__"])
 

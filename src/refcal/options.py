@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .errors import InputError
 
-#: Instruction templates of the DACA paper's Table 5 (see :data:`refcal.prompts.TEMPLATES`).
+#: Instruction templates of the DACA paper's Table 5 (see :data:`refcal.tasks.prompts.TEMPLATES`).
 TEMPLATE_IDS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 #: Scoring modes of multiple-choice questions. ``letter``: next-token logits of the option letters;

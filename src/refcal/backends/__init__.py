@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..errors import InputError
 from .base import Backend, BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
 __all__ = ["REGISTRY", "Backend", "BackendOptions", "ClozeRequest", "ClozeResult", "FakeOptions", "GenerateRequest",
@@ -46,19 +47,19 @@ class _Entry:
 
 
 def _openai(spec: str, opts: Any) -> Backend:
-    from .openai import OpenAIBackend
+    from .openai import OpenAIBackend  # each backend module is imported on use: it may need an extra (httpx)
 
     return OpenAIBackend(spec[len("openai:"):], opts)
 
 
 def _fake(spec: str, opts: Any) -> Backend:
-    from .fake import FakeBackend
+    from .fake import FakeBackend  # imported on use, like every registry entry
 
     return FakeBackend(spec[len("fake:"):] or "fake", **asdict(opts))
 
 
 def _transformers(spec: str, opts: Any) -> Backend:
-    from .transformers import TransformersBackend
+    from .transformers import TransformersBackend  # imported on use: torch and transformers are an extra
 
     return TransformersBackend.from_spec(spec, opts)
 
@@ -96,8 +97,6 @@ def load_backend(spec: str, options: BackendOptions | dict[str, Any] | None = No
     pair a local base model with an API chat model). An option the backend does not have is an
     :class:`~refcal.errors.InputError`.
     """
-    from ..errors import InputError
-
     if not isinstance(spec, str) or not spec.strip():
         raise InputError("the model spec is empty; pass a built-in alias, a folder, a .gguf file, a hub id or openai:MODEL")
     kind = backend_kind(spec)

@@ -72,7 +72,7 @@ def score(decoder: Callable[..., Any], head: Callable[[Any], Any], enc: Sequence
     ``enc`` holds ``(context tokens, [option tokens, ...])`` per question; ``decoder`` is the model
     without its head (returns ``last_hidden_state``), ``head`` maps hidden rows (N, H) to logits (N, ``vocab``).
     """
-    import torch
+    import torch  # optional heavy dependency (the `transformers` extra), imported on use
 
     width = max(tree_length(*e) for e in enc)
     n_q = len(enc)
@@ -136,7 +136,7 @@ def check(model: Any, decoder: Callable[..., Any], head: Callable[[Any], Any],
           question: tuple[list[int], list[list[int]]], **kw: Any) -> float:
     """Largest |tree score - plain score| (nats) over one question's options, the plain score from a
     forward pass of the whole model over ``context + option`` (its own mask, head and soft-capping)."""
-    import torch
+    import torch  # optional heavy dependency (the `transformers` extra), imported on use
 
     ctx, conts = question
     with torch.inference_mode():
@@ -152,7 +152,7 @@ def check(model: Any, decoder: Callable[..., Any], head: Callable[[Any], Any],
 
 def _additive(see: Any, dtype: Any) -> Any:
     """(B, T, T) booleans -> (B, 1, T, T) additive mask in ``dtype`` (0 visible, the dtype's minimum hidden)."""
-    import torch
+    import torch  # optional heavy dependency (the `transformers` extra), imported on use
 
     mask = torch.zeros(see.shape, dtype=dtype)
     return mask.masked_fill_(~see, torch.finfo(dtype).min).unsqueeze(1)

@@ -149,7 +149,7 @@ def post_json(
     Aborted
         When ``stop`` is set (another request already failed for good) before a retry.
     """
-    import httpx
+    import httpx  # the optional `api` extra, imported on use
 
     shown = public_url(url)
     for attempt in range(policy.max_retries + 1):

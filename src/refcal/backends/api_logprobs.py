@@ -28,10 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import BackendError
+from .base import NotSupportedError
 
 #: Residual probability below which the top-k is taken to cover all the mass (float32 rounding).
 R_RESOLUTION = 1e-6
@@ -104,3 +106,76 @@ def letter_logprobs(
         vals = by_letter[letter]
         out[j] = floor if not vals else float(np.logaddexp.reduce(np.array(vals, dtype=np.float64)))
     return LetterScores(logprobs=out, floored=floored, floor=floor)
+
+
+# ---------------------------------------------------------------------------------------------- response parsing
+def is_num(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class NoExact(Exception):
+    """The server cannot score a fixed token set (the message says why)."""
+
+
+def token_id_logprobs(body: Any) -> dict[int, float]:
+    """``{token id: logprob}`` of the first generated position of an answer to a request with
+    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
+    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``."""
+    try:
+        lp = body["choices"][0]["logprobs"]
+        if "content" in lp:
+            content = lp["content"] or []
+            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
+        else:
+            tops = lp.get("top_logprobs") or []
+            pairs = list((tops[0] or {}).items()) if tops else []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise NoExact("its answer has no token log-probabilities") from None
+    out: dict[int, float] = {}
+    for tok, v in pairs:
+        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit() and is_num(v):
+            out[int(tok[9:])] = float(v)
+    return out
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "
+            "needs; use a server that supports echo with logprobs on /completions (vLLM, llama-cpp-python) "
+            "or --scoring letter")
+
+
+def prompt_logprob(body: Any, prompt: str, start: int, url: str) -> tuple[float, int]:
+    """Sum of the ``token_logprobs`` of the echoed prompt tokens that end after character ``start``
+    (and begin before the prompt's end: the generated token is dropped), and their count."""
+    try:
+        text = body["choices"][0].get("text") or ""
+        lp = body["choices"][0]["logprobs"]
+        tokens, offsets, values = lp["tokens"], lp["text_offset"], lp["token_logprobs"]
+        if not (len(tokens) == len(offsets) == len(values)):
+            raise ValueError("lists of different lengths")
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise NotSupportedError(NO_ECHO.format(url=url, why="no logprobs with tokens, text_offset and "
+                                                "token_logprobs in its answer")) from None
+    if not offsets or min(offsets) >= start:  # echo ignored: only the generated token came back
+        raise NotSupportedError(NO_ECHO.format(url=url, why="echo was ignored"))
+    if len(text) > len(prompt) and max(offsets) < len(prompt):
+        # llama-cpp-python (0.3.x) pairs prompt token i with the log-probabilities that predict token i+1
+        # when the model adds no start-of-text token, and then drops the generated token: the sign
+        raise NotSupportedError(NO_ECHO.format(url=url, why="its prompt log-probabilities are shifted by one "
+                                                "token, as llama-cpp-python's for models without a BOS token"))
+    total, n = 0.0, 0
+    for tok, off, v in zip(tokens, offsets, values, strict=True):
+        if off >= len(prompt) or off + len(tok) <= start:
+            continue  # the generated token, or a token of the context
+        if not is_num(v):
+            raise NotSupportedError(NO_ECHO.format(url=url, why=f"no log-probability for prompt token {tok!r}"))
+        total += float(v)
+        n += 1
+    if n == 0:
+        raise BackendError(f"the server at {url} returned no token of the option {prompt[start:]!r}")
+    return total, n

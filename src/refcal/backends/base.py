@@ -2,7 +2,7 @@
 
 A backend turns requests (:mod:`refcal.tasks.requests`, re-exported here) into numbers or text and
 nothing else; batching order, caching and resume live in :mod:`refcal.scoring`, prompts in
-:mod:`refcal.prompts`, what a scoring mode asks for in :mod:`refcal.tasks`.
+:mod:`refcal.tasks.prompts`, what a scoring mode asks for in :mod:`refcal.tasks`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import BackendError, InputError
+from ..errors import BackendError, InputError, ModelError
 from ..tasks.requests import ClozeRequest, ClozeResult, GenerateRequest, LetterRequest
 
 __all__ = ["Backend", "BackendOptions", "ClozeRequest", "ClozeResult", "GenerateRequest", "LetterRequest",
@@ -90,8 +90,6 @@ def call_iter(backend: Any, call: str, requests: Sequence[Any]) -> Iterator[tupl
     Prefers ``<call>_iter_detailed`` (API letters with their floored flags), then ``<call>_iter``, then
     the list method; a list of the wrong length is a :class:`~refcal.errors.ModelError`.
     """
-    from ..errors import ModelError
-
     for name in (f"{call}_iter_detailed", f"{call}_iter"):
         it = getattr(backend, name, None)
         if it is not None:

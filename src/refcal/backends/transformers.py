@@ -44,9 +44,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelError
-from ..tasks.requests import cut_at_stop
-from . import _cloze_tree
+from . import _cloze_tree, models
+from ._generate import GenerationMixin
 from .base import BackendOptions, ClozeRequest, ClozeResult, GenerateRequest, LetterRequest, collect
+from .batching import common_prefix, pack
+from .heads import AnswerPositionMixin
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ _MIN_PREFIX = 4
 
 def _torch():
     try:
-        import torch
+        import torch  # optional heavy dependency (the `transformers` extra), imported on use
         import transformers  # noqa: F401
     except ImportError as e:
         raise MissingDependencyError(e.name or "torch", "transformers") from None
@@ -91,7 +93,7 @@ class TransformersOptions(BackendOptions):
             raise InputError(f"device {self.device!r} is not valid; use cpu, cuda or cuda:N")
 
 
-class TransformersBackend:
+class TransformersBackend(GenerationMixin, AnswerPositionMixin):
     """A causal LM scoring letters and cloze continuations, and generating greedily.
 
     Parameters
@@ -157,9 +159,10 @@ class TransformersBackend:
         """
         opts = TransformersOptions.build(options, **kwargs)
         torch = _torch()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from . import models
+        from transformers import (  # optional heavy dependency, imported on use
+            AutoModelForCausalLM,
+            AutoTokenizer,
+        )
 
         dev = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -278,12 +281,12 @@ class TransformersBackend:
         with torch.inference_mode():
             for idx in groups.values():
                 enc = [self._encode_letter(requests[i]) for i in idx]
-                p = _common_prefix(enc) if use_prefix_cache and len(idx) > 1 else 0
+                p = common_prefix(enc) if use_prefix_cache and len(idx) > 1 else 0
                 p = min(p, min(len(e) for e in enc) - 1)
                 if p < _MIN_PREFIX:
                     p = 0
                 order = sorted(range(len(idx)), key=lambda j: -len(enc[j]))
-                for chunk in _pack(order, [len(enc[j]) - p for j in order], self.batch_size):
+                for chunk in pack(order, [len(enc[j]) - p for j in order], self.batch_size):
                     rows = [enc[j][p:] for j in chunk]
                     past = past_mask = None
                     if p:
@@ -340,7 +343,7 @@ class TransformersBackend:
             return
         lens = [_cloze_tree.tree_length(*e) for e in enc]
         order = sorted(range(len(requests)), key=lambda i: (-lens[i], i))
-        for chunk in _pack(order, [lens[i] for i in order], self.batch_size):
+        for chunk in pack(order, [lens[i] for i in order], self.batch_size):
             with self._torch.inference_mode():
                 sums = _cloze_tree.score(self._decoder, self._head, [enc[i] for i in chunk], lay=lay,
                                          vocab=int(self._head_w.shape[0]), pad=self._pad, dtype=self.dtype,
@@ -374,7 +377,7 @@ class TransformersBackend:
         enc = [self._encode_cloze(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(enc[i][0]))
         with torch.inference_mode():
-            for chunk in _pack(order, [len(enc[i][0]) for i in order], self.batch_size):
+            for chunk in pack(order, [len(enc[i][0]) for i in order], self.batch_size):
                 # contexts minus their last token go through the cache; the last one starts each option row
                 _, ctx_mask, kv = self._forward([enc[i][0][:-1] for i in chunk])
                 sel, rows, targets = [], [], []
@@ -411,111 +414,3 @@ class TransformersBackend:
     def score_letters_iter(self, requests: Sequence[LetterRequest]) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`score_letters` as ``(index, scores)`` pairs (all computed before the first is yielded)."""
         yield from enumerate(self.score_letters(requests))
-
-    def hidden_states(self, questions: Sequence[Any], **kwargs: Any) -> Any:
-        """Answer-position final hidden states of the letter prompts of ``questions``, cached (BaseCal-Proj):
-        :func:`refcal.backends._hidden.hidden_states`."""
-        from ._hidden import hidden_states
-
-        return hidden_states(self, questions, **kwargs)
-
-    # ------------------------------------------------------------------------------------- generation
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
-        """Greedy continuation of each prompt: at most ``max_new_tokens`` tokens, cut before the first
-        stop string (or the model's end-of-sequence token).
-
-        Prompts are sorted by length and decoded together in left-padded batches (padding capped as for
-        scoring): one forward pass over the batch's prompts, then one single-token step per new token for
-        all rows still running, each reading the shared key-value cache. Only the last position's hidden
-        state goes through the output head. Padding changes the last digits of the logits, so a row's
-        greedy choice can differ from an unbatched run's only at a near tie of its top two tokens.
-        """
-        return collect(self.generate_iter(requests), len(requests))
-
-    def _eos_ids(self) -> frozenset[int]:
-        """Tokens that end a generation: the tokenizer's end of sequence and the model's generation
-        config's (chat models often end a turn with a token of their own, e.g. ``<|im_end|>``)."""
-        ids = {self.tokenizer.eos_token_id}
-        cfg = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids.update(cfg if isinstance(cfg, (list, tuple)) else [cfg])
-        return frozenset(int(i) for i in ids if i is not None)
-
-    def _generate_batch(self, prompts: list[list[int]], requests: list[GenerateRequest]) -> list[str]:
-        torch = self._torch
-        eos = self._eos_ids()
-        n = len(prompts)
-        new: list[list[int]] = [[] for _ in range(n)]
-        running = [True] * n
-        with torch.inference_mode():
-            h, mask, kv = self._forward(prompts)
-            last = h[:, -1, :]
-            for _ in range(max(r.max_new_tokens for r in requests)):
-                picks = self._head(last).argmax(-1).tolist()
-                for b, tok in enumerate(picks):
-                    if not running[b]:
-                        continue
-                    if tok in eos:
-                        running[b] = False
-                        continue
-                    new[b].append(tok)
-                    r = requests[b]
-                    if len(new[b]) >= r.max_new_tokens or (
-                            r.stop and any(s and s in self.tokenizer.decode(new[b], skip_special_tokens=True)
-                                           for s in r.stop)):
-                        running[b] = False
-                if not any(running):
-                    break
-                # finished rows keep stepping (their tokens are ignored) so the batch's cache stays aligned
-                step = [[new[b][-1] if new[b] else self._pad] for b in range(n)]
-                h, own, kv = self._forward(step, kv, mask)
-                mask = torch.cat([mask, own], 1)
-                last = h[:, -1, :]
-        return [cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True), r.stop)
-                for t, r in zip(new, requests, strict=True)]
-
-    def generate_iter(self, requests: Sequence[GenerateRequest]) -> Iterator[tuple[int, str]]:
-        """:meth:`generate` as ``(index, text)`` pairs, yielded batch by batch as each batch finishes."""
-        for r in requests:
-            if isinstance(r.max_new_tokens, bool) or not isinstance(r.max_new_tokens, int) or r.max_new_tokens < 1:
-                raise InputError("each generation request needs a positive max_new_tokens")
-        enc = [self._encode_text(r.prompt, r.chat) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: (-len(enc[i]), i))
-        for chunk in _pack(order, [len(enc[i]) for i in order], self.batch_size):
-            texts = self._generate_batch([enc[i] for i in chunk], [requests[i] for i in chunk])
-            yield from zip(chunk, texts, strict=True)
-
-
-#: Largest share of padding a batch may carry. On a CPU a padded token costs as much as a real one and
-#: batching gains little, so rows of very different lengths are better run apart (measured on Gemma-3-270M,
-#: 5-shot MMLU: batches of 8 sorted rows were 2.5x slower per question than unpadded rows).
-MAX_PADDING = 0.2
-
-
-def _pack(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Split ``order`` (sorted by decreasing ``lengths``) into batches of at most ``batch_size`` whose
-    left padding stays under :data:`MAX_PADDING` of the batch's tokens; deterministic in its inputs."""
-    chunks: list[list[int]] = []
-    cur: list[int] = []
-    width = total = 0
-    for item, n in zip(order, lengths, strict=True):
-        if cur and (len(cur) == batch_size or (total + n) < (1 - MAX_PADDING) * width * (len(cur) + 1)):
-            chunks.append(cur)
-            cur, total = [], 0
-        if not cur:
-            width = max(n, 1)
-        cur.append(item)
-        total += n
-    if cur:
-        chunks.append(cur)
-    return chunks
-
-
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        m = 0
-        while m < n and s[m] == first[m]:
-            m += 1
-        n = m
-    return n

@@ -13,7 +13,7 @@ that reason instead of leaving it out silently.
 
 A method with a ``source`` reads another score set of the chat model in place of its letter / cloze scores
 (``cape``: letter scores over the k cyclic shifts of the options; ``elicitation`` /
-``elicitation_ensemble``: generated answers with a stated confidence, see :mod:`refcal.run.elicit`); the
+``elicitation_ensemble``: generated answers with a stated confidence, see :mod:`refcal.tasks.elicit`); the
 run scores that source once and passes it as ``chat`` to ``fit`` and ``apply``. A ``top_label`` method's
 ``apply`` returns a :class:`refcal.metrics.TopLabel` (an answer and its confidence, no distribution): its
 metrics are those of confidence and correctness, and its NLL and multiclass Brier score are undefined.

@@ -3,7 +3,7 @@ base model's output head over the option tokens there (Tan et al., arXiv 2601.03
 
 Label-free. For question ``x``, ``u(x)`` (``H_c``) is the chat model's final hidden state at the answer
 position (the position whose next-token logits give the letter scores) and ``v(x)`` (``H_b``) the base
-model's at the same prompt's answer position (:mod:`refcal.backends._hidden`). On the calibration
+model's at the same prompt's answer position (:func:`refcal.scoring.hidden_states`). On the calibration
 questions a linear map with an intercept is fitted by least squares::
 
     (W, c) = argmin  sum_x || W^T u(x) + c - v(x) ||^2   (+ alpha ||W||_F^2)
@@ -74,7 +74,7 @@ class ProjInputs:
     chat_logits : ndarray (n, k)
         The chat model's option logits (its answer; -inf marks a missing option).
     head : OptionHead
-        The base model's output head over the option tokens (:func:`refcal.backends._hidden.option_head`).
+        The base model's output head over the option tokens (:meth:`TransformersBackend.option_head <refcal.backends.transformers.TransformersBackend.option_head>`).
     """
 
     chat_hidden: np.ndarray

@@ -44,7 +44,7 @@ def pop_columns(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--ray`` ... : score on a Ray cluster (:mod:`refcal.scoring_ray`)."""
+    """``--ray`` ... : score on a Ray cluster (:mod:`refcal.backends.ray`)."""
     opts = [
         click.option("--ray", "ray", is_flag=True,
                      help="Score on Ray: an actor pool of model replicas (needs refcal[ray])."),
@@ -63,7 +63,7 @@ def ray_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def pop_ray(kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """Remove the Ray options from ``kwargs``; the :class:`refcal.scoring_ray.RayOptions` fields given
+    """Remove the Ray options from ``kwargs``; the :class:`refcal.backends.ray.RayOptions` fields given
     with ``--ray``, or None without it (Ray options without ``--ray`` are an error)."""
     from ..errors import InputError
 

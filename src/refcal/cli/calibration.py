@@ -236,7 +236,7 @@ def _check_options(cal, scores, scores_path: Path, cal_path: Path, allow_other_k
 
     meta = getattr(scores, "meta", None)
     if meta is None:  # a streamed evaluation: the file's own metadata
-        from ..streaming import _file_meta
+        from ..scores import file_meta as _file_meta
 
         meta = _file_meta(scores_path)
     check_task(cal, meta, cal_source=str(cal_path), scores_source=str(scores_path))

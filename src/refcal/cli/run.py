@@ -98,6 +98,7 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
     answer is correct is evaluated (docs/FREEFORM.md).
     """
     from ..calibrate.methods import parse_methods
+    from ..report import write_report  # the run folder's finish hook: run/ itself imports no report
     from ..run import RunConfig, load_result, summary_table
     from ..run import run as run_job
     from ..run.freeform import is_freeform, parse_freeform_methods, run_freeform
@@ -124,12 +125,13 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
     )
     if freeform and (cape_orders or cape_templates):
         raise click.UsageError("--cape-orders and --cape-templates apply to multiple-choice data sets only")
+    finish = None if no_report else write_report
     out = output or Path("runs") / f"{Path(dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if freeform:
         run_dir = run_freeform(cfg, out, judge=judge, judge_api_base=judge_api_base, methods=cfg.methods,
-                               overwrite=overwrite, report=not no_report)
+                               overwrite=overwrite, finish=finish)
     else:
-        run_dir = run_job(cfg, out, overwrite=overwrite, report=not no_report)
+        run_dir = run_job(cfg, out, overwrite=overwrite, finish=finish)
     res = load_result(run_dir)
     if res.freeform:
         acc = res.freeform.get("accuracy")

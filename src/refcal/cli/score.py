@@ -72,10 +72,10 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     """Score MODEL on DATASET and write option logits (resumable: rerun the same command after an interruption)."""
     from .._io import ensure_parent
     from ..backends import options_class
+    from ..backends.ray import open_backend
     from ..data import fewshot_examples, load_dataset
     from ..scores import check_output_path
     from ..scoring import score_questions
-    from ..scoring_ray import open_backend
     from ..tasks import make_task
 
     ray = pop_ray(columns)

@@ -6,9 +6,9 @@ through one entry point, :func:`load_dataset`.
 """
 
 from .base import Question
-from .freeform import FreeformQuestion, load_freeform
+from .freeform import FreeformQuestion
 from .mmlu import mmlu_subjects
-from .registry import DatasetInfo, default_split, fewshot_examples, list_datasets, load_dataset
+from .registry import DatasetInfo, default_split, fewshot_examples, list_datasets, load_dataset, load_freeform
 
 __all__ = [
     "DatasetInfo",

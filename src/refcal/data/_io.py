@@ -45,7 +45,7 @@ def read_arrow_folder(folder: Path) -> list[dict[str, Any]]:
     The shards are Arrow IPC *streams* (``data-0000i-of-0000n.arrow``); they are read with pyarrow
     alone, so the ``datasets`` library is not needed.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow is a core dependency, imported on use to keep `import refcal` light
 
     shards = sorted(folder.glob("*.arrow"))
     if not shards:

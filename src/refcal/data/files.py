@@ -28,6 +28,7 @@ gives the split a caller should use when none is asked for.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import re
@@ -109,7 +110,7 @@ def read_rows(path: Path, split: str | None = None) -> list[dict[str, Any]]:
         except RecursionError:
             raise DatasetError(f"{path}: JSON nested too deeply; expected flat objects, one per question") from None
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # pyarrow is a core dependency
 
         try:
             return pq.read_table(path).to_pylist()
@@ -131,7 +132,7 @@ def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
 
 
 def _read_arrow_file(path: Path) -> list[dict[str, Any]]:
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow is a core dependency, imported on use to keep `import refcal` light
 
     for opener in (pa.ipc.open_stream, pa.ipc.open_file):
         try:
@@ -323,8 +324,6 @@ def _filter_subjects(qs: list[Question], subjects: Iterable[str], scol: str | No
     have = sorted({q.subject for q in qs if q.subject is not None})
     unknown = [s for s in want if s not in have]
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(unknown[0], have, n=4, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}" if close else f"subjects found: {', '.join(have[:20])}"
         raise DatasetError(f"subject {unknown[0]!r} not in column {scol!r}; {hint}")

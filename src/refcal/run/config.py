@@ -55,7 +55,7 @@ class RunConfig:
     #: CAPE's members (``--scoring cape`` and the ``cape`` method): ``cyclic`` | ``all`` orders, ``one`` | ``all`` templates
     cape_orders: str = "cyclic"
     cape_templates: str = "one"
-    #: score on Ray (:class:`refcal.scoring_ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
+    #: score on Ray (:class:`refcal.backends.ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -91,7 +91,7 @@ class RunConfig:
             raise InputError("--cape-orders / --cape-templates apply to CAPE only; add cape to --methods "
                              "(or use --scoring cape)")
         if self.ray is not None:
-            from ..scoring_ray import RayOptions
+            from ..backends.ray import RayOptions
 
             RayOptions(**self.ray)  # refuses bad values with the flag's name
 

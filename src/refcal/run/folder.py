@@ -7,7 +7,7 @@ Layout (see ``docs/ARCHITECTURE.md``)::
     calibrator.json          the deployable DACA (absent when it could not be fitted)
     scores/<role>[_t<t>][_<split>].parquet   option logits of both models
     predictions/<method>.parquet             log-probabilities of each method on the plotted questions
-    report.html, report.md, plots/           written by refcal.report
+    report.html, report.md, plots/           written by the finish hook (`refcal run`: refcal.report)
 
 :func:`write_run_folder` builds the folder aside and renames it into place, so a run is either complete
 or absent. :func:`load_result` validates every field it reads and returns the typed :class:`RunResult`.
@@ -98,12 +98,13 @@ def _calibrator_json(cal: DeployedCalibrator | None) -> dict[str, Any] | None:
 
 def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any,
                      scores: Mapping[tuple[str, int, str | None], ScoreSet], *, overwrite: bool = False,
-                     report: bool = True, config: Mapping[str, Any] | None = None) -> Path:
+                     finish: Callable[[Path], Any] | None = None, config: Mapping[str, Any] | None = None) -> Path:
     """Write every file of a run into ``out_dir`` (built aside, then renamed: complete or absent).
 
     ``evaluation`` is a :class:`refcal.run.evaluate.Evaluation`; ``scores`` maps ``(role, template,
     split)`` to the scored models; ``config`` replaces ``asdict(cfg)`` in ``config.json`` (free-form runs
-    add their prompts and judge).
+    add their prompts and judge). ``finish(folder)`` runs on the complete folder before it is renamed into
+    place (``refcal run`` passes :func:`refcal.report.write_report`), so what it writes is part of the run.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -131,10 +132,8 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
             evaluation.calibrator.save(tmp / "calibrator.json", inputs=evaluation.calibrator_inputs)
         atomic_write_json(tmp / CONFIG_FILE, {"refcal_version": __version__, **(config or asdict(cfg))})
         atomic_write_json(tmp / METRICS_FILE, result_to_json(evaluation.result))
-        if report:
-            from ..report import write_report
-
-            write_report(tmp)
+        if finish is not None:
+            finish(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)

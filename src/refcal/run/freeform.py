@@ -4,7 +4,7 @@
 1. **Generate**: the chat model answers each question greedily (chat template on, at most 32 new tokens,
    stop at the first newline), through the scorer's cache, so an interrupted run resumes without
    generating finished answers again.
-2. **Judge** each answer (evaluation only; :mod:`refcal.judge`): the labels of the metrics.
+2. **Judge** each answer (evaluation only; :mod:`refcal.tasks.judges`): the labels of the metrics.
 3. **Score** each (question, chat answer) pair; every method gives a confidence ``c`` in [0, 1] that the
    answer is correct (:data:`FREEFORM_METHODS`), evaluated as that claim held with confidence ``c``
    (:class:`refcal.metrics.TopLabel`, label 1 = correct): ECE bins ``c`` against the share of correct
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, metrics
-from .. import prompts_freeform as pf
 from .._math import log_softmax
 from ..backends.base import NotSupportedError
 from ..errors import FitError, InputError
 from ..metrics import TopLabel
 from ..scores import ScoreSet
+from ..tasks import prompts_freeform as pf
 from ..tasks.freeform import FREEFORM_TASK, AnswerLikelihoodTask, GenerateTask, PTrueTask, pair
 from .config import RunConfig, check_api_letters
 from .evaluate import Evaluation, Unfitted, _fit_record, _unit_metrics, aggregate, bootstrap, selective
@@ -149,14 +149,18 @@ def load_freeform_questions(cfg: RunConfig, split: str | None) -> list:
 def make_judge(spec: str | None, questions: Sequence[Any], *, api_base: str | None = None) -> Any:
     """``None`` / ``"exact"``: the default judge (ROUGE-L for TruthfulQA, else exact match); ``"contains"``:
     exact match with containment; ``"openai:MODEL"``: an OpenAI-compatible judge model at ``api_base``."""
-    from ..judge import ExactMatchJudge, OpenAIJudge, default_judge
+    from ..backends import load_backend
+    from ..tasks.judges import ExactMatchJudge, ModelJudge, default_judge
 
     if spec in (None, "", "exact", "default"):
         return default_judge(questions)
     if spec == "contains":
         return ExactMatchJudge(containment=True)
     if spec.startswith("openai:"):
-        return OpenAIJudge(spec[len("openai:"):], api_base=api_base)
+        if api_base is not None and not str(api_base).startswith(("http://", "https://")):
+            raise InputError(f"--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {api_base!r}")
+        # the judge is a generation on the OpenAI backend: its client, retries and key handling
+        return ModelJudge(load_backend(spec, api_base=api_base), name=spec[len("openai:"):])
     raise InputError(f"--judge {spec!r} is not known; use exact, contains or openai:MODEL")
 
 
@@ -266,14 +270,15 @@ def _correct_with(lp: np.ndarray) -> TopLabel:
 # ---------------------------------------------------------------------------------------------- the run
 def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | None = None,
                  judge_api_base: str | None = None, methods: Sequence[str] | str | None = None,
-                 overwrite: bool = False, report: bool = True, backends: Mapping[str, Any] | None = None) -> Path:
+                 overwrite: bool = False, finish: Callable[[Path], Any] | None = None,
+                 backends: Mapping[str, Any] | None = None) -> Path:
     """The whole free-form job (see the module docstring); returns the run folder.
 
     ``methods``: keys of :data:`FREEFORM_METHODS` (default all); ``backends``: ``{"chat": ..., "base": ...}``
     backend objects to use instead of loading ``cfg.chat`` / ``cfg.base`` (tests).
     """
     from ..calibrate import DACA, agreement_diagnostics
-    from ..parsing import apply_failure_policy, count_failures, parse_guess_probability
+    from ..tasks.parsing import apply_failure_policy, count_failures, parse_guess_probability
     from .folder import write_run_folder
 
     keys = parse_freeform_methods(methods)
@@ -300,7 +305,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     jd = make_judge(judge, qs, api_base=judge_api_base) if has_labels else None
 
     def labels_of(answers: list[str]) -> np.ndarray:
-        from ..judge import judge_answers
+        from ..tasks.judges import judge_answers
 
         return judge_answers(jd, qs, answers) if jd is not None else np.full(len(qs), -1, dtype=np.int64)
 
@@ -477,7 +482,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     evaluation = Evaluation(result, predictions, deployed,
                             {"base": cfg.base, "chat": cfg.chat, "dataset": cfg.dataset, "split": split,
                              "task": FREEFORM_TASK, "n_questions": n})
-    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report,
+    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish,
                             config=cfg_dict)
 
 

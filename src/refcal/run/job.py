@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,21 +16,22 @@ import numpy as np
 from ..backends import options_class
 from ..options import is_api_model
 from ..scores import ScoreSet
+from ..tasks.elicit import per_template, source_task
 from . import protocol
 from .config import RunConfig
-from .elicit import per_template, source_task
 from .evaluate import evaluate
 from .folder import write_run_folder
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, report: bool = True) -> Path:
+def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
+        finish: Callable[[Path], Any] | None = None) -> Path:
     """Run the whole job and write the run folder ``out_dir`` (atomically: built aside, then renamed).
 
     Returns the run folder; its ``metrics.json`` is read back with :func:`refcal.run.load_result`.
     """
-    from ..scoring_ray import open_backend
+    from ..backends.ray import open_backend
 
     cfg.validate()
     t_start = time.perf_counter()
@@ -96,7 +98,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False, 
         evaluation.result.method_labels["cape"] = cape_label(cfg.cape_orders, cfg.cape_templates)
     evaluation.result.api_stats = api_stats
     evaluation.result.parse_failures = _parse_failures(cfg, scores, evaluation.result.methods)
-    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, report=report)
+    return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish)
 
 
 def cape_label(orders: str, templates: str) -> str:
@@ -114,7 +116,7 @@ def _parse_failures(cfg: RunConfig, scores: dict[tuple[str, int, str | None], Sc
                     evaluated: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Replies of each evaluated generation method that did not parse, over every scored question."""
     from ..calibrate.methods import METHODS
-    from .elicit import parse_failures
+    from ..tasks.elicit import parse_failures
 
     out: dict[str, dict[str, int]] = {}
     for k in cfg.methods:
@@ -177,20 +179,20 @@ def _wants_hidden(cfg: RunConfig) -> bool:
 def _extract_hidden(backend: Any, questions: dict, cfg: RunConfig, splits: list, role: str, hidden: dict) -> None:
     """Both models' answer-position hidden states for ``proj`` (cached like scores), and the base model's
     output head over the option letters."""
-    from ..backends._hidden import option_head
-    from ..prompts import option_letters
+    from ..scoring import hidden_states
+    from ..tasks.prompts import option_letters
 
-    if not hasattr(backend, "hidden_states"):
+    if not hasattr(backend, "answer_hidden_states"):
         return
     for t in cfg.templates:
         for s in splits:
             log.info("extracting the %s model's answer-position hidden states (template %s, split %s)", role, t, s)
-            hidden[(role, t, s)] = backend.hidden_states(
-                questions[s], template=t, chat=cfg.chat_template, fewshot=_fewshot(cfg, questions[s]),
+            hidden[(role, t, s)] = hidden_states(
+                backend, questions[s], template=t, chat=cfg.chat_template, fewshot=_fewshot(cfg, questions[s]),
                 cache_dir=cfg.cache_dir, meta={"dataset": cfg.dataset, "split": s})
     if role == "base":
         k = max(len(q.choices) for qs in questions.values() for q in qs)
-        hidden["head"] = option_head(backend, option_letters(k), cfg.chat_template)
+        hidden["head"] = backend.option_head(option_letters(k), cfg.chat_template)
 
 
 def _attach_hidden(plan: protocol.Plan, hidden: dict, test_split: str | None, calib_split: str | None) -> None:

@@ -11,7 +11,7 @@ for MMLU); the deployable calibrator and the agreement diagnostics use the first
 pool (the calibration split, else every scored question).
 
 Extra score sets of the chat model (``scores[("chat_<source>", template, split)]``, e.g. CAPE or
-elicitation, see :mod:`refcal.run.elicit`) are cut the same way: each part's ``extra[source]`` holds their
+elicitation, see :mod:`refcal.tasks.elicit`) are cut the same way: each part's ``extra[source]`` holds their
 rows for the part's questions (a source scored once per run serves every template).
 """
 

@@ -121,7 +121,7 @@ class RunResult:
     api_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: with labels: is the base model calibrated where the models agree (run.evaluate.premise_diagnostics)
     premise: dict[str, Any] = field(default_factory=dict)
-    #: generation methods: replies that did not parse, by reason (run.elicit.parse_failures)
+    #: generation methods: replies that did not parse, by reason (tasks.elicit.parse_failures)
     parse_failures: dict[str, dict[str, int]] = field(default_factory=dict)
     #: free-form runs only (refcal.run.freeform): judge, prompts, parse failures, example answers
     freeform: dict[str, Any] = field(default_factory=dict)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 
 from ..errors import InputError
+from ..options import SCORINGS
 from .base import KIND_CALLS, Task
 from .multiple_choice import (
     CLOZE_MODES,
@@ -47,8 +48,6 @@ def make_task(scoring: str, *, template: int = 1, chat: bool = False, cape_order
 
     ``cape_orders`` (``cyclic`` | ``all``) and ``cape_templates`` (``one`` | ``all``) choose CAPE's members
     (:class:`PermutedLetterTask`); ``None`` is the default, and another scoring mode refuses any value."""
-    from ..options import SCORINGS
-
     if scoring not in SCORINGS or scoring not in TASKS:
         raise InputError(f"scoring {scoring!r} is not known; choose one of {', '.join(SCORINGS)}")
     cape = {k: v for k, v in (("orders", cape_orders), ("templates", cape_templates)) if v is not None}

@@ -13,7 +13,7 @@ generation). The request hash keys the cache, so an answer that changes is score
   own tokenizer); :meth:`~AnswerLikelihoodTask.finish` gives ``[log(1 - c), log c]`` with ``c`` the
   geometric-mean token probability (the two-option form every free-form confidence is evaluated in).
 * :class:`PTrueTask` (``kind="letter"``): the two-option judging prompt, letters
-  :data:`~refcal.prompts_freeform.P_TRUE_LETTERS` in logit order (0 = False, 1 = True).
+  :data:`~refcal.tasks.prompts_freeform.P_TRUE_LETTERS` in logit order (0 = False, 1 = True).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import prompts_freeform as pf
 from ..data.base import Question
 from ..errors import ModelError
+from . import prompts_freeform as pf
 from .base import is_score
 from .multiple_choice import LetterTask
 from .requests import ClozeRequest, ClozeResult, GenerateRequest, LetterRequest

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import prompts  # a module, not names: prompts imports tasks.requests (import order)
 from ..data.base import Question
 from ..errors import InputError, ModelError
+from ..options import CAPE_MAX_ALL_ORDERS, CAPE_ORDERS, TEMPLATE_IDS, check_cape_options
+from . import prompts
 from .base import is_count_list, is_score_list, keys_are
 from .requests import ClozeResult
 
@@ -148,8 +149,6 @@ def cape_orders(k: int, orders: str = "cyclic") -> list[tuple[int, ...]]:
     """The option orders CAPE shows a question with ``k`` options: ``cyclic``, the k cyclic shifts (shift
     ``s`` first: ``(s, s + 1, ...) mod k``); ``all``, the k! permutations in lexicographic order, refused
     above :data:`refcal.options.CAPE_MAX_ALL_ORDERS` options."""
-    from ..options import CAPE_MAX_ALL_ORDERS, CAPE_ORDERS
-
     if orders == "cyclic":
         return [tuple((j + s) % k for j in range(k)) for s in range(k)]
     if orders == "all":
@@ -180,8 +179,6 @@ class PermutedLetterTask(LetterTask):
     name = "cape"
 
     def __init__(self, *, template: int = 1, chat: bool = False, orders: str = "cyclic", templates: str = "one"):
-        from ..options import TEMPLATE_IDS, check_cape_options
-
         super().__init__(template=template, chat=chat)
         check_cape_options(orders, templates)
         self.orders = orders
