@@ -73,9 +73,8 @@ def report_figures(run: Path) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     from refcal.calibrate.methods import DEFAULT_METHODS
-    from refcal.run import load_result
-
     from refcal.report import plots
+    from refcal.run import load_result
 
     res = load_result(run)
     keys = [k for k in DEFAULT_METHODS if k in res.selective]
