@@ -145,7 +145,8 @@ class FaultProxy(_LocalServer):
     Queue faults with :meth:`script`; each incoming POST to a ``/v1/`` route takes the next one (or is
     forwarded when the queue is empty); POSTs elsewhere (vLLM's ``/tokenize``, which refcal asks once
     to see whether the server scores a fixed token set) are forwarded and not counted. Faults: ``("status", code, headers)``, ``("hang", seconds)`` (send nothing,
-    then close), ``("drop",)`` (close the connection without an answer).
+    then close), ``("drop",)`` (close the connection without an answer), ``("drip", seconds)`` (HTTP 200
+headers, then one byte of the body every ``seconds`` until the proxy closes: a slow-drip server).
     """
 
     def __init__(self, upstream: str):
@@ -204,6 +205,19 @@ class FaultProxy(_LocalServer):
                 elif fault[0] == "hang":
                     proxy._closing.wait(fault[1])
                     self.close_connection = True
+                elif fault[0] == "drip":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.flush()
+                    try:
+                        while not proxy._closing.wait(fault[1]):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                    except OSError:
+                        pass
+                    self.close_connection = True
                 elif fault[0] == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -257,6 +271,7 @@ class FakeVLLM(_LocalServer):
             raise ValueError(kind)
         self.kind, self.scale, self.model = kind, scale, model
         self.requests: list[tuple[str, dict]] = []
+        self.auth: list[str | None] = []  # the Authorization header of each POST (None: absent)
         self._lock = threading.Lock()
         self._listen()
 
@@ -361,6 +376,7 @@ class FakeVLLM(_LocalServer):
                 req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with fake._lock:
                     fake.requests.append((self.path, req))
+                    fake.auth.append(self.headers.get("Authorization"))
                 status, payload = fake._answer(self.path, req)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -375,3 +391,45 @@ class FakeVLLM(_LocalServer):
 def _error(message: str, param: str) -> dict:
     """vLLM's error body (``ErrorResponse``) for a validation error."""
     return {"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}
+
+
+class ScriptedServer(_LocalServer):
+    """A server on 127.0.0.1 whose every POST is answered by ``answer(path, request) -> (status, body)``:
+    for servers that misbehave in one precise way (log-probabilities as strings, no top-k, ...)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests: list[tuple[str, dict]] = []
+        self.auth: list[str | None] = []  # the Authorization header of each POST (None: absent)
+        self._listen()
+
+    def _handler(self):
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                srv.requests.append((self.path, req))
+                srv.auth.append(self.headers.get("Authorization"))
+                status, payload = srv.answer(self.path, req)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def chat_answer(top: list[tuple[str, object]], token: str = "A", logprob: object = -0.1) -> dict:
+    """A chat completion whose first token is ``token`` with top alternatives ``top`` ((token, logprob) pairs)."""
+    content = [{"token": token, "logprob": logprob, "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]
+    return {"id": "x", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": token},
+                         "logprobs": {"content": content}, "finish_reason": "length"}]}

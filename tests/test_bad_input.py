@@ -219,7 +219,7 @@ REPORT_DOCS = {
     "metric a string": ({"methods": {"chat": {"ece": {"mean": "a"}}}}, "methods['chat']['ece']"),
     "fits not lists": ({"fits": {"daca": "x"}}, "fits['daca'] must be a list"),
     "diagnostics subset": ({"diagnostics": {"agree": 3}}, "diagnostics['agree'] must be a JSON object"),
-    "n_bins text": ({"config": {"n_bins": "ten"}}, "n_bins must be a positive integer"),
+    "n_bins text": ({"config": {"n_bins": "ten"}}, "n_bins must be an integer from 1 to 1000"),
 }
 
 
@@ -557,7 +557,7 @@ def test_help_names_exit_codes_and_every_option_has_help(capsys):
 
     assert main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for code in ("0 success", "1 operating-system error", "2 bad input or usage", "130 interrupted"):
+    for code in ("0 success", "1 the operating system refused", "2 bad input or usage", "130 interrupted"):
         assert code in text
     ctx = click.Context(cli)
     for name in COMMANDS:

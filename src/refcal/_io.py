@@ -6,6 +6,7 @@ Permissions follow the process umask like every other tool: files get ``0666 & ~
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, permission_denied
 
 
 def current_umask() -> int:
@@ -52,21 +53,47 @@ def make_temp_dir(prefix: str, parent: str | os.PathLike | None = None) -> Path:
     return tmp
 
 
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give every file under ``root`` (and ``root``) the mode a plain ``open`` / ``mkdir`` would have:
+    ``0666 & ~umask`` for files (execute bits kept where set), ``0777 & ~umask`` for folders. For trees
+    written by libraries that create private temporary files (safetensors writes 0600 whatever the umask),
+    so another user or a Ray actor under another uid can read them. Entries owned by someone else are left
+    alone (``chmod`` would fail)."""
+    fmode, dmode, uid = file_mode(), dir_mode(), os.geteuid()
+    for here, dirs, files in os.walk(root):
+        for name in [*files, *dirs]:
+            p = os.path.join(here, name)
+            st = os.lstat(p)
+            if st.st_uid != uid or os.path.islink(p):
+                continue
+            want = dmode if name in dirs else (fmode | (st.st_mode & 0o111 & dmode))
+            if st.st_mode & 0o7777 != want:
+                os.chmod(p, want)
+    if os.stat(root).st_uid == uid:
+        os.chmod(root, dmode)
+
+
 def ensure_parent(path: str | os.PathLike, *, what: str = "the output", create: bool = True) -> Path:
     """Create the missing folders above ``path`` (like ``mkdir -p``), with one clean error when that fails.
 
     A missing folder directly under the file-system root (``/newdir/out.json``) is refused rather than
     created: that is almost always a typo for a relative path. ``create=False`` only checks, before slow
-    work, what creating would meet: the root rule, a file in the way, a folder that cannot be written.
+    work, what creating and writing would meet: the root rule, a file in the way, a folder that cannot be
+    written (an existing one included).
 
     Raises
     ------
     InputError
-        The folder cannot be created (permissions, a file in the way, the file-system root).
+        The folder cannot be created (permissions, a file in the way, the file-system root). A refusal by
+        the operating system is chained to a ``PermissionError``, so the CLI exits 1 for it
+        (:func:`refcal.errors.exit_code_of`).
     """
     path = Path(path)
     parent = path.parent
     if parent.is_dir():
+        if not create and not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {what} to {path}: the folder {parent} is not writable (permission "
+                             "denied); choose a folder you can write to") from permission_denied(parent)
         return path
     missing = parent
     while not missing.parent.exists() and missing.parent != missing.parent.parent:
@@ -79,7 +106,7 @@ def ensure_parent(path: str | os.PathLike, *, what: str = "the output", create: 
             raise InputError(f"cannot write {what} to {path}: {missing} exists and is not a folder; choose another path")
         if not os.access(missing.parent, os.W_OK | os.X_OK):
             raise InputError(f"cannot write {what} to {path}: cannot create the folder {missing} (permission denied); "
-                             "choose a folder you can write to")
+                             "choose a folder you can write to") from permission_denied(missing.parent)
         return path
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -149,3 +176,59 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def rename_exclusive(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename ``src`` (a file or folder) to ``dst`` atomically, only if ``dst`` does not exist.
+
+    Linux ``renameat2(RENAME_NOREPLACE)`` where libc and the file system have it; elsewhere ``dst`` is
+    first claimed with ``os.mkdir`` (exclusive by definition) and ``src`` renamed onto that empty folder.
+    Either way two processes renaming onto the same ``dst`` cannot both succeed.
+
+    Raises
+    ------
+    FileExistsError
+        ``dst`` exists (another process got there first).
+    """
+    import ctypes
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    fn = _renameat2()
+    if fn is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # else: no such flag here, fall back
+            raise OSError(err, os.strerror(err), dst)
+    if not os.path.isdir(src):
+        # a file: link() never replaces, then drop the old name
+        os.link(src, dst)
+        os.unlink(src)
+        return
+    os.mkdir(dst)  # FileExistsError if it exists: the claim
+    try:
+        os.rename(src, dst)  # a folder may replace an empty folder: ours
+    except BaseException:
+        os.rmdir(dst)
+        raise
+
+
+_RENAMEAT2: list[Any] = []
+
+
+def _renameat2() -> Any:
+    """libc's ``renameat2`` through ctypes, or None where it is missing (non-Linux, old glibc)."""
+    import ctypes
+
+    if not _RENAMEAT2:
+        fn = None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]

@@ -133,8 +133,10 @@ def _conf_correct(p: np.ndarray | TopLabel, y: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _check_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise InputError(f"n_bins must be a positive integer; got {n_bins!r}")
+    from .options import MAX_BINS
+
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or not 1 <= n_bins <= MAX_BINS:
+        raise InputError(f"n_bins (--bins) must be an integer from 1 to {MAX_BINS}; got {n_bins!r}")
     return int(n_bins)
 
 

@@ -24,6 +24,10 @@ CAPE_ORDERS: tuple[str, ...] = ("cyclic", "all")
 CAPE_TEMPLATES: tuple[str, ...] = ("one", "all")
 #: the most options ``--cape-orders all`` accepts (4! = 24 orders; 5! = 120 would be 120 requests a question)
 CAPE_MAX_ALL_ORDERS = 4
+#: ``--bins`` / ``n_bins``: equal-width confidence bins of ECE, MCE, AECE and the diagrams. More than this
+#: many bins has no statistical meaning (about one question per bin at a million questions) and only costs
+#: memory: 1e9 bins took 23 GB before this bound.
+MAX_BINS = 1000
 
 #: Default scoring: cloze for local models (a proper likelihood); API models only expose the
 #: top-k log-probabilities of one generated token, so they default to letter scoring.

@@ -195,7 +195,9 @@ class _MetricSums:
     """Everything :func:`refcal.metrics.evaluate` needs, accumulated block by block."""
 
     def __init__(self, n_bins: int):
-        self.n_bins = n_bins
+        from .metrics import _check_bins
+
+        self.n_bins = n_bins = _check_bins(n_bins)
         self.edges = np.linspace(0.0, 1.0, n_bins + 1)
         self.counts = np.zeros(n_bins, np.int64)
         self.bin_corr = np.zeros(n_bins)

@@ -79,6 +79,8 @@ def test_secret_never_shown_and_scrubbed():
     assert key not in repr(s) and key not in str(s) and s.get() == key
     assert "sk-" not in scrub(f"Incorrect API key provided: {key[:6]}****1234 and {key}", s)
     assert public_url("https://user:pw@example.com:8443/v1?api_key=x#f") == "https://example.com:8443/v1"
+    # non-secret parameters stay (they select what the server does); credential-like ones go
+    assert public_url("http://h/v1?api-version=2&token=t&sig=s") == "http://h/v1?api-version=2"
 
 
 def test_key_not_in_fingerprint_repr_or_meta(monkeypatch):
@@ -121,15 +123,23 @@ def test_connection_refused_is_one_clear_line(monkeypatch):
 
 
 def test_retry_after_longer_than_max_wait_fails_at_once():
-    class Resp:
+    class Resp:  # what httpx.Client.stream yields: a context manager with iter_bytes
         status_code = 429
-        text = "slow down"
         headers = {"retry-after": "3600"}
+
+        def iter_bytes(self):
+            yield b"slow down"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
 
     class Client:
         calls = 0
 
-        def post(self, *a, **k):
+        def stream(self, *a, **k):
             Client.calls += 1
             return Resp()
 

@@ -10,18 +10,15 @@ top-k rule.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from ..errors import BackendError
 from .api_http import RefusedError, post_json
-from .api_logprobs import LetterScores, NoExact, logsumexp, token_id_logprobs
+from .api_logprobs import LetterScores, NoExact, exact_letter_scores, letter_id_groups, token_id_logprobs
 from .base import LetterRequest
 from .openai_options import LETTER_FORMS, MAX_TOKEN_IDS, is_int
 
@@ -71,37 +68,18 @@ class ExactLettersMixin:
                                  logprob_token_ids=ids, return_tokens_as_token_ids=True, **extra)
         except RefusedError as exc:
             raise NoExact(f"it refused logprob_token_ids with HTTP {exc.status}") from None
-        values = token_id_logprobs(body)
-        missing = [i for i in ids if i not in values]
-        if missing:
-            raise NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
-                           "so it ignored logprob_token_ids")
-        lps = np.array([logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
-        return LetterScores(lps, (False,) * len(groups), math.nan)
+        return exact_letter_scores(token_id_logprobs(body), groups)
 
     def _letter_ids(self, client: Any, letters: Sequence[str], index: int, stop: threading.Event) -> list[list[int]]:
         """Token ids of each letter's single-token spellings (:data:`LETTER_FORMS`)."""
-        groups: list[list[int]] = []
-        for letter in letters:
-            ids: list[int] = []
-            for form in LETTER_FORMS:
-                toks = self._tokenize(client, form.format(letter), index, stop)
-                if len(toks) == 1 and toks[0] not in ids:
-                    ids.append(toks[0])
-            if not ids:
-                raise NoExact(f"option label {letter!r} has no single-token spelling for this model")
-            groups.append(ids)
-        flat = [i for g in groups for i in g]
-        if len(set(flat)) != len(flat):
-            raise NoExact(f"option labels {tuple(letters)} share a token for this model")
-        return groups
+        return letter_id_groups(letters, lambda text: self._tokenize(client, text, index, stop), LETTER_FORMS)
 
     def _tokenize(self, client: Any, text: str, index: int, stop: threading.Event) -> list[int]:
         """Token ids of ``text`` (no special tokens) from vLLM's ``POST /tokenize``; cached."""
         with self._lock:
             if text in self._token_ids:
                 return self._token_ids[text]
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        headers = {"Authorization": self._auth.get()} if self._auth else {}  # the key wins over user info
         payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
         # letters="auto" asks once, without retries: a failed probe means the top-k (the scoring request
         # that follows retries as usual and reports a dead server); letters="exact" retries as usual

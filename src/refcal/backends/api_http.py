@@ -8,13 +8,20 @@ Waiting time before retry ``a`` (0-based) is ``uniform(0, min(backoff_max, backo
 ``Retry-After`` (seconds or an HTTP date) the wait is at least that long. A ``Retry-After`` longer
 than ``max_wait`` is not honoured by sleeping: the call fails at once with a clear message.
 
+Each attempt has ONE deadline, the client's timeout (``httpx.Timeout.read``): the answer is read as
+a stream and an attempt still unfinished when the deadline passes fails as a timeout, so a server that
+sends its headers and then one byte every few seconds cannot hold a request for ever (httpx's own
+timeouts bound each read, not the attempt). The header phase is bounded per read by the same timeout
+and in size by h11's 64 KiB header limit.
+
 The API key lives in :class:`Secret`, whose ``repr``/``str`` never show it; every message that can
-reach a user goes through :func:`scrub`.
+reach a user goes through :func:`scrub`; URLs are shown through :func:`refcal._urls.public_url`.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import re
@@ -23,8 +30,8 @@ import time
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from .._urls import public_url
 from ..errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -55,15 +62,6 @@ class Secret:
 
     def __reduce__(self):  # never pickle a key into a file
         raise TypeError("a Secret cannot be pickled")
-
-
-def public_url(url: str) -> str:
-    """``url`` without user info, query or fragment (where credentials may hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def scrub(text: str, secret: Secret | None = None, limit: int = 200) -> str:
@@ -152,33 +150,35 @@ def post_json(
     import httpx  # the optional `api` extra, imported on use
 
     shown = public_url(url)
+    limit = _attempt_limit(client)
     for attempt in range(policy.max_retries + 1):
         if stop.is_set():
             raise Aborted
         try:
             try:
-                resp = client.post(url, json=payload, headers=headers)
+                status, resp_headers, content = _post_once(client, url, payload, headers, limit, stop)
             except httpx.TimeoutException as exc:
-                raise _Failure(f"timed out ({type(exc).__name__})") from exc
+                raise _Failure(f"timed out ({scrub(str(exc), secret, 80) or type(exc).__name__})") from exc
             except httpx.TransportError as exc:
                 raise _Failure(f"connection failed ({type(exc).__name__}: {scrub(str(exc), secret, 80)})") from exc
-            if resp.status_code in RETRY_STATUS:
+            text = content.decode("utf-8", errors="replace")
+            if status in RETRY_STATUS:
                 raise _Failure(
-                    f"HTTP {resp.status_code} {scrub(resp.text, secret, 120)}".rstrip(),
-                    parse_retry_after(resp.headers.get("retry-after")),
+                    f"HTTP {status} {scrub(text, secret, 120)}".rstrip(),
+                    parse_retry_after(resp_headers.get("retry-after")),
                 )
-            if resp.status_code >= 400:
+            if status >= 400:
                 raise RefusedError(
-                    f"POST {shown} was refused with HTTP {resp.status_code} ({scrub(resp.text, secret)}); "
+                    f"POST {shown} was refused with HTTP {status} ({scrub(text, secret)}); "
                     "check the model name, the API key environment variable and --api-base",
-                    resp.status_code,
+                    status,
                 )
             try:
-                body = resp.json()
+                body = json.loads(content)
             except ValueError as exc:
-                raise _Failure(f"HTTP {resp.status_code} with a body that is not JSON") from exc
+                raise _Failure(f"HTTP {status} with a body that is not JSON") from exc
             if not isinstance(body, dict):
-                raise _Failure(f"HTTP {resp.status_code} with a JSON body that is not an object")
+                raise _Failure(f"HTTP {status} with a JSON body that is not an object")
             return body
         except _Failure as fail:
             if attempt == policy.max_retries:
@@ -200,3 +200,28 @@ def post_json(
             if stop.wait(wait):
                 raise Aborted from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _attempt_limit(client: Any) -> float | None:
+    """Seconds one attempt may take in all: the client's read timeout (None: unbounded)."""
+    timeout = getattr(client, "timeout", None)
+    value = getattr(timeout, "read", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _post_once(client: Any, url: str, payload: dict, headers: dict[str, str], limit: float | None,
+               stop: threading.Event) -> tuple[int, Any, bytes]:
+    """One attempt: (status, headers, body bytes), read as a stream under ONE deadline of ``limit`` s."""
+    import httpx
+
+    start = time.monotonic()
+    chunks: list[bytes] = []
+    with client.stream("POST", url, json=payload, headers=headers) as resp:
+        for chunk in resp.iter_bytes():
+            chunks.append(chunk)
+            if stop.is_set():
+                raise Aborted
+            if limit is not None and time.monotonic() - start > limit:
+                raise httpx.ReadTimeout(f"no complete answer within {limit:g} s (the server sends too slowly)")
+        return resp.status_code, resp.headers, b"".join(chunks)
+

@@ -26,7 +26,7 @@ Floor for absent letters
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,12 @@ def letter_logprobs(
     -------
     LetterScores
     """
-    pairs = [(str(t), float(lp)) for t, lp in top]
+    pairs = []
+    for t, lp in top:
+        if isinstance(lp, bool) or not isinstance(lp, int | float):  # null, "-0.5", [..]: not a conforming server
+            raise BackendError(f"the server returned the log-probability {lp!r} for the token {str(t)[:20]!r}, not "
+                               "a number; it is not OpenAI-compatible here (check its version, or use another server)")
+        pairs.append((str(t), float(lp)))
     if not pairs:
         raise BackendError("the server returned no top log-probabilities; it must support top_logprobs")
     lps = np.array([lp for _, lp in pairs], dtype=np.float64)
@@ -179,3 +184,76 @@ def prompt_logprob(body: Any, prompt: str, start: int, url: str) -> tuple[float,
     if n == 0:
         raise BackendError(f"the server at {url} returned no token of the option {prompt[start:]!r}")
     return total, n
+
+
+# ---------------------------------------------------------------------- shared by the openai: backend and refcal serve
+def first_token_alternatives(body: dict) -> list[tuple[str, float]] | None:
+    """The ``(token, logprob)`` alternatives of the first generated token of an OpenAI-style answer.
+
+    Chat completions carry ``choices[0].logprobs.content[0].top_logprobs`` (a list of ``{token,
+    logprob}``; when it is empty the sampled token itself is the one alternative), legacy completions
+    ``choices[0].logprobs.top_logprobs[0]`` (a dict). Returns None when no token was generated (the
+    model ended its answer at once). Raises ``KeyError`` / ``TypeError`` / ``IndexError`` /
+    ``AttributeError`` when the answer has no log-probabilities at all (the caller names the server).
+    """
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    if lp is None:
+        raise KeyError("logprobs")
+    if "content" in lp:  # chat completions
+        content = lp["content"] or []
+        if not content:
+            return None
+        first = content[0]
+        pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
+        return pairs or [(first["token"], first["logprob"])]
+    tops = lp.get("top_logprobs") or []  # legacy completions: a dict per token
+    if not tops:
+        return None
+    return list(tops[0].items())
+
+
+def topk_letter_scores(top: Iterable[tuple[str, float]] | None, letters: Sequence[str], *,
+                       floor_margin: float = math.log(2.0)) -> LetterScores:
+    """:func:`letter_logprobs`, or, when no token was generated (``top`` is None), every letter at the
+    resolution floor ``log(1e-6) - floor_margin``: every letter is absent and the resolution is the only
+    bound, so the row is uniform and all letters are floored."""
+    if top is None:
+        floor = math.log(R_RESOLUTION) - floor_margin
+        k = len(letters)
+        return LetterScores(np.full(k, floor), (True,) * k, floor)
+    return letter_logprobs(top, letters, floor_margin=floor_margin)
+
+
+def letter_id_groups(letters: Sequence[str], tokenize: Callable[[str], Sequence[int]],
+                     forms: Sequence[str]) -> list[list[int]]:
+    """Token ids of each letter's single-token spellings (``forms``, e.g. ``openai_options.LETTER_FORMS``),
+    ``tokenize(text)`` giving the model's ids of a text. :class:`NoExact` when a letter has no single-token
+    spelling or two letters share a token."""
+    groups: list[list[int]] = []
+    for letter in letters:
+        ids: list[int] = []
+        for form in forms:
+            toks = list(tokenize(form.format(letter)))
+            if len(toks) == 1 and toks[0] not in ids:
+                ids.append(toks[0])
+        if not ids:
+            raise NoExact(f"option label {letter!r} has no single-token spelling for this model")
+        groups.append(ids)
+    flat = [i for g in groups for i in g]
+    if len(set(flat)) != len(flat):
+        raise NoExact(f"option labels {tuple(letters)} share a token for this model")
+    return groups
+
+
+def exact_letter_scores(values: dict[int, float], groups: Sequence[Sequence[int]]) -> LetterScores:
+    """Letter log-probabilities from exact token log-probabilities (:func:`token_id_logprobs`): ``logsumexp``
+    over each letter's ids. :class:`NoExact` when a requested id is missing (the server ignored
+    ``logprob_token_ids``)."""
+    ids = sorted({i for g in groups for i in g})
+    missing = [i for i in ids if i not in values]
+    if missing:
+        raise NoExact(f"its answer lacks {len(missing)} of the {len(ids)} requested token ids, "
+                      "so it ignored logprob_token_ids")
+    lps = np.array([logsumexp([values[i] for i in g]) for g in groups], dtype=np.float64)
+    return LetterScores(lps, (False,) * len(groups), math.nan)

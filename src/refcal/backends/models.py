@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import apply_umask, file_mode
 from .._paths import cache_root
 from ..errors import MissingDependencyError, ModelError
 
@@ -171,6 +172,7 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
     """The safetensors folder converted from a GGUF file, creating it on first use."""
     target = cache_root() / "models" / f"{name}-{sha[:16]}"
     if (target / _DONE).exists():
+        _readable(target)  # conversions of older versions left model.safetensors 0600
         return target
     log.warning("converting %s from GGUF to safetensors once (about a minute); cached in %s", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,7 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
         gguf = make_gguf(tmp)
         _convert(gguf, tmp / "model")
         (tmp / "model" / _DONE).write_text(json.dumps({"source": gguf_name, "sha256": sha}))
+        apply_umask(tmp / "model")  # safetensors writes 0600 whatever the umask
         try:
             os.replace(tmp / "model", target)
         except OSError:
@@ -188,6 +191,16 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _readable(target: Path) -> None:
+    """Repair the modes of a cached conversion written before :func:`apply_umask` (best effort)."""
+    try:
+        st = (target / "model.safetensors").stat()
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != file_mode():
+            apply_umask(target)
+    except OSError:
+        pass
 
 
 def _convert(gguf: Path, out: Path) -> None:

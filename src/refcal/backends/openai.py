@@ -20,40 +20,46 @@ the first generated token, mapped to option letters in one of two ways (``letter
 ``/tokenize`` (or does not answer it at the first attempt), refuses the parameter, or ignores it (its
 answer lacks a requested id) is scored with ``topk`` from then on, and :attr:`APIStats.letter_source` (also ``meta["letter_source"]``) says
 which was used. ``"exact"`` refuses such a server with a :class:`BackendError`; ``"topk"`` never asks.
-Requests run on a bounded thread pool; each one is retried with
+Requests run on a bounded pool of daemon threads (Ctrl-C is never held up by a request stuck on its
+socket: the pool is not joined, and :func:`refcal.cli.main` exits at once); each one is retried with
 exponential back-off and full jitter on 429 / 5xx / timeouts / connection errors, honouring
 ``Retry-After`` (:mod:`.api_http`). The first request that fails for good stops the others from
 retrying; results that finished are still yielded by :meth:`OpenAIBackend.score_letters_iter`
 (so :mod:`refcal.scoring` saves them) before the one-line :class:`BackendError` is raised.
 
 The API key is read from the environment variable ``api_key_env`` and is never part of the
-fingerprint, ``repr``, logs or error messages.
+fingerprint, ``repr``, logs or error messages. Credentials in ``api_base`` (``user:pass@``, a
+``?api_key=`` parameter) are used for requests but shown and stored only in the public form
+(:func:`refcal._urls.public_url`). When both a key and ``user:pass@`` are given, the key wins: it is sent
+as ``Authorization: Bearer`` and the user info is not sent; without a key the user info is sent as
+HTTP Basic (:func:`refcal._urls.request_auth`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from .._urls import request_auth
 from ..errors import BackendError, InputError, MissingDependencyError
 from ..tasks.requests import cut_at_stop, request_text_length
 from ._openai_exact import ExactLettersMixin
+from ._pool import daemon_map
 from .api_http import Aborted, RetryPolicy, Secret, post_json, public_url, scrub
 from .api_logprobs import (
     NO_ECHO,
     R_RESOLUTION,
     LetterScores,
-    letter_logprobs,
+    first_token_alternatives,
     prompt_logprob,
+    topk_letter_scores,
 )
 from .base import (
     ClozeRequest,
@@ -76,6 +82,11 @@ from .openai_options import (
 log = logging.getLogger(__name__)
 
 __all__ = ["APIStats", "LETTER_FORMS", "LETTER_MODES", "MODES", "OpenAIBackend", "OpenAIOptions"]
+
+#: top-k answers with the sampled token only (and no other kind) after which a server is refused as ignoring
+#: ``top_logprobs`` (fewer when fewer requests are sent at once)
+IGNORED_TOPK_AFTER = 5
+
 
 class OpenAIBackend(ExactLettersMixin):
     """Score option letters with an OpenAI-compatible chat or completions endpoint.
@@ -130,9 +141,12 @@ class OpenAIBackend(ExactLettersMixin):
         if not base.startswith(("http://", "https://")):
             raise InputError(f"--api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {public_url(base)!r}")
         self.model = model
-        # Credentials may hide in the URL (user:password@, ?key=): requests use the full URL, kept in a
-        # Secret; everything shown (repr, fingerprint, meta, errors) uses the public form.
-        self._base = Secret(base)
+        # Credentials may hide in the URL (user:password@, ?key=): requests use the URL without user info
+        # (kept in a Secret) and the Authorization header of request_auth (the key wins over user:password);
+        # everything shown (repr, fingerprint, meta, errors) uses the public form.
+        self._key = Secret(os.environ.get(api_key_env))
+        request_base, auth = request_auth(base, self._key.get())
+        self._base, self._auth = Secret(request_base), Secret(auth)
         self.api_base = public_url(base)
         self.mode = mode
         self.top_logprobs = top_logprobs
@@ -141,7 +155,6 @@ class OpenAIBackend(ExactLettersMixin):
         self.floor_margin = float(floor_margin)
         self.seed = seed
         self.policy = RetryPolicy(opts.max_retries, opts.backoff_base, opts.backoff_max, opts.max_wait)
-        self._key = Secret(os.environ.get(api_key_env))
         if not self._key and base.startswith("https://api.openai.com"):
             raise BackendError(f"the OpenAI API needs a key; set the environment variable {api_key_env}")
         self.letters = opts.letters
@@ -150,6 +163,7 @@ class OpenAIBackend(ExactLettersMixin):
         self._probe_lock = threading.Lock()  # the first letter request asks the server once
         self._token_ids: dict[str, list[int]] = {}  # text -> token ids (the server's /tokenize)
         self._warned_raw = False
+        self._topk_check_after = IGNORED_TOPK_AFTER
         self.fingerprint = (
             f"openai:{model}@{self.api_base.split('://', 1)[1]};mode={mode};top_logprobs={top_logprobs};"
             f"seed={seed};floor_margin={self.floor_margin:.6g};r_resolution={R_RESOLUTION:g};letters={self.letters}"
@@ -204,7 +218,20 @@ class OpenAIBackend(ExactLettersMixin):
         for r in requests:
             if not isinstance(r, LetterRequest) or len(set(r.letters)) < 2 or len(set(r.letters)) != len(r.letters):
                 raise InputError("each request needs at least two distinct option letters")
+        self._topk_check_after = min(IGNORED_TOPK_AFTER, len(requests))
         yield from self._iter(requests, self._score_one)
+
+    def _check_topk_honoured(self) -> None:
+        """Refuse a server that answers every top-k request with the sampled token only (it ignores
+        ``top_logprobs``): k - 1 of k letters would get the floor on every question. Called under the lock."""
+        st = self.stats
+        n = st.n_requests - st.n_no_token
+        if self.top_logprobs >= 2 and n >= self._topk_check_after and st.n_one_alternative == n > 0:
+            raise BackendError(
+                f"the server at {self.api_base} ignores top_logprobs={self.top_logprobs}: its first {n} answers "
+                "held only the sampled token, so all but one option letter would be floored on every question; "
+                "use a server that returns top_logprobs (vLLM, llama.cpp's server), --api-letters exact, or "
+                "--scoring cloze")
 
     def score_cloze(self, requests: Sequence[ClozeRequest]) -> list[ClozeResult]:
         """Continuation log-likelihoods from the prompt's own log-probabilities (see :meth:`score_cloze_iter`)."""
@@ -254,31 +281,15 @@ class OpenAIBackend(ExactLettersMixin):
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)), thread_name_prefix="refcal-api")
-        futures = {pool.submit(worker, client, r, i, stop): i for i, r in enumerate(requests)}
-        error: BackendError | None = None
         try:
-            for fut in as_completed(futures):
-                try:
-                    scores = fut.result()
-                except (Aborted, CancelledError):
-                    continue
-                except BackendError as exc:
-                    if error is None:
-                        error = exc
-                        stop.set()
-                        for f in futures:
-                            f.cancel()
-                    continue
-                yield futures[fut], scores
-            if error is not None:
-                raise error
+            # daemon workers, never joined: a request stuck on its socket cannot hold up Ctrl-C or exit
+            yield from daemon_map(requests, lambda req, i: worker(client, req, i, stop), workers=self.concurrency,
+                                  stop=stop, skip=(Aborted,))
         finally:
-            stop.set()
-            for f in futures:
-                f.cancel()
-            pool.shutdown(wait=True)
-            client.close()
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a worker may still hold a connection; it is a daemon
+                pass
 
     def _post(self, client: Any, text: str, chat: bool, index: int, abort: threading.Event,
               raw: bool | None = None, **extra: Any) -> tuple[dict, str]:
@@ -293,7 +304,7 @@ class OpenAIBackend(ExactLettersMixin):
             log.warning("mode='chat' has no raw prompts: chat=False requests are sent as chat messages")
         url = self._endpoint("completions" if raw else "chat/completions")
         payload = {**common, "prompt": text} if raw else {**common, "messages": [{"role": "user", "content": text}]}
-        headers = {"Authorization": f"Bearer {self._key.get()}"} if self._key else {}
+        headers = {"Authorization": self._auth.get()} if self._auth else {}
         body = post_json(
             client, url, payload, headers=headers, policy=self.policy, secret=self._key,
             rng=random.Random((self.seed or 0) * 1_000_003 + index), stop=abort, on_retry=self._count_retry,
@@ -311,6 +322,9 @@ class OpenAIBackend(ExactLettersMixin):
             self.stats.n_floored_letters += scores.n_floored
             self.stats.n_requests_with_floor += scores.n_floored > 0
             self.stats.n_no_token += top is None
+            self.stats.n_one_alternative += bool(top) and len(top) == 1
+            if top:
+                self._check_topk_honoured()
         return scores
 
     def _topk_letters(self, client: Any, req: LetterRequest, index: int,
@@ -320,14 +334,7 @@ class OpenAIBackend(ExactLettersMixin):
             "logprobs": True, "top_logprobs": self.top_logprobs}
         body, url = self._post(client, req.prefix + req.prompt, req.chat, index, stop, max_tokens=1, **logprobs)
         top = self._top_pairs(body, url)
-        if top is None:
-            # The model ended its answer at once (no first token): every letter is absent and the
-            # only bound is the resolution, so the row is uniform at that floor.
-            floor = math.log(R_RESOLUTION) - self.floor_margin
-            k = len(req.letters)
-            scores = LetterScores(np.full(k, floor), (True,) * k, floor)
-        else:
-            scores = letter_logprobs(top, req.letters, floor_margin=self.floor_margin)
+        scores = topk_letter_scores(top, req.letters, floor_margin=self.floor_margin)
         return scores, top
 
     def _cloze_one(self, client: Any, req: ClozeRequest, index: int, stop: threading.Event) -> ClozeResult:
@@ -385,23 +392,7 @@ class OpenAIBackend(ExactLettersMixin):
     def _top_pairs(self, body: dict, url: str) -> list[tuple[str, float]] | None:
         """The (token, logprob) alternatives of the first generated token; None if none was generated."""
         try:
-            choice = body["choices"][0]
-            lp = choice["logprobs"]
-            if lp is None:
-                raise KeyError("logprobs")
-            if "content" in lp:  # chat completions
-                content = lp["content"] or []
-                if not content:
-                    return None
-                first = content[0]
-                pairs = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
-                if not pairs:
-                    pairs = [(first["token"], first["logprob"])]
-                return pairs
-            tops = lp.get("top_logprobs") or []  # legacy completions: a dict per token
-            if not tops:
-                return None
-            return [(t, v) for t, v in tops[0].items()]
+            return first_token_alternatives(body)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"POST {public_url(url)} answered without token log-probabilities ({scrub(repr(exc), self._key, 60)}); "

@@ -28,7 +28,9 @@ class APIStats:
     ``n_requests_with_floor``: requests with at least one floored letter; ``n_letters``: letters
     scored in total; ``n_retries``: HTTP attempts that were retried; ``n_no_token``: answers with no
     first token at all (the model ended at once, e.g. llama.cpp's server then returns no
-    log-probabilities): every letter of those is floored (a uniform row).
+    log-probabilities): every letter of those is floored (a uniform row); ``n_one_alternative``: top-k
+    answers that held only the sampled token (a server ignoring ``top_logprobs``: after
+    :data:`refcal.backends.openai.IGNORED_TOPK_AFTER` such answers and no other, the backend refuses it).
     """
 
     n_requests: int = 0
@@ -37,6 +39,7 @@ class APIStats:
     n_requests_with_floor: int = 0
     n_retries: int = 0
     n_no_token: int = 0
+    n_one_alternative: int = 0
     #: how letters were scored: "exact" (fixed token set), "topk" (top-k with the floor), or
     #: "unresolved" (no letter request sent by this backend yet)
     letter_source: str = "unresolved"

@@ -51,6 +51,7 @@ from .. import backends as registry  # load_backend looked up at call time (test
 from .._paths import cache_root
 from ..errors import BackendError, InputError, MissingDependencyError, ModelError
 from ..tasks import request_text_length
+from ._ray_address import cluster_address, parse_address
 from .base import call_iter
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,8 @@ class RayOptions:
             raise InputError("Ray actors need a positive number of CPUs and a non-negative number of GPUs")
         if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
             raise InputError(f"threads per Ray actor must be a positive integer, got {self.threads!r}")
-        if self.address is not None and not str(self.address).strip():
-            raise InputError("--ray-address is empty; pass auto, HOST:PORT or leave it out for a private instance")
+        if self.address is not None:
+            parse_address(self.address)  # refuses what is not auto / HOST:PORT with the flag's name
 
 
 def _stats(backend: Any) -> dict[str, Any] | None:
@@ -304,8 +305,14 @@ class RayBackend:
                      num_cpus=max(os.cpu_count() or 1, int(-(-ro.num_cpus * ro.workers // 1))),
                      log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
         else:
-            ray.init(address=ro.address, log_to_driver=False, logging_level=logging.WARNING,
-                     configure_logging=False)
+            cluster_address(ro.address)  # bounded: Ray alone waits for an absent cluster for ever
+            try:
+                ray.init(address=ro.address, log_to_driver=False, logging_level=logging.WARNING,
+                         configure_logging=False)
+            except ConnectionError as exc:
+                raise BackendError(f"cannot join the Ray cluster at --ray-address {ro.address} "
+                                   f"({str(exc).splitlines()[0][:160]}); check the address or leave it out for a "
+                                   "private instance") from None
         remote = ray.remote(num_cpus=ro.num_cpus, num_gpus=ro.num_gpus)(_Probe)
         self._probe = remote.remote(self.spec, self._options, self._threads)
 

@@ -15,7 +15,7 @@ import warnings
 import click
 
 from .. import __version__
-from ..errors import RefcalError
+from ..errors import RefcalError, exit_code_of
 
 #: command name -> "module:attribute" (relative to refcal.cli)
 COMMANDS = {
@@ -27,6 +27,8 @@ COMMANDS = {
     "score": ("score:score", "Score a model on a data set and write option logits."),
     "run": ("run:run", "The whole job: score both models, fit, evaluate, report."),
     "report": ("report:report", "(Re)build the report of an existing run folder."),
+    "serve": ("serve:serve", "OpenAI-compatible proxy adding calibrated confidence to a chat model's answers."),
+    "monitor": ("monitor:monitor", "Label-free drift of a served calibrator from the proxy's monitoring log."),
 }
 
 
@@ -49,9 +51,10 @@ class LazyGroup(click.Group):
 
 
 #: shown at the end of ``refcal --help``; :func:`main` implements exactly these
-EXIT_CODES = ("Exit codes: 0 success; 1 operating-system error (permission denied, disk full) or internal error; "
-              "2 bad input or usage (the one-line message says what to fix); 130 interrupted (Ctrl-C: finished "
-              "work is kept, rerun the same command to resume).")
+EXIT_CODES = ("Exit codes (every command): 0 success; 2 bad input or usage: an option, a file's content or a path "
+              "that does not exist (the one-line message says what to fix); 1 the operating system refused "
+              "(permission denied, read-only file system, disk full) or an internal error; 130 interrupted "
+              "(Ctrl-C: finished work is kept, rerun the same command to resume).")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -76,8 +79,9 @@ def _warning_to_log(message, category, filename, lineno, file=None, line=None) -
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure becomes one line on stderr and a non-zero exit, never a traceback.
 
-    Exit codes: 0 success, 2 bad input or usage (:class:`RefcalError`, click usage errors), 1 an
-    operating-system error (permission, disk full) or an internal error, 130 interrupted (Ctrl-C).
+    Exit codes (:func:`refcal.errors.exit_code_of`): 0 success, 2 bad input or usage (:class:`RefcalError`,
+    click usage errors), 1 the operating system refused (permission denied, disk full: also when a typed
+    error wraps it) or an internal error, 130 interrupted (Ctrl-C).
     ``--debug`` (or ``REFCAL_DEBUG=1``) re-raises instead, to show the traceback.
     """
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("REFCAL_DEBUG")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         _error(str(e))
-        return e.exit_code
+        return exit_code_of(e)
     except MemoryError:
         _error("out of memory; use less data at once (--limit, --batch-size, or fewer questions)")
         return 1
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f"{e.filename}: " if e.filename else ""
         _error(f"{where}{e.strerror or e}; check the path, its permissions and the free disk space")
-        return 1
+        return exit_code_of(e)
     except Exception as e:
         if debug:
             raise

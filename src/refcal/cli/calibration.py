@@ -8,7 +8,9 @@ import click
 
 from ..errors import InputError
 
-_PATH = click.Path(dir_okay=False, path_type=Path)
+# readable=False: an unreadable file is reported by the loaders under the one exit-code rule (exit 1), not
+# by click as a usage error (exit 2)
+_PATH = click.Path(dir_okay=False, readable=False, path_type=Path)
 #: ``refcal fit --method``: label-free on (base, chat) except ``ts`` (labelled, the chat file's labels)
 FIT_METHODS = ("daca", "naive", "ts", "daca_agree", "mutual")
 _LABELLED = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "matrix": "MatrixScaling"}

@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from ..calibrate.methods import DEFAULT_METHODS, METHODS
-from ..options import CAPE_ORDERS, CAPE_TEMPLATES, SCORINGS, default_scoring, parse_limit, parse_templates
+from ..options import (
+    CAPE_ORDERS,
+    CAPE_TEMPLATES,
+    MAX_BINS,
+    SCORINGS,
+    default_scoring,
+    parse_limit,
+    parse_templates,
+)
 from ..run.config import DEFAULT_BASE, DEFAULT_CHAT, DEFAULT_DATASET, DEFAULT_LIMIT, DTYPES, SCALINGS
 from ._options import API_LETTERS, API_LETTERS_HELP, column_options, pop_columns, pop_ray, ray_options
 
@@ -63,7 +71,7 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
               help="Share of the questions used for calibration in each random split.")
 @click.option("--scaling", type=click.Choice(list(SCALINGS)), default="temperature", show_default=True,
               help="Map fitted by DACA, naive alignment and the ts oracle (daca_vector, vs ... fix their own).")
-@click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--bins", type=click.IntRange(min=1, max=MAX_BINS), default=10, show_default=True,
               help="Equal-width confidence bins of ECE, MCE and the reliability diagrams.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the --limit subsample, the random splits and the bootstrap.")
@@ -105,6 +113,10 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
 
     cols = pop_columns(columns)
     ray = pop_ray(columns)
+    if no_progress:
+        from .._progress import third_party_progress
+
+        third_party_progress(False)  # transformers' weight-loading and conversion bars too
     freeform = is_freeform(dataset, cols)
     if freeform and ray is not None:
         raise click.UsageError("--ray applies to multiple-choice data sets; score free-form runs without it")

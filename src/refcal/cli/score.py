@@ -79,6 +79,10 @@ def score(model: str, dataset: str, split: str | None, subjects: str | None, tem
     from ..tasks import make_task
 
     ray = pop_ray(columns)
+    if no_progress:
+        from .._progress import third_party_progress
+
+        third_party_progress(False)  # transformers' weight-loading and conversion bars too
     if api_letters is not None and not is_api_model(model):
         raise InputError(f"--api-letters applies to openai:MODEL models, not {model}")
     if ray is not None and cache_dir:

@@ -239,6 +239,12 @@ def _need(col: str, role: str, columns: list[str], path: Path) -> str:
     return col
 
 
+def id_column(id_col: str | None, columns: list[str], path: Any) -> str | None:
+    """The id column of a user file, for every task kind: ``id_col`` (which must exist), else a column
+    named ``id`` when there is one, else None (row numbers)."""
+    return _need(id_col, "id", columns, path) if id_col else ("id" if "id" in columns else None)
+
+
 def row_ids(rows: list[dict[str, Any]], icol: str | None) -> list[str]:
     """Question ids: the stripped values of column ``icol`` (unique, non-empty), or row numbers when None."""
     out: list[str] = []
@@ -297,7 +303,7 @@ def load_file(
                                f"(one column per option); columns found: {', '.join(columns)}")
         ccol = _need(choices_col or "choices", "choices", columns, path)
     acol = _need(answer_col, "answer", columns, path) if answer_col else ("answer" if "answer" in columns else None)
-    icol = _need(id_col, "id", columns, path) if id_col else ("id" if "id" in columns else None)
+    icol = id_column(id_col, columns, path)
     scol = _need(subject_col, "subject", columns, path) if subject_col else ("subject" if "subject" in columns else None)
 
     choices = []

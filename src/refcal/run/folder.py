@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_write_json, make_temp_dir
+from .._io import atomic_write_json, ensure_parent, make_temp_dir, rename_exclusive
 from ..errors import InputError
 from ..metrics import ConfidenceInterval, SelectiveCurve, TopLabel
+from ..options import MAX_BINS
 from ..scores import ScoreSet
 from .config import RunConfig
 from .result import (
@@ -106,10 +107,13 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
     add their prompts and judge). ``finish(folder)`` runs on the complete folder before it is renamed into
     place (``refcal run`` passes :func:`refcal.report.write_report`), so what it writes is part of the run.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
-    tmp = make_temp_dir(f".{out_dir.name}.", out_dir.parent if out_dir.parent.exists() else None)
+    out_dir = check_run_dir(out_dir, overwrite=overwrite)
+    ensure_parent(out_dir, what="the run folder")
+    try:
+        tmp = make_temp_dir(f".{out_dir.name}.", out_dir.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write the run folder {out_dir}: {exc.strerror}; choose a folder you can "
+                         "write to (the scores are cached: rerunning is quick)") from exc
     try:
         templates = {t for (_, t, _) in scores}
         splits = {s for (_, _, s) in scores}
@@ -130,18 +134,55 @@ def write_run_folder(out_dir: str | os.PathLike, cfg: RunConfig, evaluation: Any
                                source=f"predictions/{m}").save(tmp / "predictions" / f"{m}.parquet")
         if evaluation.calibrator is not None:
             evaluation.calibrator.save(tmp / "calibrator.json", inputs=evaluation.calibrator_inputs)
-        atomic_write_json(tmp / CONFIG_FILE, {"refcal_version": __version__, **(config or asdict(cfg))})
+        atomic_write_json(tmp / CONFIG_FILE, {"refcal_version": __version__, **(config or cfg.to_dict())})
         atomic_write_json(tmp / METRICS_FILE, result_to_json(evaluation.result))
         if finish is not None:
             finish(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
+        _place(tmp, out_dir, overwrite=overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def check_run_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Before any slow work: refuse an existing ``out_dir`` (unless ``overwrite``), a file in its place and
+    a place that cannot be written (:func:`refcal._io.ensure_parent` with ``create=False``)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file, not a run folder; choose another -o/--output")
+    if out_dir.exists() and not overwrite:
+        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
+    ensure_parent(out_dir, what="the run folder", create=False)
+    return out_dir
+
+
+def _place(tmp: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``, atomically and exclusively: of two runs finishing onto
+    the same name one wins and the other raises :class:`InputError` (its scores stay cached). With
+    ``overwrite`` an existing folder is first moved aside (then removed), never deleted in place."""
+    for _ in range(5):
+        aside = None
+        if overwrite and out_dir.exists():
+            aside = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}.{tmp.name[-8:]}")
+            try:
+                os.rename(out_dir, aside)
+            except FileNotFoundError:  # another run moved it first
+                aside = None
+        try:
+            rename_exclusive(tmp, out_dir)
+        except FileExistsError:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+            if overwrite:
+                continue  # another --overwrite run placed its folder meanwhile: replace that one
+            raise InputError(f"{out_dir} was created by another run while this one was working; nothing was "
+                             "overwritten. Rerun with another -o/--output (the scores are cached, so it only "
+                             "redoes the fit and the report)") from None
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    raise InputError(f"{out_dir} keeps being replaced by other runs; rerun with another -o/--output") from None
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -189,8 +230,8 @@ def load_config(run_dir: str | os.PathLike, result: RunResult | None = None) -> 
     if config is None:
         config = (result or load_result(run_dir)).config
     n_bins = config.get("n_bins")
-    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1):
-        raise _bad(run_dir / METRICS_FILE, f"config n_bins must be a positive integer, got {n_bins!r}")
+    if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and 1 <= n_bins <= MAX_BINS):
+        raise _bad(run_dir / METRICS_FILE, f"config n_bins must be an integer from 1 to {MAX_BINS}, got {n_bins!r}")
     return config
 
 
@@ -386,4 +427,4 @@ def _bootstrap(d: dict[str, Any], path: Path) -> Bootstrap | None:
 
 
 __all__ = ["METRICS_FILE", "CONFIG_FILE", "result_to_json", "result_from_json", "write_run_folder", "load_result",
-           "load_config", "read_json_object"]
+           "load_config", "read_json_object", "check_run_dir"]

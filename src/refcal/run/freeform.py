@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,10 @@ def make_judge(spec: str | None, questions: Sequence[Any], *, api_base: str | No
         return ExactMatchJudge(containment=True)
     if spec.startswith("openai:"):
         if api_base is not None and not str(api_base).startswith(("http://", "https://")):
-            raise InputError(f"--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got {api_base!r}")
+            from .._urls import public_url
+
+            raise InputError("--judge-api-base must be an http(s) URL such as http://127.0.0.1:8080/v1, got "
+                             f"{public_url(str(api_base))!r}")
         # the judge is a generation on the OpenAI backend: its client, retries and key handling
         return ModelJudge(load_backend(spec, api_base=api_base), name=spec[len("openai:"):])
     raise InputError(f"--judge {spec!r} is not known; use exact, contains or openai:MODEL")
@@ -279,7 +282,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     """
     from ..calibrate import DACA, agreement_diagnostics
     from ..tasks.parsing import apply_failure_policy, count_failures, parse_guess_probability
-    from .folder import write_run_folder
+    from .folder import check_run_dir, write_run_folder
 
     keys = parse_freeform_methods(methods)
     if not 0.0 < cfg.calib_frac < 1.0:
@@ -291,9 +294,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     if cfg.scaling != "temperature":
         raise InputError("free-form P(True) has two options: use --scaling temperature")
     check_api_letters(cfg)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
+    out_dir = check_run_dir(out_dir, overwrite=overwrite)  # before any slow work
     from ..data.registry import _canonical, _spec
 
     t_start = time.perf_counter()  # wall time: loading the questions through evaluation, as for multiple choice
@@ -301,7 +302,16 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     qs = load_freeform_questions(cfg, split)
     if len(qs) < 2:
         raise InputError(f"{len(qs)} question(s) are too few; raise --limit")
-    has_labels = all(q.labelled for q in qs)
+    from .protocol import check_splittable
+
+    check_splittable(len(qs), cfg)  # before generating and scoring every answer
+    # judged wherever there are references: a question without them gets -1 (judge_answers' contract) and
+    # is left out of the metrics, not the whole run
+    has_labels = any(q.labelled for q in qs)
+    n_unreferenced = sum(not q.labelled for q in qs)
+    if has_labels and n_unreferenced:
+        log.warning("%d of %d questions have no reference answers: they are not judged and are left out of the "
+                    "metrics (fits without labels still use them)", n_unreferenced, len(qs))
     jd = make_judge(judge, qs, api_base=judge_api_base) if has_labels else None
 
     def labels_of(answers: list[str]) -> np.ndarray:
@@ -331,8 +341,9 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
         guesses = [p.answer or "" for p in final]
         # the verbal confidence is about its own guess: judged like the answers (a failed parse is wrong)
         method_labels["verbal"] = labels_of(guesses)
-        if has_labels:
-            method_labels["verbal"] = np.where([p.answer is None for p in final], 0, method_labels["verbal"])
+        if has_labels:  # unreferenced questions stay -1
+            failed = np.array([p.answer is None for p in final]) & (method_labels["verbal"] >= 0)
+            method_labels["verbal"] = np.where(failed, 0, method_labels["verbal"])
         notes["verbal"] = {"parse_failures": count_failures(parsed), "failure_confidence": 0.5,
                            "labels": "correctness of the stated guess (a failed parse counts as wrong)"}
     n_empty = sum(not a for a in sc.answers)
@@ -341,7 +352,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     for k in keys:
         m = FREEFORM_METHODS[k]
         if m.needs_labels and not has_labels:
-            unavailable[k] = "needs labels, and some questions have no reference answers"
+            unavailable[k] = "needs labels, and no question has reference answers"
         elif m.needs_base and base2 is None:
             unavailable[k] = "needs the base model's scores"
         elif m.source in ("chat_likelihood", "reeval") and m.source not in fixed:
@@ -366,9 +377,11 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
             y = method_labels.get(k, labels)
             if m.source == "fit":
                 reg = METHODS[k]
-                b_c = base2[ci] if base2 is not None else chat2[ci]
+                # a labelled fit sees the judged questions only; label-free fits see every one, never a label
+                fi = ci[labels[ci] >= 0] if m.needs_labels else ci
+                b_c = base2[fi] if base2 is not None else chat2[fi]
                 try:
-                    fitted = reg.fit(b_c, chat2[ci], labels[ci] if has_labels else None, scaling="temperature")
+                    fitted = reg.fit(b_c, chat2[fi], labels[fi] if m.needs_labels else None, scaling="temperature")
                 except FitError as e:
                     log.warning("%s: %s; this unit is evaluated uncalibrated", m.label, e)
                     fitted = Unfitted(str(e))
@@ -381,9 +394,13 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
             else:
                 lp = fixed[m.source][ti]
             tl = _correct_with(lp)
-            row.update(_unit_metrics({k: tl}, y[ti] if has_labels else None, cfg.n_bins))
-            if has_labels:  # the binary log loss of c against the verdict (a TopLabel carries no NLL)
-                row[k]["nll"] = metrics.nll_from_log_proba(lp, y[ti])
+            judged = y[ti] >= 0  # metrics on the judged answers (questions without references are -1)
+            if has_labels and judged.any():
+                row.update(_unit_metrics({k: tl[judged]}, y[ti][judged], cfg.n_bins))
+                # the binary log loss of c against the verdict (a TopLabel carries no NLL)
+                row[k]["nll"] = metrics.nll_from_log_proba(lp[judged], y[ti][judged])
+            else:
+                row.update(_unit_metrics({k: tl}, None, cfg.n_bins))
             if ui == 0:
                 plotted[k] = (tl, y[ti])
         per_unit.append(row)
@@ -406,7 +423,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
 
     first_test = splits_idx[0][1]
     result = RunResult(
-        refcal_version=__version__, config=asdict(cfg), has_labels=has_labels, n_questions=n,
+        refcal_version=__version__, config=cfg.to_dict(), has_labels=has_labels, n_questions=n,
         n_eval=len(first_test), n_units=len(per_unit),
         protocol=(f"{round(100 * cfg.calib_frac)}% calibration / {round(100 * (1 - cfg.calib_frac))}% test, "
                   f"{cfg.n_splits} random splits (seed {cfg.seed})"),
@@ -416,8 +433,11 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     )
     if has_labels and plotted:
         for k, (lp, y) in plotted.items():
-            result.selective.update(selective({k: lp}, y))
-            b = bootstrap({k: lp}, y, n_bins=cfg.n_bins, seed=cfg.seed)
+            judged = y >= 0
+            if not judged.any():
+                continue
+            result.selective.update(selective({k: lp[judged]}, y[judged]))
+            b = bootstrap({k: lp[judged]}, y[judged], n_bins=cfg.n_bins, seed=cfg.seed)
             if result.bootstrap is None:
                 result.bootstrap = b
             else:
@@ -440,7 +460,8 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
                 conf_all[k] = deployed.predict_proba(chat2)[:, 1]
             elif k == "ts" and has_labels:
                 try:
-                    conf_all[k] = METHODS["ts"].fit(None, chat2, labels).predict_proba(chat2)[:, 1]
+                    judged = labels >= 0
+                    conf_all[k] = METHODS["ts"].fit(None, chat2[judged], labels[judged]).predict_proba(chat2)[:, 1]
                 except FitError:
                     pass
             elif k == "naive" and base2 is not None:
@@ -454,7 +475,8 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
     freeform = {
         "task": "free-form",
         "n_questions": n, "n_empty_answers": int(n_empty),
-        "accuracy": float((labels == 1).mean()) if has_labels else None,
+        "accuracy": float((labels[labels >= 0] == 1).mean()) if has_labels else None,
+        "n_unjudged": int((labels < 0).sum()),
         "judge": jd.config if jd is not None else None,
         "generation": {"prompt": pf.GENERATION_PROMPT, "max_new_tokens": pf.GENERATION_MAX_NEW_TOKENS,
                        "stop": list(pf.GENERATION_STOP), "chat_template": True, "decoding": "greedy"},
@@ -474,7 +496,7 @@ def run_freeform(cfg: RunConfig, out_dir: str | os.PathLike, *, judge: str | Non
                      for i in range(min(N_EXAMPLES, n))],
     }
     result.freeform = freeform
-    cfg_dict = asdict(cfg)
+    cfg_dict = cfg.to_dict()
     cfg_dict.update(task="free-form", methods=keys, chat_template=True, freeform={k: freeform[k] for k in ("judge", "generation", "prompts")})
     result.config = cfg_dict
 

@@ -20,7 +20,7 @@ from ..tasks.elicit import per_template, source_task
 from . import protocol
 from .config import RunConfig
 from .evaluate import evaluate
-from .folder import write_run_folder
+from .folder import check_run_dir, write_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,12 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
 
     cfg.validate()
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:  # before any slow work
-        from ..errors import InputError
-
-        raise InputError(f"{out_dir} already exists; choose another -o/--output or pass --overwrite")
+    out_dir = check_run_dir(out_dir, overwrite=overwrite)  # before any slow work
     test_split, calib_split = protocol.splits(cfg)
     splits = [test_split] + ([calib_split] if calib_split else [])
     questions = {s: protocol.load_questions(cfg, s) for s in splits}
+    if calib_split is None:  # random splits: refuse too few questions before scoring them
+        protocol.check_splittable(len(questions[test_split]), cfg)
     t0 = time.perf_counter()
 
     # one model at a time, so only one is in memory

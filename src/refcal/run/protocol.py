@@ -185,12 +185,20 @@ def _random_splits(test: JoinedScores, cfg: RunConfig) -> list[tuple[str, Part, 
     return [(f"split{i}", _part(test, ci), _part(test, ti)) for i, (ci, ti) in enumerate(random_split_indices(n, cfg))]
 
 
-def random_split_indices(n: int, cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``cfg.n_splits`` random (calibration, test) index pairs of ``n`` questions, sorted, seeded by ``cfg.seed``."""
+def check_splittable(n: int, cfg: RunConfig) -> int:
+    """The calibration part's size of a random split of ``n`` questions; :class:`InputError` when either part
+    would have fewer than 2. Called as soon as the questions are loaded, before any scoring, and again by
+    :func:`random_split_indices`."""
     n_cal = int(round(cfg.calib_frac * n))
     if n_cal < 2 or n - n_cal < 2:
         raise InputError(f"{n} questions are too few to split {cfg.calib_frac:.0%} / {1 - cfg.calib_frac:.0%}; "
-                         "raise --limit")
+                         "raise --limit (or use more questions)")
+    return n_cal
+
+
+def random_split_indices(n: int, cfg: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``cfg.n_splits`` random (calibration, test) index pairs of ``n`` questions, sorted, seeded by ``cfg.seed``."""
+    n_cal = check_splittable(n, cfg)
     rng = np.random.default_rng(cfg.seed)
     out = []
     for _ in range(cfg.n_splits):
@@ -199,4 +207,5 @@ def random_split_indices(n: int, cfg: RunConfig) -> list[tuple[np.ndarray, np.nd
     return out
 
 
-__all__ = ["Part", "Unit", "Plan", "load_questions", "default_split", "splits", "plan", "random_split_indices"]
+__all__ = ["Part", "Unit", "Plan", "load_questions", "default_split", "splits", "plan", "random_split_indices",
+           "check_splittable"]

@@ -39,14 +39,23 @@ _SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\
 _KEYS = ("doc_id", "filtered_resps")
 
 
+#: the longest first line read to recognise a JSON Lines samples file (long few-shot prompts make lines of
+#: hundreds of KiB; a "line" longer than this is not a sample)
+_MAX_FIRST_LINE = 1 << 26
+
+
 def _first_object(path: Path) -> tuple[str, Any]:
-    """``("lines" | "array" | "", first object)`` from the head of a text file."""
+    """``("lines" | "array" | "", first object)`` from the head of a text file (the whole first line of a
+    JSON Lines file, however long, up to 64 MiB)."""
     try:
         with open(path, encoding="utf-8-sig") as fh:
             head = fh.read(1 << 16)
+            text = head.lstrip()
+            if not text.startswith("[") and "\n" not in text and len(head) == 1 << 16:
+                head += fh.readline(_MAX_FIRST_LINE)  # the rest of a first line longer than 64 KiB
+                text = head.lstrip()
     except (OSError, UnicodeDecodeError):
         return "", None
-    text = head.lstrip()
     if text.startswith("["):
         # 0.4.0-0.4.2: an indented array; its first element ends at the first line "  }," or "  }"
         m = re.search(r"\n  \}(,|\n)", text)
@@ -59,7 +68,7 @@ def _first_object(path: Path) -> tuple[str, Any]:
     first = text.split("\n", 1)[0]
     try:
         return "lines", json.loads(first)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return "", None
 
 
@@ -124,20 +133,27 @@ def read_lmeval(path: str | Path, *, metric: str = "acc") -> ScoreSet:
     for r, s in enumerate(samples):
         if not isinstance(s, dict) or any(k not in s for k in _KEYS):
             raise ScoreFileError(f"{src}: sample {r} lacks 'doc_id' or 'filtered_resps'; not an lm-eval samples file")
-        lls = [_loglik(resp, src, s["doc_id"]) for resp in s["filtered_resps"]]
-        choices = [_continuation(a) for a in _requests(s.get("arguments"))]
+        doc_id = s["doc_id"]
+        if isinstance(doc_id, bool) or not isinstance(doc_id, int | str) or doc_id == "":
+            raise ScoreFileError(f"{src}: sample {r} has doc_id {_short(doc_id)}, not an integer or a string; "
+                                 "pass the samples file as lm_eval --log_samples wrote it")
+        if not isinstance(s["filtered_resps"], list):
+            raise ScoreFileError(f"{src}: doc {doc_id!r}: 'filtered_resps' is {_short(s['filtered_resps'])}, not a "
+                                 "list of [log-likelihood, is_greedy] responses; only multiple_choice tasks can be read")
+        lls = [_loglik(resp, src, doc_id) for resp in s["filtered_resps"]]
+        choices = [_continuation(a) for a in _requests(s.get("arguments"), src, doc_id)]
         if len(choices) != len(lls):
             raise ScoreFileError(
-                f"{src}: doc {s['doc_id']!r} has {len(lls)} responses but {len(choices)} requests; only plain "
+                f"{src}: doc {doc_id!r} has {len(lls)} responses but {len(choices)} requests; only plain "
                 "multiple_choice tasks (one log-likelihood request per choice) can be read"
             )
         choices = [c[len(delim):] if delim and c.startswith(delim) else c for c in choices]
         if metric != "acc":
             sizes = [len(c) if metric == "acc_norm" else len(c.encode("utf-8")) for c in choices]
             if min(sizes) == 0:
-                raise ScoreFileError(f"{src}: doc {s['doc_id']!r} has an empty choice; {metric} divides by its length")
+                raise ScoreFileError(f"{src}: doc {doc_id!r} has an empty choice; {metric} divides by its length")
             lls = [v / z for v, z in zip(lls, sizes, strict=True)]
-        ids.append(str(s["doc_id"]))
+        ids.append(str(doc_id))
         logits.append(lls)
         labels.append(_gold(s.get("target"), choices))
     meta: dict[str, Any] = {"source": src, "format": layout, "lmeval_metric": metric, "scoring": f"lm-eval {metric}"}
@@ -151,24 +167,56 @@ def read_lmeval(path: str | Path, *, metric: str = "acc") -> ScoreSet:
 
 
 def _task_and_results(path: Path) -> tuple[str | None, dict | None]:
+    """The task named by a ``samples_<task>_<date>.jsonl`` file and its ``results_<date>.json`` companion
+    (None when absent). A companion that is present but malformed is refused: it sets the target
+    delimiter, which decides the gold labels given as choice text."""
     m = _SAMPLES_NAME.match(path.name)
     if m is None:
         return None, None
     results_path = path.with_name(f"results_{m['date']}.json")
-    results = None
-    if results_path.is_file():
-        try:
-            results = json.loads(results_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            results = None
-    return m["task"], results if isinstance(results, dict) else None
+    if not results_path.is_file():
+        return m["task"], None
+
+    def bad(why: str) -> ScoreFileError:
+        return ScoreFileError(f"{results_path}: {why}, so the samples beside it cannot be read with their task's "
+                              "settings; restore the results file lm_eval wrote, or move it away (the defaults "
+                              "are then used)")
+
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise bad(f"not a valid JSON results file ({type(e).__name__})") from None
+    if not isinstance(results, dict):
+        raise bad("not a JSON object")
+    for key in ("configs", "config"):
+        if results.get(key) is not None and not isinstance(results[key], dict):
+            raise bad(f"'{key}' is not an object")
+    cfg = (results.get("configs") or {}).get(m["task"])
+    if cfg is not None and not isinstance(cfg, dict):
+        raise bad(f"configs.{m['task']} is not an object")
+    return m["task"], results
 
 
-def _requests(arguments: Any) -> list[Any]:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_ARG_KEY = re.compile(r"^gen_args_(\d+)$")
+
+
+def _requests(arguments: Any, src: str, doc_id: Any) -> list[Any]:
     # >= 0.4.3: {"gen_args_0": {"arg_0": ctx, "arg_1": cont}, ...}; 0.4.0-0.4.2: [[ctx, cont], ...]
     if isinstance(arguments, dict):
-        return [arguments[k] for k in sorted(arguments, key=lambda k: int(k.rsplit("_", 1)[-1]))]
-    return list(arguments or [])
+        keys = {k: _ARG_KEY.match(k) for k in arguments}
+        odd = [k for k, ok in keys.items() if ok is None]
+        if odd:
+            raise ScoreFileError(f"{src}: doc {doc_id!r}: 'arguments' has the key {_short(odd[0])}, not "
+                                 "gen_args_<n>; pass the samples file as lm_eval --log_samples wrote it")
+        return [arguments[k] for k in sorted(arguments, key=lambda k: int(keys[k].group(1)))]
+    if arguments is None or isinstance(arguments, list):
+        return list(arguments or [])
+    raise ScoreFileError(f"{src}: doc {doc_id!r}: 'arguments' is {_short(arguments)}, not the list of requests")
 
 
 def _continuation(req: Any) -> str:

@@ -141,6 +141,11 @@ class ScoreSet:
                     f"{source}: row {r} (id {ids_arr[r]!r}): label {v!r} is not an option index; "
                     "labels are 0-based integers (null when unknown)"
                 )
+            if abs(float(v)) >= 2.0**53:  # before int64: 1e300 or 10**30 would overflow (validate names the rest)
+                raise ScoreFileError(
+                    f"{source}: row {r} (id {ids_arr[r]!r}): label {v:.3g} is out of range; labels are 0-based "
+                    f"option indices below the {int(n_opt[r])} options (null when unknown)"
+                )
             lab[r] = int(v)
         cols = {name: np.asarray(vals, dtype=object) for name, vals in (columns or {}).items()}
         out = cls(ids_arr, mat, lab, n_opt, dict(meta or {}), cols)
