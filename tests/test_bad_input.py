@@ -159,7 +159,7 @@ def _edit(src, dest, fn):
 
 
 CAL_EDITS = {
-    "unknown method": (lambda d: d.update(method="platt"), "unknown calibration method 'platt'"),
+    "unknown method": (lambda d: d.update(method="beta"), "unknown calibration method 'beta'"),
     "method not a string": (lambda d: d.update(method=["daca"]), "unknown calibration method ['daca']"),
     "unknown hyperparameter": (lambda d: d["hyperparameters"].update(bogus=1), "unknown hyperparameter 'bogus'"),
     "section of wrong type": (lambda d: d.update(parameters=[1.0]), "'parameters' must be a JSON object"),

@@ -80,7 +80,7 @@ def test_json_layout(tmp_path, data) -> None:
         (None, "no such file"),
         ("{not json", "not valid JSON"),
         ("[1, 2]", "not a refcal calibrator"),
-        ('{"format": "refcal-calibrator", "format_version": 1, "method": "platt"}', "unknown calibration method 'platt'"),
+        ('{"format": "refcal-calibrator", "format_version": 1, "method": "beta"}', "unknown calibration method 'beta'"),
     ],
 )
 def test_load_errors(tmp_path, content, match) -> None:

@@ -194,7 +194,10 @@ def test_aurc_matches_geifman_definition_without_ties():
 def test_evaluate_matches_individual_functions():
     p, y = _random(300, 4, seed=5)
     out = M.evaluate(p, y, n_bins=15)
-    assert set(out) == {"ece", "mce", "aece", "brier", "brier_multiclass", "nll", "accuracy", "auroc", "aurc"}
+    assert set(out) == {"ece", "mce", "aece", "brier", "brier_multiclass", "nll", "accuracy", "auroc", "aurc",
+                        "smooth_ece", "classwise_ece", "debiased_ece", "brier_reliability", "brier_resolution",
+                        "brier_uncertainty"}
+    assert list(out) == list(M.METRICS)
     assert out["ece"] == M.ece(p, y, n_bins=15)
     assert out["aece"] == M.aece(p, y, n_bins=15)
     assert out["nll"] == M.nll(p, y)
@@ -294,7 +297,9 @@ def test_bootstrap_with_infinite_values_warns_nothing(recwarn):
         ci = M.bootstrap_ci(M.nll, p, y, n_boot=300, seed=1)
     assert ci.estimate == ci.high == np.inf and ci.low <= ci.high
     assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
-    assert M._quantiles(np.array([1.0, 2.0, np.inf, np.inf]), (0.0, 0.5, 0.9, 1.0)) == [1.0, np.inf, np.inf, np.inf]
+    from refcal.metrics.bootstrap import _quantiles
+
+    assert _quantiles(np.array([1.0, 2.0, np.inf, np.inf]), (0.0, 0.5, 0.9, 1.0)) == [1.0, np.inf, np.inf, np.inf]
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -7,8 +7,10 @@ Lines (by lines) in blocks of ``block_rows`` questions and keep only what the so
   counts, its centred chat logits (``k`` float64) — the Newton iteration on ``beta = 1/tau`` sums the
   objective's derivatives over these blocks (:func:`refcal.calibrate._solvers.temperature_moments`) and
   the per-question target terms are summed while reading;
-* metrics keep each question's confidence (float64) and correctness (bool) for the rank-based ones
-  (AECE, AUROC, AURC) and sums for the others (ECE/MCE bins, Brier, NLL, accuracy).
+* metrics are :class:`refcal.metrics.sums.MetricSums` (every key of :func:`refcal.metrics.evaluate`):
+  each question's confidence (float64) and correctness (bool) for the rank-based ones (AECE, debiased and
+  smooth ECE, AUROC, AURC) and sums for the others (ECE/MCE and classwise bins, Brier and its
+  decomposition, NLL, accuracy).
 
 The results equal the in-memory path (:func:`refcal.load_scores` + :class:`refcal.calibrate.DACA` /
 :func:`refcal.metrics.evaluate`) up to the order of floating-point additions (relative ~1e-15).
@@ -40,6 +42,7 @@ from .calibrate._solvers import (
 )
 from .calibrate.alignment import agreement_mask
 from .errors import FitError, InputError, ScoreFileError
+from .metrics.sums import MetricSums
 from .scores import file_meta
 from .scores.blocks import (
     BLOCK_ROWS,
@@ -53,11 +56,7 @@ from .scores.blocks import (
 )
 
 log = logging.getLogger(__name__)
-#: the metrics' own logger, so a warning reads the same from the in-memory and the streamed path
-metrics_log = logging.getLogger("refcal.metrics")
 
-#: rows per slice of the chunked sums in the metrics
-_SLICE = 1 << 20
 
 __all__ = ["BLOCK_ROWS", "NotStreamable", "OrderMismatch", "StreamedFit", "StreamedMetrics", "evaluate_streaming",
            "fit_temperature_streaming", "iter_blocks", "is_streamable"]
@@ -191,118 +190,6 @@ def fit_temperature_streaming(
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-class _MetricSums:
-    """Everything :func:`refcal.metrics.evaluate` needs, accumulated block by block."""
-
-    def __init__(self, n_bins: int):
-        from .metrics import _check_bins
-
-        self.n_bins = n_bins = _check_bins(n_bins)
-        self.edges = np.linspace(0.0, 1.0, n_bins + 1)
-        self.counts = np.zeros(n_bins, np.int64)
-        self.bin_corr = np.zeros(n_bins)
-        self.bin_conf = np.zeros(n_bins)
-        self.brier = self.brier_mc = self.nll = 0.0
-        self.n = 0
-        self.conf: list[np.ndarray] = []
-        self.corr: list[np.ndarray] = []
-
-    def add(self, p: np.ndarray, y: np.ndarray) -> None:
-        rows = np.arange(len(y))
-        conf = p.max(axis=1)
-        corr = (p.argmax(axis=1) == y).astype(np.float64)
-        idx = np.clip(np.searchsorted(self.edges, conf, side="right") - 1, 0, self.n_bins - 1)
-        self.counts += np.bincount(idx, minlength=self.n_bins)
-        self.bin_corr += np.bincount(idx, weights=corr, minlength=self.n_bins)
-        self.bin_conf += np.bincount(idx, weights=conf, minlength=self.n_bins)
-        self.brier += float(np.sum((conf - corr) ** 2))
-        onehot = np.zeros_like(p)
-        onehot[rows, y] = 1.0
-        self.brier_mc += float(np.sum(np.sum((p - onehot) ** 2, axis=1)))
-        with np.errstate(divide="ignore"):
-            self.nll -= float(np.sum(np.log(p[rows, y])))
-        self.n += len(y)
-        self.conf.append(conf)
-        self.corr.append(corr.astype(bool))
-
-    def _gather(self, chunks: list[np.ndarray], dtype: type) -> np.ndarray:
-        """Concatenate and free the per-block arrays without holding both copies at once."""
-        out = np.empty(self.n, dtype)
-        pos = 0
-        while chunks:
-            a = chunks.pop(0)
-            out[pos: pos + len(a)] = a
-            pos += len(a)
-        return out
-
-    def result(self) -> dict[str, float]:
-        """The metrics; every temporary is at most a few arrays of n values (AECE, AUROC and AURC need
-        the confidences sorted once)."""
-        n = self.n
-        nz = self.counts > 0
-        gap = np.abs(self.bin_corr[nz] / self.counts[nz] - self.bin_conf[nz] / self.counts[nz])
-        out: dict[str, float] = {
-            "ece": float(np.sum(self.counts[nz] / n * gap)),
-            "mce": float(np.max(gap)),
-            "brier": self.brier / n,
-            "brier_multiclass": self.brier_mc / n,
-            "nll": self.nll / n,
-        }
-        conf = self._gather(self.conf, np.float64)
-        order = np.argsort(conf, kind="stable")  # ascending; stable as in metrics.reliability_bins
-        c = conf[order]
-        del conf
-        e = self._gather(self.corr, np.bool_)[order]
-        del order
-        # AECE: equal-mass groups of the stable ascending order (numpy.array_split sizes)
-        b = min(self.n_bins, n)
-        q, r = divmod(n, b)
-        bounds = np.r_[0, np.cumsum([q + 1] * r + [q] * (b - r))][:-1]
-        cnt = np.diff(np.r_[bounds, n])
-        g_conf = np.add.reduceat(c, bounds)
-        g_corr = np.add.reduceat(e, bounds, dtype=np.float64)
-        out["aece"] = float(np.sum(cnt / n * np.abs(g_corr / cnt - g_conf / cnt)))
-        n_pos = int(np.count_nonzero(e))
-        out["accuracy"] = n_pos / n
-        # tie groups of equal confidence (ascending): start, size and number of correct answers
-        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-        del c
-        sizes = np.diff(np.r_[starts, n])
-        pos_in = np.add.reduceat(e, starts, dtype=np.int64)
-        del e
-        n_neg = n - n_pos
-        if n_pos == 0 or n_neg == 0:
-            metrics_log.warning("AUROC is undefined: all %d answers are %s; returning NaN", n,
-                                "correct" if n_neg == 0 else "wrong")
-            out["auroc"] = float("nan")
-        else:
-            # sum of the (1-based, tie-averaged) ranks of the correct answers, in slices of groups
-            rank_sum = 0.0
-            for lo in range(0, len(starts), _SLICE):
-                sl = slice(lo, lo + _SLICE)
-                rank_sum += float(np.sum((starts[sl] + (sizes[sl] + 1) / 2.0) * pos_in[sl]))
-            out["auroc"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        del starts
-        # AURC: risk-coverage in descending confidence, errors spread evenly within tie groups
-        g_err = (sizes - pos_in)[::-1].astype(np.float64)
-        del pos_in
-        sizes_d = sizes[::-1].copy()
-        del sizes
-        before = np.cumsum(g_err)
-        before -= g_err  # errors in the groups before each group
-        start_d = np.cumsum(sizes_d)
-        start_d -= sizes_d
-        total = 0.0
-        for lo in range(0, n, _SLICE):
-            m = np.arange(lo + 1, min(lo + _SLICE, n) + 1)
-            gid = np.searchsorted(start_d, m - 1, side="right") - 1
-            cum_err = before[gid] + (m - start_d[gid]) * g_err[gid] / sizes_d[gid]
-            total += float(np.sum(cum_err / m))
-        out["aurc"] = total / n
-        return {k: out[k] for k in ("ece", "mce", "aece", "brier", "brier_multiclass", "nll", "accuracy",
-                                    "auroc", "aurc")}
-
-
 @dataclass
 class StreamedMetrics:
     """What :func:`evaluate_streaming` found.
@@ -333,9 +220,9 @@ def evaluate_streaming(
         Some question has no label (the message counts them).
     """
     path = Path(path)
-    acc = {"vanilla": _MetricSums(n_bins)}
+    acc = {"vanilla": MetricSums(n_bins)}
     if calibrator is not None:
-        acc["calibrated"] = _MetricSums(n_bins)
+        acc["calibrated"] = MetricSums(n_bins)
     ids = IdCheck()
     n = n_missing = k = 0
     for blk in iter_blocks(path, block_rows):

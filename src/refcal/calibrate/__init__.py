@@ -6,6 +6,8 @@
 * :class:`AgreementDACA` — label-free: separate temperatures for agreeing and disagreeing questions.
 * :class:`MutualCalibration` — label-free: projection onto mutual calibration with the reference model.
 * :class:`BaseCalProj` — label-free: a least-squares map of chat hidden states into the base model's head.
+* :class:`PlattScaling`, :class:`IsotonicCalibration`, :class:`HistogramBinning` — few-label top-label maps.
+* :class:`DACAWithLabels` — DACA + k labels: DACA's temperature as the prior of a labelled temperature fit.
 
 All follow the scikit-learn estimator style (``fit`` returns ``self``, fitted values end in ``_``),
 save to plain JSON (:meth:`save`, :func:`load_calibrator`) and take float64 (n, k) logits with -inf
@@ -15,7 +17,9 @@ marking a missing option.
 from ._base import CalibrationWarning
 from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, agreement_mask
+from .daca_prior import DACAWithLabels
 from .diagnostics import agreement_diagnostics
+from .fewlabel import HistogramBinning, IsotonicCalibration, PlattScaling
 from .io import METHODS, from_dict, load_calibrator
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 from .mutual import MutualCalibration
@@ -25,6 +29,10 @@ __all__ = [
     "DACA",
     "AgreementDACA",
     "BaseCalProj",
+    "DACAWithLabels",
+    "HistogramBinning",
+    "IsotonicCalibration",
+    "PlattScaling",
     "MutualCalibration",
     "METHODS",
     "CalibrationWarning",

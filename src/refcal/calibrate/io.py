@@ -14,6 +14,9 @@ from ._base import FORMAT, FORMAT_VERSION, TASKS, _Calibrator, _is_real
 from .agreement import METHOD as AGREEMENT_METHOD
 from .agreement import AgreementDACA
 from .alignment import DACA, NaiveAlignment, _AlignmentCalibrator
+from .daca_prior import METHOD as DACA_K_METHOD
+from .daca_prior import DACAWithLabels
+from .fewlabel import HistogramBinning, IsotonicCalibration, PlattScaling
 from .labelled import MatrixScaling, TemperatureScaling, VectorScaling
 from .mutual import METHOD as MUTUAL_METHOD
 from .mutual import MutualCalibration
@@ -24,7 +27,9 @@ METHODS: dict[str, type[_Calibrator]] = {
 }
 
 #: calibrators fitted on (base, chat) logits that are not logit maps of the chat model alone: own JSON readers
-PAIR_METHODS: dict[str, Any] = {AGREEMENT_METHOD: AgreementDACA, MUTUAL_METHOD: MutualCalibration}
+PAIR_METHODS: dict[str, Any] = {AGREEMENT_METHOD: AgreementDACA, MUTUAL_METHOD: MutualCalibration,
+                                DACA_K_METHOD: DACAWithLabels,
+                                **{c.method: c for c in (PlattScaling, IsotonicCalibration, HistogramBinning)}}
 
 
 def load_calibrator(path: str | os.PathLike) -> _Calibrator:

@@ -12,7 +12,9 @@ from ..errors import InputError
 # by click as a usage error (exit 2)
 _PATH = click.Path(dir_okay=False, readable=False, path_type=Path)
 #: ``refcal fit --method``: label-free on (base, chat) except ``ts`` (labelled, the chat file's labels)
-FIT_METHODS = ("daca", "naive", "ts", "daca_agree", "mutual")
+FIT_METHODS = ("daca", "naive", "ts", "daca_agree", "mutual", "platt", "isotonic", "histogram", "daca_k")
+#: few-label top-label maps (refcal.calibrate.fewlabel): fitted on the chat file's labelled questions only
+_TOP_LABEL = {"platt": "PlattScaling", "isotonic": "IsotonicCalibration", "histogram": "HistogramBinning"}
 _LABELLED = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "matrix": "MatrixScaling"}
 
 
@@ -24,7 +26,10 @@ _LABELLED = {"temperature": "TemperatureScaling", "vector": "VectorScaling", "ma
               help="daca: align on agreeing questions only; naive: on every question (baseline); ts: labelled "
                    "temperature (or --scaling vector / matrix) scaling on the chat file's labels (an oracle); "
                    "daca_agree: one temperature where the models agree, another where they disagree; mutual: "
-                   "mutual calibration with the base model (docs/METHODS.md). Only ts reads labels.")
+                   "mutual calibration with the base model (docs/METHODS.md); platt / isotonic / histogram: "
+                   "few-label maps of the chat model's top-label confidence, on the chat file's labelled "
+                   "questions; daca_k: DACA's temperature as the prior of a fit on the labelled questions "
+                   "(docs/few-labels.md). ts, platt, isotonic, histogram and daca_k read labels.")
 @click.option("--scaling", type=click.Choice(["temperature", "vector", "matrix"]), default="temperature",
               show_default=True,
               help="temperature: one parameter, any number of options; vector / matrix: per-option maps, "
@@ -49,12 +54,14 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     from ..streaming import OrderMismatch, fit_temperature_streaming, is_streamable
 
     ensure_parent(output, what="the calibrator", create=False)  # before any work
-    if method != "ts" and base_path is None:
+    chat_only = method == "ts" or method in _TOP_LABEL
+    if not chat_only and base_path is None:
         raise InputError(f"--method {method} is fitted on both models' scores: pass --base (only the labelled "
-                         "--method ts needs none)")
-    if method == "ts" and base_path is not None:
-        raise InputError("--method ts is fitted on the chat model's labels alone and does not read --base; drop it")
-    if method in ("daca_agree", "mutual") and scaling != "temperature":
+                         "--method ts, platt, isotonic and histogram need none)")
+    if chat_only and base_path is not None:
+        raise InputError(f"--method {method} is fitted on the chat model's labels alone and does not read --base; "
+                         "drop it")
+    if method in ("daca_agree", "mutual", "daca_k", *_TOP_LABEL) and scaling != "temperature":
         raise InputError(f"--scaling {scaling} applies to daca, naive and ts; {method} has one form only")
     streamed = None
     if (method in ("daca", "naive") and scaling == "temperature" and lmeval_metric is None
@@ -68,6 +75,15 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
     if streamed is not None:
         cal, n, n_agree = streamed.calibrator, streamed.n, streamed.n_agree
         base_meta, chat_meta = streamed.meta["base"], streamed.meta["chat"]
+    elif method in _TOP_LABEL:
+        from ..calibrate import fewlabel
+
+        chat = load_scores(chat_path, lmeval_metric=lmeval_metric)
+        known = chat.labels >= 0
+        if not known.any():
+            raise InputError(f"{chat_path}: no question has a label; --method {method} is fitted on labels")
+        cal = getattr(fewlabel, _TOP_LABEL[method])().fit(chat.logits[known], chat.labels[known])
+        n, n_agree, chat_meta = int(known.sum()), None, chat.meta
     elif method == "ts":
         from ..calibrate import labelled
 
@@ -88,6 +104,10 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
         if method in ("daca", "naive"):
             cls = DACA if method == "daca" else NaiveAlignment
             cal = cls(scaling=scaling, **kwargs).fit(joined.base, joined.chat)
+        elif method == "daca_k":  # every question's logits, the chat file's known labels (-1: unlabelled)
+            from ..calibrate import DACAWithLabels
+
+            cal = DACAWithLabels().fit(joined.base, joined.chat, joined.labels)
         else:
             cal = (AgreementDACA if method == "daca_agree" else MutualCalibration)().fit(joined.base, joined.chat)
         n, n_agree = len(joined.ids), int(agreement_mask(joined.base, joined.chat).sum())
@@ -97,7 +117,7 @@ def fit(base_path: Path, chat_path: Path, method: str, scaling: str, l2: float, 
         "base_meta": None if base_meta is None else _short_meta(base_meta), "chat_meta": _short_meta(chat_meta),
     }
     cal.save(output, inputs=inputs)
-    what = method if method in ("daca_agree", "mutual") else f"{method} / {scaling} scaling"
+    what = method if method in ("daca_agree", "mutual", "daca_k", *_TOP_LABEL) else f"{method} / {scaling} scaling"
     agree = "labels of every question" if n_agree is None else f"{n_agree} agree, rate {n_agree / n:.3f}"
     click.echo(f"{what} on {n} questions ({agree})")
     click.echo(_fit_summary(cal))
@@ -111,6 +131,12 @@ def _fit_summary(cal) -> str:
         borrowed = f"; {cal.fallback_}" if cal.fallback_ else ""
         return (f"temperature where the models agree = {cal.temperature_agree_:.6g}, where they disagree = "
                 f"{cal.temperature_disagree_:.6g}{borrowed}  ({cal.n_iter_} iterations)")
+    if method == "daca_k":
+        prior = ("no label: DACA's temperature" if cal.prior_sd_ is None else
+                 f"prior: DACA's temperature {cal.prior_temperature_:.6g}, width {cal.prior_sd_:.3g} on 1/τ")
+        return f"temperature = {cal.temperature_:.6g} from {cal.n_labels_} labels ({prior})"
+    if method in _TOP_LABEL:
+        return f"top-label confidence map fitted on {cal.n_} labelled questions ({cal.n_correct_} answered right)"
     if method == "mutual":
         return (f"{cal.bin_confidence_.size} confidence bins, projection divergence {cal.divergence_:.3g} "
                 f"({cal.n_iter_} SLSQP iterations, converged: {cal.converged_})")
@@ -265,8 +291,9 @@ def _short_meta(meta: dict) -> dict:
 
 
 def _metrics_table(results: dict[str, dict[str, float]], bins: int) -> str:
-    cols = [("ece", "ECE %", 100), ("mce", "MCE %", 100), ("aece", "AECE %", 100), ("brier", "Brier", 1),
-            ("nll", "NLL", 1), ("accuracy", "Acc", 1), ("auroc", "AUROC", 1)]
+    from ..metrics import columns
+
+    cols = [(c.key, c.header, c.scale) for c in columns("cli")]
     head = f"{'':<12}" + "".join(f"{name:>10}" for _, name, _ in cols)
     lines = [head]
     for method, m in results.items():
@@ -275,5 +302,5 @@ def _metrics_table(results: dict[str, dict[str, float]], bins: int) -> str:
             v = m.get(key)
             cells.append(f"{'n/a':>10}" if v is None or v != v else f"{v * scale:>10.3f}")
         lines.append(f"{method:<12}" + "".join(cells))
-    lines.append(f"({bins} equal-width bins; ECE/MCE/AECE in percent)")
+    lines.append(f"({bins} equal-width bins; the ECE family and accuracy in percent)")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
               help="False-alarm rate over all windows (Bonferroni).")
 @click.option("--n-boot", type=click.IntRange(min=20), default=200, show_default=True, help="Bootstrap resamples.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap resamples.")
 def monitor(log: Path, cal_path: Path, window: str, baseline: Path | None, baseline_base: Path | None,
             output: Path | None, alpha: float, n_boot: int, seed: int) -> int:
     """Agreement, refitted temperature, confidence shift (PSI) and estimated accuracy per window of LOG.

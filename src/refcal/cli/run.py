@@ -73,6 +73,12 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
               help="Map fitted by DACA, naive alignment and the ts oracle (daca_vector, vs ... fix their own).")
 @click.option("--bins", type=click.IntRange(min=1, max=MAX_BINS), default=10, show_default=True,
               help="Equal-width confidence bins of ECE, MCE and the reliability diagrams.")
+@click.option("--labels-budget", default=None, metavar="K,K,...",
+              help="Label-efficiency curve: fit each labelled method (ts, platt, isotonic, histogram, daca_k) on "
+                   "k labelled calibration questions for each k, e.g. 0,10,25,50,100,250,all "
+                   "(docs/few-labels.md).")
+@click.option("--labels-draws", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Random draws of the k labelled questions per k (--labels-budget).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the --limit subsample, the random splits and the bootstrap.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -95,7 +101,7 @@ Exit codes: 0 success; 2 bad input or usage (the message names the option or fil
 @ray_options
 def run(base, chat, dataset, split, calib_split, subjects, template, scoring, cape_orders, cape_templates,
         chat_template, fewshot, limit,
-        methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, seed, batch_size, device, dtype, api_base,
+        methods, judge, judge_api_base, n_splits, calib_frac, scaling, bins, labels_budget, labels_draws, seed, batch_size, device, dtype, api_base,
         api_letters, cache_dir, output, overwrite, no_report, no_progress, **columns) -> None:
     """Score both models (cached, resumable), fit the calibrators (default: DACA, naive alignment and the
     labelled oracle), evaluate on held-out questions and write a run folder with a report.
@@ -109,6 +115,7 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
     from ..report import write_report  # the run folder's finish hook: run/ itself imports no report
     from ..run import RunConfig, load_result, summary_table
     from ..run import run as run_job
+    from ..run.budget import parse_labels_budget
     from ..run.freeform import is_freeform, parse_freeform_methods, run_freeform
 
     cols = pop_columns(columns)
@@ -134,7 +141,10 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
         columns=cols,
         methods=parse_freeform_methods(methods) if freeform else parse_methods(methods), ray=ray,
         cape_orders=cape_orders or "cyclic", cape_templates=cape_templates or "one",
+        labels_budget=parse_labels_budget(labels_budget) if labels_budget else None, labels_draws=labels_draws,
     )
+    if freeform and labels_budget:
+        raise click.UsageError("--labels-budget applies to multiple-choice data sets only")
     if freeform and (cape_orders or cape_templates):
         raise click.UsageError("--cape-orders and --cape-templates apply to multiple-choice data sets only")
     finish = None if no_report else write_report
@@ -164,6 +174,8 @@ def run(base, chat, dataset, split, calib_split, subjects, template, scoring, ca
         click.echo("could not be fitted on some units (evaluated uncalibrated there): "
                    + ", ".join(f"{res.label(m)} {n}/{len(res.fits[m])}" for m, n in fallbacks.items()))
     click.echo(summary_table(res))
+    if res.label_budget.get("worth_labels"):
+        click.echo(res.label_budget["worth_labels"]["sentence"])
     wall = res.timing.get("wall_seconds")
     if wall is not None:
         click.echo(f"wall time {wall:.1f} s (scoring {res.timing.get('scoring_seconds', float('nan')):.1f} s)")

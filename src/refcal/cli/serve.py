@@ -17,8 +17,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--reference-api-base", default=None, help="--reference openai:NAME: its server, up to /v1.")
 @click.option("--reference-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Share of calibrated requests also scored by --reference (logged for `refcal monitor`).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--log", "log_dir", type=_PATH, default=None,
               help="Monitoring log folder (append-only JSONL segments, read by `refcal monitor`).")
 @click.option("--log-text", is_flag=True, help="Also store prompt and answer text in the monitoring log.")

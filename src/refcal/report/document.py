@@ -11,17 +11,18 @@ from typing import Any
 import numpy as np
 
 from ..calibrate.methods import METHODS, ordered_keys
+from ..metrics import columns
+from ..run.evaluate import CONFORMAL_ALPHA
 from ..run.result import Bootstrap, Diagnostics, FitRecord, MetricSummary, RunResult
 from .blocks import Image, Table
 
-#: (key, header, scale, decimals, lower is better)
-_COLUMNS = [
-    ("ece", "ECE %", 100, 3, True), ("mce", "MCE %", 100, 3, True), ("aece", "AECE %", 100, 3, True),
-    ("brier", "Brier", 1, 4, True), ("nll", "NLL", 1, 4, True), ("accuracy", "Acc %", 100, 2, False),
-    ("auroc", "AUROC", 1, 4, False), ("aurc", "AURC", 1, 4, True),
-]
-_LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, reliability diagrams and "
-                  "selective accuracy / risk–coverage curves")
+#: (key, header, scale, decimals, lower is better): the ``report`` view of :data:`refcal.metrics.COLUMNS`
+_COLUMNS = [(c.key, c.header, c.scale, c.decimals, c.lower_is_better) for c in columns("report")]
+#: the second table: smooth / classwise / debiased ECE, the Brier decomposition, conformal sets
+_MORE_COLUMNS = [(c.key, c.header, c.scale, c.decimals, c.lower_is_better) for c in columns("report_more")]
+_LABEL_METRICS = ("ECE, MCE, AECE, Brier score, NLL, accuracy, AUROC, AURC, smooth / classwise / debiased ECE, "
+                  "the Brier decomposition, conformal sets, reliability diagrams and selective accuracy / "
+                  "risk–coverage curves")
 
 
 def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
@@ -36,13 +37,13 @@ def _fmt(v: Any, scale: float = 1, nd: int = 4) -> str:
     return str(v)
 
 
-def _comparison(result: RunResult, names: Mapping[str, str]) -> Table:
+def _comparison(result: RunResult, names: Mapping[str, str], table: list | None = None) -> Table:
     """Methods × metrics, mean ± std over templates/splits; best mean per column in bold (base excluded).
     A method that could not apply to the run is listed with its reason."""
     methods, has_labels = result.methods, result.has_labels
     order = ordered_keys(methods)
     if has_labels:
-        cols = [c for c in _COLUMNS if any(c[0] in methods[m] for m in order)]
+        cols = [c for c in (table or _COLUMNS) if any(c[0] in methods[m] for m in order)]
     else:
         keys = sorted({k for m in order for k in methods[m]})
         cols = [(k, k.replace("_", " "), 1, 4, True) for k in keys]
@@ -62,7 +63,7 @@ def _comparison(result: RunResult, names: Mapping[str, str]) -> Table:
     if has_labels:
         for c, (_, _, _, _, lower) in enumerate(cols, 1):
             cand = {r: v for (r, cc), v in means.items() if cc == c and order[r] != "base"}
-            if cand:
+            if cand and lower is not None:  # None: a property of the data, not a score (no best)
                 best = min(cand.values()) if lower else max(cand.values())
                 bold |= {(r, c) for r, v in cand.items() if v == best}
     for m in ordered_keys(set(result.unavailable) - set(methods)):
@@ -114,6 +115,17 @@ def document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] |
         if has_labels and res.methods:
             out.append(("p", "table.md and table.json give the DACA paper's Table 1 layout (ECE, MCE, AECE, "
                         f"Brier): {_paper_spread_text(res)}."))
+        more = _comparison(res, names, _MORE_COLUMNS) if has_labels and res.methods else None
+        if more is not None and len(more.header) > 1:
+            out.append(("h2", "More calibration metrics"))
+            out.append(more)
+            out.append(("p", "smECE: smooth ECE (Błasiok & Nakkiran; kernel-smoothed, no bins); cwECE: classwise "
+                        "ECE (every option's probability, Kull et al.); dECE: debiased l2 ECE on equal-mass bins "
+                        "(Kumar et al.); Brier REL − RES + UNC: the Brier score's reliability, resolution and "
+                        "uncertainty over the ECE's bins (plus two within-bin terms: docs/METHODS.md); LAC / APS: "
+                        f"split-conformal {100 * (1 - CONFORMAL_ALPHA):.0f} % prediction sets on half of each "
+                        "unit's test questions, calibrated on the other half: coverage (should be about "
+                        f"{100 * (1 - CONFORMAL_ALPHA):.0f} %) and mean set size (smaller is better)."))
     else:
         out.append(("p", "metrics.json holds no per-method results."))
 
@@ -130,6 +142,10 @@ def document(res: RunResult, config: Mapping[str, Any], cal: Mapping[str, Any] |
         out += _bootstrap_section(res.bootstrap, names)
         if "ece_intervals" in img:
             out.append(img["ece_intervals"])
+    if res.label_budget.get("methods"):
+        out += _label_budget_section(res.label_budget, names)
+        if "label_budget" in img:
+            out.append(img["label_budget"])
 
     out.append(("h2", "Confidence distributions"))
     out.append(img["confidence_histogram"] if "confidence_histogram" in img
@@ -256,19 +272,36 @@ def _premise_lines(premise: Mapping[str, Any]) -> list[Any]:
 
 def _bootstrap_section(boot: Bootstrap, names: Mapping[str, str]) -> list[Any]:
     """Sampling uncertainty of the headline metrics on the plotted questions."""
+    keys = {k for d in boot.methods.values() for k in d}
+    cols = [c for c in columns("report") + columns("report_more") if c.key in keys]  # in table order
     rows = []
     for m in ordered_keys(boot.methods):
         cells = [names.get(m, m)]
-        for key, scale in (("ece", 100), ("brier", 1), ("nll", 1)):
-            ci = boot.methods[m].get(key)
-            cells.append(f"{_fmt(ci.estimate, scale, 3)} [{_fmt(ci.low, scale, 3)}, {_fmt(ci.high, scale, 3)}]"
+        for c in cols:
+            ci = boot.methods[m].get(c.key)
+            cells.append(f"{_fmt(ci.estimate, c.scale, 3)} [{_fmt(ci.low, c.scale, 3)}, {_fmt(ci.high, c.scale, 3)}]"
                          if ci is not None else "n/a")
         rows.append(cells)
     return [
-        Table(["method", "ECE % [95 % CI]", "Brier [95 % CI]", "NLL [95 % CI]"], rows,
-               collapsed=f"{100 * boot.level:.0f} % bootstrap intervals ({boot.n_boot} resamples of "
-                         f"the {boot.n} plotted questions)"),
+        Table(["method", *(f"{c.header} [95 % CI]" for c in cols)], rows,
+              collapsed=f"{100 * boot.level:.0f} % bootstrap intervals ({boot.n_boot} resamples of "
+                        f"the {boot.n} plotted questions)"),
     ]
+
+
+def _label_budget_section(lb: Mapping[str, Any], names: Mapping[str, str]) -> list[Any]:
+    """How many labels each labelled method needs (``--labels-budget``): mean ECE % per k."""
+    ks = [str(k) for k in lb["ks"]]
+    rows = [[names.get(m, m), *(_fmt(v, 100, 2) for v in r["metrics"]["ece"]["mean"])]
+            for m, r in lb["methods"].items()]
+    daca = lb.get("daca", {}).get("ece")
+    if daca:
+        rows.append([f"{names.get('daca', 'DACA')} (no labels)", *([_fmt(daca["mean"], 100, 2)] * len(ks))])
+    sentence = lb.get("worth_labels", {}).get("sentence", "")
+    return [("h2", "How many labels is DACA worth?"),
+            ("p", f"{sentence}. Each labelled method fitted on k labelled calibration questions ({lb['n_draws']} "
+                  f"random draws per k, {lb['n_units']} units), evaluated on the test questions: mean ECE %."),
+            Table(["method", *(f"k = {k}" for k in ks)], rows)]
 
 
 def _api_section(stats: Mapping[str, Any]) -> list[Any]:

@@ -83,6 +83,13 @@ def figures(preds, labels_ok: bool, result: RunResult, names: Mapping[str, str],
             save(ax.figure, "ece_intervals", f"ECE of each method on the {result.bootstrap.n} plotted questions "
                  f"(dot) with its {100 * result.bootstrap.level:.0f} % bootstrap interval ({result.bootstrap.n_boot} "
                  "resamples, the same for every method); lower is better.")
+    if labels_ok and result.label_budget.get("methods"):
+        lb = result.label_budget
+        ax = P.plot_label_budget(P.label_curves(lb), labels=names, title="ECE against the number of labels")
+        save(ax.figure, "label_budget", f"ECE of each labelled method fitted on k labelled calibration questions "
+             f"(mean over {lb['n_units']} units and {lb['n_draws']} label draws; band: 95 % of draws), and DACA "
+             "without labels (dashed; band: 95 % bootstrap interval). "
+             + lb.get("worth_labels", {}).get("sentence", "") + ".")
     groups = {m: P.group_values([asdict(r) for r in recs]) for m, recs in result.fits.items()}
     main = groups.get("daca")
     if main is not None and len(main.groups) > 1:

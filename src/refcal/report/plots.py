@@ -27,7 +27,7 @@ __all__ = [
     "HistogramData", "GroupValues", "confidences", "confidence_histogram_data", "group_values",
     "new_figure", "plot_reliability", "plot_reliability_grid", "plot_confidence_histogram",
     "plot_selective_accuracy", "plot_risk_coverage", "plot_group_values", "save_figure", "method_color",
-    "plot_metric_intervals",
+    "plot_metric_intervals", "LabelCurves", "label_curves", "plot_label_budget",
 ]
 
 _FS = 9  # base font size, set per artist
@@ -336,6 +336,66 @@ def plot_metric_intervals(intervals: Mapping[str, ConfidenceInterval], *, ax=Non
     ax.set_xlim(left=0)
     _style(ax, xlabel, "", title)
     ax.grid(False, axis="y")
+    return ax
+
+
+@dataclass(frozen=True)
+class LabelCurves:
+    """A label-efficiency curve, ready to draw: ``k`` (K,) label counts (``all`` as the mean calibration-part
+    size), ``mean`` / ``low`` / ``high`` (method -> (K,)) of the metric, and the label-free reference line
+    ``reference`` = (mean, low, high) (DACA's), or ``None``."""
+
+    k: np.ndarray
+    mean: dict[str, np.ndarray]
+    low: dict[str, np.ndarray]
+    high: dict[str, np.ndarray]
+    reference: tuple[float, float, float] | None
+    metric: str
+    k_labels: tuple[str, ...] = ()
+
+
+def label_curves(record: Mapping[str, Any], *, metric: str = "ece") -> LabelCurves:
+    """:class:`LabelCurves` of ``metrics.json["label_budget"]`` (:func:`refcal.run.budget.label_budget`)."""
+    try:
+        n_all = float(np.mean(record["n_calib"]))
+        k = np.array([n_all if v == "all" else float(v) for v in record["ks"]])
+        curves = {m: r["metrics"][metric] for m, r in record["methods"].items()}
+        ref = record.get("daca", {}).get(metric)
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"not a label-budget record (missing {exc}); pass metrics.json's label_budget") from None
+    return LabelCurves(k, {m: np.asarray(c["mean"], float) for m, c in curves.items()},
+                       {m: np.asarray(c["low"], float) for m, c in curves.items()},
+                       {m: np.asarray(c["high"], float) for m, c in curves.items()},
+                       None if ref is None else (ref["mean"], ref["low"], ref["high"]), metric,
+                       tuple(str(v) for v in record["ks"]))
+
+
+def plot_label_budget(data: LabelCurves, *, ax=None, title: str | None = None,
+                      labels: Mapping[str, str] | None = None, scale: float = 100.0,
+                      reference_label: str = "DACA (no labels)"):
+    """The metric of each labelled method against the number of labels k (symmetric-log axis, so k = 0
+    shows), with its band over label draws, and the label-free reference as a dashed line with its band."""
+    if not data.mean:
+        raise InputError("no label-budget curves to plot")
+    ax = _ax(ax, 6.5, 4.2)
+    for i, (m, mean) in enumerate(data.mean.items()):
+        col = method_color(m, i)
+        ax.plot(data.k, mean * scale, marker="o", markersize=3.5, color=col, linewidth=1.5,
+                label=(labels or {}).get(m, m))
+        ax.fill_between(data.k, data.low[m] * scale, data.high[m] * scale, color=col, alpha=0.15, linewidth=0)
+    if data.reference is not None:
+        mid, lo, hi = (v * scale for v in data.reference)
+        col = method_color("daca")
+        ax.axhline(mid, color=col, linestyle="--", linewidth=1.5, label=reference_label)
+        ax.axhspan(lo, hi, color=col, alpha=0.12, linewidth=0)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(left=0)
+    ax.set_xticks(data.k, list(data.k_labels) or [f"{v:g}" for v in data.k])
+    ax.minorticks_off()
+    unit = " %" if scale == 100 else ""
+    name = {"ece": "ECE", "smooth_ece": "smooth ECE", "brier": "Brier", "nll": "NLL"}.get(data.metric, data.metric)
+    _style(ax, "labelled calibration questions k", f"{name}{unit}", title)
+    _legend_below(ax)
     return ax
 
 

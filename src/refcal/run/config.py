@@ -58,6 +58,10 @@ class RunConfig:
     cape_templates: str = "one"
     #: score on Ray (:class:`refcal.backends.ray.RayOptions` fields: workers, address, num_cpus, num_gpus); None: here
     ray: dict[str, Any] | None = None
+    #: ``--labels-budget``: label counts of the label-efficiency curve (None = every calibration label); None: no curve
+    labels_budget: list[int | None] | None = None
+    #: ``--labels-draws``: label draws per count of the curve
+    labels_draws: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as written to ``config.json`` / ``metrics.json``: ``api_base`` in its public form
@@ -103,6 +107,8 @@ class RunConfig:
                 and "cape" not in self.methods:
             raise InputError("--cape-orders / --cape-templates apply to CAPE only; add cape to --methods "
                              "(or use --scoring cape)")
+        if self.labels_draws < 1:
+            raise InputError(f"--labels-draws must be at least 1, got {self.labels_draws}")
         if self.ray is not None:
             from ..backends.ray import RayOptions
 

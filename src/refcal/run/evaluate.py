@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 N_BOOT = 1000
 ALPHA = 0.05  # 95 % intervals
+#: miscoverage of the conformal sets in the table (90 % sets; metrics.conformal_metrics)
+CONFORMAL_ALPHA = 0.1
 
 
 class Unfitted:
@@ -182,6 +184,7 @@ def _unit_metrics(logp: dict[str, np.ndarray], labels: np.ndarray | None, n_bins
         if labels is not None:
             row.update(metrics.evaluate(p, labels, n_bins=n_bins, warn=False))  # aggregate() says it once
             row["nll"] = metrics.nll_from_log_proba(lp, labels)
+            row.update(metrics.conformal_metrics(p, labels, alpha=CONFORMAL_ALPHA, seed=0))
         res[name] = row
     return res
 
@@ -237,22 +240,17 @@ def _probs(lp: Any) -> Any:
 
 
 def bootstrap(preds: dict[str, np.ndarray], labels: np.ndarray, *, n_bins: int, seed: int) -> Bootstrap:
-    """95 % percentile-bootstrap intervals of ECE, Brier and NLL (1000 resamples of the plotted questions;
-    the same resamples for every metric and method). The NLL comes from the log-probabilities, as in the
-    table, so its interval is finite whenever the NLL is."""
+    """95 % percentile-bootstrap intervals of the metrics of :data:`refcal.metrics.BOOTSTRAPPED` and the NLL
+    (1000 resamples of the plotted questions; the same resamples for every metric and method). The NLL comes
+    from the log-probabilities, as in the table, so its interval is finite whenever the NLL is."""
     from .. import metrics
 
     out = Bootstrap(n_boot=N_BOOT, level=0.95, n=int(len(labels)))
-    alpha = ALPHA
     for m, lp in preds.items():
         p = _probs(lp)
-        out.methods[m] = {
-            "ece": metrics.bootstrap_ci(lambda q, y: metrics.ece(q, y, n_bins=n_bins), p, labels,
-                                        n_boot=N_BOOT, alpha=alpha, seed=seed),
-            "brier": metrics.bootstrap_ci(metrics.brier, p, labels, n_boot=N_BOOT, alpha=alpha, seed=seed),
-        }
+        out.methods[m] = metrics.bootstrap_all(p, labels, n_bins=n_bins, n_boot=N_BOOT, alpha=ALPHA, seed=seed)
         if not isinstance(lp, TopLabel):  # a TopLabel has no NLL
-            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=alpha, seed=seed)
+            out.methods[m]["nll"] = metrics.bootstrap_nll_ci(lp, labels, n_boot=N_BOOT, alpha=ALPHA, seed=seed)
     return out
 
 

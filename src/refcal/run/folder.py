@@ -78,6 +78,8 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
             m: {k: ci._asdict() for k, ci in d.items()} for m, d in b.methods.items()}}
     if result.timing:
         doc["timing"] = result.timing
+    if result.label_budget:
+        doc["label_budget"] = result.label_budget
     if result.api_stats:
         doc["api_stats"] = result.api_stats
     if result.premise:
@@ -260,7 +262,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         raise _bad(path, f"schema_version {version!r} is not the version this build of refcal reads "
                          f"({SCHEMA_VERSION})")
     for key in ("methods", "fits", "diagnostics", "method_labels", "config", "unavailable", "fallbacks",
-                "selective", "bootstrap", "calibrator", "timing", "api_stats", "premise", "parse_failures", "freeform"):
+                "selective", "bootstrap", "calibrator", "timing", "api_stats", "premise", "parse_failures", "freeform", "label_budget"):
         _obj(doc, key, path)
 
     methods: dict[str, dict[str, MetricSummary]] = {}
@@ -325,6 +327,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         parse_failures=_typed_values(_obj(doc, "parse_failures", path), "parse_failures", path,
                                      lambda v: isinstance(v, dict) and all(isinstance(x, int) for x in v.values())),
         freeform=_obj(doc, "freeform", path),
+        label_budget=_obj(doc, "label_budget", path),
     )
 
 

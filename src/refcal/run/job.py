@@ -87,6 +87,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
     n_questions = int(sum(len(scores[("chat", cfg.templates[0], s)]) for s in {test_split, calib_split} if s))
     t_eval = time.perf_counter()
     evaluation = evaluate(cfg, plan, n_questions=n_questions)
+    if cfg.labels_budget:
+        evaluation.result.label_budget = _label_budget(cfg, plan)
     t_end = time.perf_counter()
     # wall_seconds: loading the questions, both models and every score set, fitting and evaluating (the
     # run folder and report written after it are not counted); scoring_seconds: loading models + scoring
@@ -97,6 +99,17 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, overwrite: bool = False,
     evaluation.result.api_stats = api_stats
     evaluation.result.parse_failures = _parse_failures(cfg, scores, evaluation.result.methods)
     return write_run_folder(out_dir, cfg, evaluation, scores, overwrite=overwrite, finish=finish)
+
+
+def _label_budget(cfg: RunConfig, plan: protocol.Plan) -> dict[str, Any]:
+    """The label-efficiency curve (``--labels-budget``, :mod:`refcal.run.budget`), or why there is none."""
+    from .budget import label_budget
+
+    if not plan.has_labels:
+        log.warning("--labels-budget needs labels on every question; no label-efficiency curve")
+        return {"error": "some questions have no label"}
+    return label_budget(plan.units, cfg.labels_budget, n_draws=cfg.labels_draws, seed=cfg.seed,
+                        n_bins=cfg.n_bins, scaling=cfg.scaling)
 
 
 def cape_label(orders: str, templates: str) -> str:

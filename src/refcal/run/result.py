@@ -125,6 +125,8 @@ class RunResult:
     parse_failures: dict[str, dict[str, int]] = field(default_factory=dict)
     #: free-form runs only (refcal.run.freeform): judge, prompts, parse failures, example answers
     freeform: dict[str, Any] = field(default_factory=dict)
+    #: ``--labels-budget``: the label-efficiency curve (refcal.run.budget.label_budget)
+    label_budget: dict[str, Any] = field(default_factory=dict)
 
     def label(self, method: str) -> str:
         """The method's label in this run (its own, else the registry's, else the key)."""

@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 
 from ..calibrate.methods import ordered_keys
+from ..metrics import columns
 from .result import MetricSummary, RunResult
 
-#: (metric key, header, scale) with labels; without labels only the mean confidence
-LABELLED_COLUMNS = [("ece", "ECE %", 100), ("mce", "MCE %", 100), ("aece", "AECE %", 100), ("brier", "Brier", 1),
-                    ("nll", "NLL", 1), ("accuracy", "Acc", 1)]
+#: (metric key, header, scale) with labels (the ``console`` view of :data:`refcal.metrics.COLUMNS`); without
+#: labels only the mean confidence
+LABELLED_COLUMNS = [(c.key, c.header, c.scale) for c in columns("console")]
 UNLABELLED_COLUMNS = [("mean_confidence", "mean conf", 1)]
 
 
@@ -40,9 +41,10 @@ def summary_table(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-#: the DACA paper's Table 1 columns (metric key, header, scale, decimals)
-PAPER_COLUMNS = [("ece", "ECE %", 100, 2), ("mce", "MCE %", 100, 2), ("aece", "AECE %", 100, 2),
-                 ("brier", "Brier", 1, 3)]
+#: the DACA paper's Table 1 columns (metric key, header, scale, decimals): the ``table_md`` view of
+#: :data:`refcal.metrics.COLUMNS` but accuracy, which ``paper_table`` puts last
+PAPER_COLUMNS = [(c.key, c.header, c.scale, 2 if c.scale == 100 else 3) for c in columns("table_md")
+                 if c.key != "accuracy"]
 
 
 def _nanmean(values: list[float]) -> float:

@@ -1,4 +1,4 @@
-"""Calibration metrics: pure functions of probabilities ``(n, k)`` and labels ``(n,)``.
+"""The binned and scoring metrics: pure functions of probabilities ``(n, k)`` and labels ``(n,)``.
 
 Conventions (SPEC §3)
 ---------------------
@@ -14,24 +14,23 @@ Conventions (SPEC §3)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from ..options import MAX_BINS
 
 __all__ = [
-    "ReliabilityBins", "SelectiveCurve", "RiskCoverage", "ConfidenceInterval",
+    "ReliabilityBins", "SelectiveCurve", "RiskCoverage",
     "reliability_bins", "ece", "mce", "aece", "brier", "brier_multiclass", "nll", "accuracy", "auroc",
-    "selective_accuracy", "risk_coverage", "aurc", "bootstrap_ci", "bootstrap_nll_ci", "nll_from_log_proba",
-    "evaluate", "METRICS",
-    "DEFAULT_THRESHOLDS", "TopLabel",
+    "selective_accuracy", "risk_coverage", "aurc", "DEFAULT_THRESHOLDS", "TopLabel",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("refcal.metrics")  # the package's logger: one name for every module
 
 #: thresholds of the paper's selective-classification figure: 0.50, 0.55, ..., 0.95
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -133,8 +132,6 @@ def _conf_correct(p: np.ndarray | TopLabel, y: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _check_bins(n_bins: int) -> int:
-    from .options import MAX_BINS
-
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or not 1 <= n_bins <= MAX_BINS:
         raise InputError(f"n_bins (--bins) must be an integer from 1 to {MAX_BINS}; got {n_bins!r}")
     return int(n_bins)
@@ -378,132 +375,3 @@ def aurc(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(risk_coverage(probs, labels).risk))
 
 
-# ---------------------------------------------------------------------------------------------- bootstrap
-class ConfidenceInterval(NamedTuple):
-    """Point estimate on the full data and a percentile bootstrap interval."""
-
-    estimate: float
-    low: float
-    high: float
-
-
-def bootstrap_ci(
-    metric: Callable[[np.ndarray, np.ndarray], float] | str, probs: np.ndarray, labels: np.ndarray, *,
-    n_boot: int = 1000, alpha: float = 0.05, seed: int | np.random.Generator | None = 0,
-) -> ConfidenceInterval:
-    """Percentile bootstrap interval of ``metric`` (resampling questions with replacement).
-
-    Resamples whose value is NaN (e.g. AUROC on a resample with only correct answers) are left out and
-    counted in a warning; if all are NaN the interval is NaN.
-
-    Parameters
-    ----------
-    metric : callable ``(probs, labels) -> float`` or the name of a metric in :data:`METRICS`
-    n_boot : int
-        Number of resamples.
-    alpha : float
-        The interval covers ``1 - alpha``: quantiles ``alpha/2`` and ``1 - alpha/2``.
-    seed : int, Generator or None
-    """
-    if isinstance(metric, str):
-        if metric not in METRICS:
-            raise InputError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
-        metric = METRICS[metric]
-    p, y = _check(probs, labels)
-    return _percentile_interval(lambda i: metric(p[i], y[i]), float(metric(p, y)), len(y), n_boot, alpha, seed)
-
-
-def nll_from_log_proba(log_probs: np.ndarray, labels: np.ndarray) -> float:
-    r"""Negative log-likelihood :math:`-\frac1N\sum_i \log p_{i, y_i}` from log-probabilities.
-
-    Unlike :func:`nll` on ``exp(log_probs)`` it does not underflow: a log-probability of -800 counts as
-    800, not as ``inf``. ``inf`` only where a true option has log-probability ``-inf``.
-    """
-    return float(np.mean(_label_losses(log_probs, labels)))
-
-
-def bootstrap_nll_ci(
-    log_probs: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05,
-    seed: int | np.random.Generator | None = 0,
-) -> ConfidenceInterval:
-    """Percentile bootstrap interval of :func:`nll_from_log_proba`.
-
-    The resamples are the ones :func:`bootstrap_ci` draws with the same ``seed``, so the NLL interval and
-    the ECE / Brier intervals describe the same resampled data sets; the interval is finite whenever the
-    NLL is.
-    """
-    losses = _label_losses(log_probs, labels)
-    return _percentile_interval(lambda i: float(np.mean(losses[i])), float(np.mean(losses)), len(losses),
-                                n_boot, alpha, seed)
-
-
-def _label_losses(log_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``-log_probs[i, y_i]``, validated: log-probabilities (NaN-free, <= 0, rows normalised) and labels."""
-    lp = np.asarray(log_probs, dtype=np.float64)
-    if lp.ndim != 2 or lp.shape[0] == 0 or lp.shape[1] == 0:
-        raise InputError(f"log_probs must be a non-empty 2-D array of shape (n, k); got shape {lp.shape}")
-    if np.isnan(lp).any() or (lp > 1e-9).any() or np.isposinf(lp).any():
-        raise InputError("log_probs must be log-probabilities (no NaN, none above 0); use log_softmax on logits")
-    with np.errstate(under="ignore"):
-        p = np.exp(lp)
-    _, y = _check(p / p.sum(axis=1, keepdims=True), labels)
-    return -lp[np.arange(len(y)), y]
-
-
-def _percentile_interval(stat: Callable[[np.ndarray], float], estimate: float, n: int, n_boot: int,
-                         alpha: float, seed: int | np.random.Generator | None) -> ConfidenceInterval:
-    """Percentile bootstrap of ``stat(indices)`` over ``n_boot`` resamples of ``n`` questions."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise InputError(f"n_boot must be a positive integer; got {n_boot!r}")
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must lie in (0, 1); got {alpha!r}")
-    rng = np.random.default_rng(seed)
-    token = _QUIET.set(True)  # a NaN resample is counted below, once, not warned about per resample
-    try:
-        stats = np.array([stat(i) for i in (rng.integers(0, n, n) for _ in range(int(n_boot)))], dtype=np.float64)
-    finally:
-        _QUIET.reset(token)
-    ok = ~np.isnan(stats)
-    if not ok.all():
-        log.warning("bootstrap: %d of %d resamples gave NaN and were left out", int((~ok).sum()), n_boot)
-    if not ok.any():
-        return ConfidenceInterval(estimate, float("nan"), float("nan"))
-    lo, hi = _quantiles(stats[ok], (alpha / 2, 1 - alpha / 2))
-    return ConfidenceInterval(estimate, lo, hi)
-
-
-def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
-    """``numpy.quantile`` (linear interpolation) that also holds with infinite values: between two equal
-    values the quantile is that value (``inf``, not ``inf - inf`` = NaN with a RuntimeWarning)."""
-    v = np.sort(values)
-    if np.isfinite(v).all():
-        return [float(x) for x in np.quantile(v, list(qs))]
-    out = []
-    for q in qs:
-        pos = q * (len(v) - 1)
-        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
-        frac = pos - lo
-        a, b = v[lo], v[hi]
-        out.append(float(a if a == b or frac == 0 else b if frac == 1 else a + frac * (b - a)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- summary
-METRICS: dict[str, Callable[..., float]] = {
-    "ece": ece, "mce": mce, "aece": aece, "brier": brier, "brier_multiclass": brier_multiclass,
-    "nll": nll, "accuracy": accuracy, "auroc": auroc, "aurc": aurc,
-}
-
-
-def evaluate(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 10, warn: bool = True) -> dict[str, float]:
-    """All scalar metrics at once: keys ``ece, mce, aece, brier, brier_multiclass, nll, accuracy, auroc, aurc``.
-
-    Values are fractions (not percent). ``auroc`` may be NaN (see :func:`auroc`; ``warn`` is passed to it);
-    for a :class:`TopLabel` ``nll`` and ``brier_multiclass`` are NaN (they need a distribution).
-    """
-    p, y = _check(probs, labels)
-    binned = {"ece": ece, "mce": mce, "aece": aece}
-    skip = ("nll", "brier_multiclass") if isinstance(p, TopLabel) else ()
-    return {name: (float("nan") if name in skip else fn(p, y, n_bins=n_bins) if name in binned
-                   else fn(p, y, warn=warn) if fn is auroc else fn(p, y))
-            for name, fn in METRICS.items()}
