@@ -130,13 +130,13 @@ def test_example(block: Block, entry: dict | None, tmp_path, refcal_dirs):
         check_named_tests(entry)
     if entry["how"] == "pytest":
         return
-    if entry["how"] == "parse":
-        check_command_lines(block, entry)
-        return
     code = block.code
     for old, new in entry.get("subs", []):
         assert old in code, f"entry {entry['name']!r}: substitution {old!r} not found in the block"
         code = code.replace(old, new)
+    if entry["how"] == "parse":
+        check_command_lines(Block(block.file, block.line, block.lang, code), entry)
+        return
     if entry.get("prelude"):
         assert block.lang == "python", f"entry {entry['name']!r}: a prelude is for python blocks"
         code = entry["prelude"] + "\n" + code

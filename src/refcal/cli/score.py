@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @click.command("score")
 @click.option("--model", "-m", required=True,
-              help="Built-in alias (gemma-3-270m, smollm2-135m-instruct), Hugging Face id, model folder, "
+              help="Built-in alias (gemma-3-270m, gemma-3-270m-sft, gemma-3-270m-dpo, smollm2-135m-instruct), "
+                   "Hugging Face id, model folder, "
                    ".gguf file, or openai:MODEL.")
 @click.option("--dataset", "-d", required=True, help="Built-in data set name or a data file.")
 @click.option("--split", default=None, help="Split (default: the data set's evaluation split).")
