@@ -12,7 +12,7 @@ DEBS    := $(shell grep -v '^\s*\#' requirements-debian.txt)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-api setup-browser setup-bigbench run test lint lint-imports bench clean
+.PHONY: setup setup-api setup-browser setup-bigbench run test lint lint-imports bench clean docs docs-serve
 
 setup: $(STAMP)
 
@@ -44,12 +44,20 @@ run: setup
 
 test: setup setup-api setup-browser
 	$(BIN)/ruff check src tests benchmarks scripts
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(MAKE) lint-imports
 	$(BIN)/pytest -q
 
 # The layer, no-cycle and independence contracts of pyproject.toml [tool.importlinter] (docs/ARCHITECTURE.md).
 lint-imports: setup
 	$(BIN)/lint-imports
+
+# The documentation site (MkDocs + Material): built into site/, or served with live reload on 127.0.0.1:8000.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 bench: setup
 	$(BIN)/python benchmarks/bench_fit.py

@@ -37,6 +37,8 @@ def bootstrap_ci(
         The interval covers ``1 - alpha``: quantiles ``alpha/2`` and ``1 - alpha/2``.
     seed : int, Generator or None
 
+    Notes
+    -----
     Resamples whose value is NaN (e.g. AUROC on a resample with only correct answers) are left out and
     counted in a warning; if all are NaN the interval is NaN.
     """
