@@ -46,7 +46,10 @@ def pytest_configure(config):
 def refcal_dirs(request, tmp_path_factory, monkeypatch):
     """Private cache / data / XDG cache folders for one test (see the module docstring)."""
     root = tmp_path_factory.mktemp("refcal-dirs")
-    dirs = SimpleNamespace(cache=root / "cache", data=root / "data", xdg=root / "xdg")
+    # real_cache / real_data: the user's folders, for the tests of this isolation itself (a test module cannot
+    # `import conftest`: tests/serve/conftest.py is imported under the same name)
+    dirs = SimpleNamespace(cache=root / "cache", data=root / "data", xdg=root / "xdg",
+                           real_cache=REAL_CACHE, real_data=REAL_DATA)
     for d in (dirs.cache, dirs.xdg):
         d.mkdir()
     monkeypatch.setenv("REFCAL_CACHE_DIR", str(dirs.cache))

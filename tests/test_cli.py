@@ -95,30 +95,26 @@ def test_demo(capsys):
 
 # ---------------------------------------------------------------------------------------- test isolation
 def test_every_test_has_private_cache_and_data_folders(refcal_dirs):
-    import conftest
     from refcal._paths import cache_root, data_home
 
-    assert cache_root() == refcal_dirs.cache != conftest.REAL_CACHE
-    assert data_home() == refcal_dirs.data != conftest.REAL_DATA
+    assert cache_root() == refcal_dirs.cache != refcal_dirs.real_cache
+    assert data_home() == refcal_dirs.data != refcal_dirs.real_data
     assert os.environ["XDG_CACHE_HOME"] == str(refcal_dirs.xdg)
     assert not (refcal_dirs.cache / "models").exists()
 
 
 @pytest.mark.real_models
 def test_real_models_marker_links_only_the_converted_models(refcal_dirs):
-    import conftest
-
     for sub in ("models", "sha"):
-        assert (refcal_dirs.cache / sub).resolve() == (conftest.REAL_CACHE / sub).resolve()
+        assert (refcal_dirs.cache / sub).resolve() == (refcal_dirs.real_cache / sub).resolve()
     assert not (refcal_dirs.cache / "scores").exists()  # score caches stay private
 
 
 @pytest.mark.real_data
 def test_real_data_marker_uses_the_real_data_home(refcal_dirs):
-    import conftest
     from refcal._paths import data_home
 
-    assert data_home() == conftest.REAL_DATA == refcal_dirs.data
+    assert data_home() == refcal_dirs.real_data == refcal_dirs.data
 
 
 # ---------------------------------------------------------------------------------------------- --api-letters
