@@ -51,17 +51,19 @@ def on_page_markdown(markdown, page, config, files):
 
 
 def methods_table() -> str:
-    from refcal.calibrate.methods import KEYWORDS, METHODS
+    from refcal.calibrate.methods import FREEFORM, MC, METHODS, method_keywords
 
-    rows = ["| key | label | labels | reference model | default | generates text | scoring |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| key | label | labels | reference model | default | generates text | scoring | free-form |",
+            "|---|---|---|---|---|---|---|---|"]
     for key, m in METHODS.items():
-        scorings = ", ".join(m.scorings) if getattr(m, "scorings", None) else "any"
-        rows.append(f"| `{key}` | {m.label} | {'needs' if m.needs_labels else 'none'} | "
-                    f"{'uses' if m.needs_base else '-'} | {'yes' if m.default else ''} | "
-                    f"{'yes' if m.needs_generation else ''} | {scorings} |")
-    keywords = "; ".join(f"`{k}`: {len(v)} methods" for k, v in KEYWORDS.items())
-    return "\n".join(rows) + f"\n\nKeywords of `--methods`: {keywords}.\n"
+        if MC not in m.inputs:
+            continue
+        scorings = ", ".join(m.scorings) if m.scorings else "any"
+        rows.append(f"| `{key}` | {m.kind_label(MC)} | {'needs' if m.needs_labels else 'none'} | "
+                    f"{'uses' if m.needs_base(MC) else '-'} | {'yes' if MC in m.default else ''} | "
+                    f"{'yes' if m.needs_generation else ''} | {scorings} | {'yes' if FREEFORM in m.inputs else ''} |")
+    keywords = "; ".join(f"`{k}`: {len(v)} methods" for k, v in method_keywords(MC).items())
+    return "\n".join(rows) + f"\n\nKeywords of `--methods` (multiple choice): {keywords}.\n"
 
 
 def report_figures(run: Path) -> dict[str, bytes]:

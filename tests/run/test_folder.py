@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,20 @@ def test_two_runs_finishing_onto_one_folder(tmp_path, monkeypatch, capsys, overw
         assert seed == 1 and (out / "report.html").is_file()  # B's folder, complete
         monkeypatch.setattr(refcal.report, "write_report", original)
         assert main(_argv(data, tmp_path / "run2")) == 0  # A's work again, from the cache
+
+
+def test_metrics_json_records_the_commit_and_library_versions(tmp_path, capsys):
+    import subprocess
+    from importlib import metadata
+
+    from refcal.run import load_result
+
+    out = tmp_path / "run"
+    assert main(_argv(_data(tmp_path), out)) == 0
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    head = subprocess.run(["git", "-C", str(Path(refcal.report.__file__).parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or None
+    assert prov["commit"] == head and (prov["dirty"] is None) == (head is None)
+    for name in ("refcal", "numpy", "torch", "transformers"):
+        assert prov["versions"][name] == metadata.version(name)
+    assert load_result(out).provenance == prov  # read back with the rest of the document

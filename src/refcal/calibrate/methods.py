@@ -43,7 +43,7 @@ from .base import CALIBRATORS, Calibrator
 
 __all__ = ["Method", "Inputs", "MethodContext", "METHODS", "KINDS", "MC", "FREEFORM", "DEFAULT_METHODS",
            "NO_GENERATION_METHODS", "get_method", "parse_methods", "default_methods", "ordered_keys",
-           "method_label", "method_color", "fittable_methods"]
+           "method_label", "method_color", "fittable_methods", "method_keywords"]
 
 MC, FREEFORM = "multiple-choice", "free-form"
 #: the task kinds a run drives (``refcal.run.kinds``); the same names as a calibrator's ``task_``
@@ -312,6 +312,11 @@ METHODS: dict[str, Method] = {m.key: m for m in (
 def default_methods(kind: str = MC) -> tuple[str, ...]:
     """The keys of ``kind``'s default selection, in table order."""
     return tuple(k for k, m in METHODS.items() if kind in m.default and kind in m.inputs)
+
+
+def method_keywords(kind: str = MC) -> dict[str, tuple[str, ...]]:
+    """The ``--methods`` keywords of a task kind and the method keys each stands for."""
+    return _keywords(kind)
 
 
 def _keywords(kind: str) -> dict[str, tuple[str, ...]]:

@@ -25,6 +25,7 @@ from ..errors import FitError
 from ..metrics import TopLabel
 from .config import RunConfig
 from .protocol import Part, Plan
+from .provenance import provenance
 from .result import (
     Bootstrap,
     DeployedCalibrator,
@@ -110,6 +111,7 @@ def evaluate(cfg: RunConfig, plan: Plan, *, n_questions: int) -> Evaluation:
         methods=aggregate(per_unit), method_labels={k: METHODS[k].kind_label(plan.kind) for k in cfg.methods},
         unavailable=unavailable, diagnostics=diag, fits=fits, calibrator=calibrator,
         fallbacks={m: sum(r.error is not None for r in recs) for m, recs in fits.items()}, premise=premise,
+        provenance=provenance(),
     )
     preds = {m: concat_top_label(parts) if isinstance(parts[0], TopLabel) else pad_concat(parts)
              for m, parts in plotted.items()}

@@ -79,6 +79,8 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
         doc["timing"] = result.timing
     if result.label_budget:
         doc["label_budget"] = result.label_budget
+    if result.provenance:
+        doc["provenance"] = result.provenance
     if result.api_stats:
         doc["api_stats"] = result.api_stats
     if result.premise:
@@ -261,7 +263,8 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
         raise _bad(path, f"schema_version {version!r} is not the version this build of refcal reads "
                          f"({SCHEMA_VERSION})")
     for key in ("methods", "fits", "diagnostics", "method_labels", "config", "unavailable", "fallbacks",
-                "selective", "bootstrap", "calibrator", "timing", "api_stats", "premise", "parse_failures", "freeform", "label_budget"):
+                "selective", "bootstrap", "calibrator", "timing", "api_stats", "premise", "parse_failures", "freeform", "label_budget",
+                "provenance"):
         _obj(doc, key, path)
 
     methods: dict[str, dict[str, MetricSummary]] = {}
@@ -327,6 +330,7 @@ def result_from_json(doc: Mapping[str, Any], path: Path) -> RunResult:
                                      lambda v: isinstance(v, dict) and all(isinstance(x, int) for x in v.values())),
         freeform=_obj(doc, "freeform", path),
         label_budget=_obj(doc, "label_budget", path),
+        provenance=_obj(doc, "provenance", path),
     )
 
 

@@ -141,6 +141,8 @@ class RunResult:
     freeform: dict[str, Any] = field(default_factory=dict)
     #: ``--labels-budget``: the label-efficiency curve (refcal.run.budget.label_budget)
     label_budget: dict[str, Any] = field(default_factory=dict)
+    #: the code commit and library versions that made the run (refcal.run.provenance.provenance)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def label(self, method: str) -> str:
         """The method's label in this run (its own, else the registry's, else the key)."""
