@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._math import head_logits
 from ..errors import InputError, ModelError
 from ..tasks.requests import LetterRequest
 from .batching import pack
@@ -45,15 +46,7 @@ class OptionHead:
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """Option logits (n, K) of final hidden states ``hidden`` (n, H), in float64."""
-        h = np.asarray(hidden, dtype=np.float64)
-        if h.ndim != 2 or h.shape[1] != self.weight.shape[1]:
-            raise InputError(f"hidden states of shape {h.shape} do not fit a head of width {self.weight.shape[1]}")
-        z = h @ self.weight.T
-        if self.bias is not None:
-            z = z + self.bias
-        if self.softcap:
-            z = np.tanh(z / self.softcap) * self.softcap
-        return z
+        return head_logits(hidden, self.weight, self.bias, self.softcap)
 
 
 class AnswerPositionMixin:

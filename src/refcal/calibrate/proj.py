@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .._math import log_softmax
+from .._math import head_logits, log_softmax
 from ..errors import FitError, InputError, MismatchError
 from ._validate import check_logits
 from .base import Calibrator, Reader, is_real
@@ -107,22 +107,14 @@ class ProjInputs:
 @dataclass
 class StoredHead:
     """The base model's output head over the option tokens, as saved with a fitted ``proj``: the same
-    ``logits`` as :class:`refcal.backends._hidden.OptionHead` (``z = softcap(h @ weight.T + bias)``)."""
+    ``logits`` as :class:`refcal.backends.heads.OptionHead`, one :func:`refcal._math.head_logits` (``z = softcap(h @ weight.T + bias)``)."""
 
     weight: np.ndarray
     bias: np.ndarray | None
     softcap: float | None
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        h = np.asarray(hidden, dtype=np.float64)
-        if h.ndim != 2 or h.shape[1] != self.weight.shape[1]:
-            raise InputError(f"hidden states of shape {h.shape} do not fit a head of width {self.weight.shape[1]}")
-        z = h @ self.weight.T
-        if self.bias is not None:
-            z = z + self.bias
-        if self.softcap:
-            z = np.tanh(z / self.softcap) * self.softcap
-        return z
+        return head_logits(hidden, self.weight, self.bias, self.softcap)
 
 
 class BaseCalProj(Calibrator):
