@@ -3,9 +3,9 @@
     python scripts/results_summary.py RUN_DIR [RUN_DIR ...] [--metric ece]
 
 Prints, in Markdown: one row per run (data set, scoring, questions, wall time, agreement, the premise
-verdict's base-model gap), then a methods x runs table of the metric (mean ± std over the units, in %
+verdict's base-model gap), then a methods x runs table of the metric (mean ± sample sd over the units, in %
 for ECE-like metrics), each run's best label-free method in bold, and the paired per-unit difference of
-every label-free method to DACA with the number of units it wins. Everything is read from each folder's
+every label-free method to DACA (mean ± sample sd, ddof 1) with the number of units it wins. Everything is read from each folder's
 metrics.json; nothing is recomputed.
 """
 
@@ -95,7 +95,8 @@ def main() -> None:
                 continue
             d = scale * (np.asarray(a, float) - np.asarray(b, float))
             ok = np.isfinite(d)
-            cells.append(f"{d[ok].mean():+.1f} ± {d[ok].std():.1f} ({int((d[ok] < 0).sum())}/{int(ok.sum())})"
+            sd = d[ok].std(ddof=1) if ok.sum() > 1 else float("nan")  # sample sd, as metrics.json stores
+            cells.append(f"{d[ok].mean():+.1f} ± {sd:.1f} ({int((d[ok] < 0).sum())}/{int(ok.sum())})"
                          if ok.any() else "n/a")
         print(f"| {labels.get(k, k)} | " + " | ".join(cells) + " |")
 
