@@ -1,6 +1,6 @@
 """Tables of docs/RESULTS.md's same-family section, from `refcal run` folders (chat = SFT and chat = DPO).
 
-    python scripts/same_family_summary.py RUN_DIR [RUN_DIR ...]
+    python scripts/same_family_summary.py RUN_DIR [RUN_DIR ...] [--overview]
 
 Prints, in Markdown, per data set and scoring:
 
@@ -10,6 +10,12 @@ Prints, in Markdown, per data set and scoring:
    over-confidence from one stage to the next;
 2. every method's ECE with chat = each stage, and each label-free method's paired difference to naive
    alignment and to DACA.
+
+With ``--overview`` (give every run folder of the section): instead, the premise table (one row per run:
+agreement, the base's and the chat model's gap where the models agree with their 95 % intervals) and the
+counts across settings: DACA against naive alignment, agreement-aware DACA against naive alignment and
+against DACA (wins / ties / losses per run), and how many of agreement-aware DACA's units put its second
+temperature at the solver's upper bound.
 
 A difference is a *win* (or a loss) only when its paired 95 % interval excludes zero: the per-unit
 differences' mean ± t(0.975, n-1) * sd / sqrt(n). The units' test sets overlap (random splits of the same
@@ -28,6 +34,17 @@ from scipy import stats
 
 LABELLED = {"ts", "vs", "ms"}
 REFERENCE = {"chat", "base"}
+#: the temperature bound of the calibrators' solver (refcal.calibrate): a fit here is "as flat as allowed"
+TEMPERATURE_BOUND = 1e4
+NAMES = {"sciq": "SciQ", "arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "medmcqa": "MedMCQA",
+         "mmlu": "MMLU"}
+
+
+def dataset_name(m: dict) -> str:
+    """Display name of a run's data set (a user file named ``mmlu-...`` is an MMLU subset)."""
+    ds = str(m["config"]["dataset"])
+    stem = Path(ds).name.split("-test")[0].split(".")[0] if ("/" in ds or "." in ds) else ds
+    return NAMES.get(stem, stem)
 
 
 def _values(m: dict, method: str, metric: str) -> np.ndarray:
@@ -113,15 +130,73 @@ def premise_lines(runs: list[tuple[str, dict]]) -> list[str]:
     return out
 
 
+def _setting(m: dict) -> str:
+    return f"{dataset_name(m)} {m['config']['scoring']}"
+
+
+def _gap(p: dict) -> str:
+    return f"{100 * p['gap']:+.1f} [{100 * p['gap_low']:+.1f}, {100 * p['gap_high']:+.1f}]"
+
+
+def premise_table(runs: list[tuple[str, dict]]) -> list[str]:
+    """Table 0.2: one row per run with the premise check (the base's gap where the models agree)."""
+    out = ["| data set | chat | agreement | base gap where they agree (conf − acc), 95 % interval | chat gap there "
+           "| premise |", "|---|---|---:|---|---|---|"]
+    for n, m in runs:
+        p, d = m["premise"], m["diagnostics"]
+        b = p["base"]
+        verdict = ("holds (base calibrated)" if b["gap_low"] <= 0 <= b["gap_high"] else
+                   "fails (base over-confident)" if b["gap_low"] > 0 else "fails (base under-confident)")
+        out.append(f"| {_setting(m)} | {n} | {100 * d['agreement_rate']:.1f} % ({p['n_agree']} of {d['n']}) | "
+                   f"{_gap(b)} | {_gap(p['chat'])} | {verdict} |")
+    return out
+
+
+def overview(runs: list[tuple[str, dict]]) -> list[str]:
+    """Counts across settings for the section's reading."""
+    out, tally = [], {"daca-naive": [0, 0, 0], "agree-naive": [0, 0, 0], "agree-daca": [0, 0, 0]}
+    hits, units = {"cloze": 0, "letter": 0}, {"cloze": 0, "letter": 0}
+    for n, m in runs:
+        ece = {k: _values(m, k, "ece") for k in ("naive", "daca", "daca_agree") if k in m["methods"]}
+        cells = []
+        for key, a, b in (("daca-naive", "daca", "naive"), ("agree-naive", "daca_agree", "naive"),
+                          ("agree-daca", "daca_agree", "daca")):
+            if a in ece and b in ece:
+                d = ece[a] - ece[b]
+                tally[key][("win", "tie", "loss").index(verdict(d))] += 1
+                cells.append(f"{a} - {b} {_fmt_paired(d)}")
+        tau = [f.get("temperature_disagree") for f in m["fits"].get("daca_agree", [])]
+        at = sum(1 for t in tau if t is not None and t >= TEMPERATURE_BOUND * (1 - 1e-6))
+        sc = m["config"]["scoring"]
+        hits[sc] = hits.get(sc, 0) + at
+        units[sc] = units.get(sc, 0) + len(tau)
+        finite = [t for t in tau if t is not None and t < TEMPERATURE_BOUND * (1 - 1e-6)]
+        span = f"{min(finite):.1f}-{max(finite):.1f}" if finite else "none"
+        cells.append(f"daca_agree tau_d at the bound in {at} of {len(tau)} units (finite: {span})")
+        out.append(f"- {_setting(m)}, chat = {n}: " + "; ".join(cells))
+    out.append("")
+    for key, (w, t, lo) in tally.items():
+        out.append(f"- {key} over {w + t + lo} runs: {w} wins / {t} ties / {lo} losses")
+    out.append("- daca_agree tau_d at the bound: " + ", ".join(f"{hits[k]} of {units[k]} {k} units" for k in units)
+               + f"; {sum(hits.values())} of {sum(units.values())} in all")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--overview", action="store_true", help="the premise table and the counts across runs")
     args = ap.parse_args()
     groups: dict[tuple, list[tuple[str, dict]]] = {}
     for folder in args.runs:
         m = json.loads((folder / "metrics.json").read_text())
         c = m["config"]
         groups.setdefault((c["dataset"], c["scoring"], c["limit"]), []).append((c["chat"], m))
+    if args.overview:
+        every = [r for runs in groups.values() for r in runs]
+        print("\n".join(premise_table(every)) + "\n")
+        print("\n".join(overview(every)))
+        return
     for (ds, scoring, limit), runs in groups.items():
         print(f"### {ds}, {scoring} scoring, --limit {limit} ({runs[0][1]['protocol']}; "
               f"wall {', '.join(str(round(m['timing']['wall_seconds'])) + ' s' for _, m in runs)})\n")
