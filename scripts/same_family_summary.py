@@ -154,7 +154,7 @@ def premise_table(runs: list[tuple[str, dict]]) -> list[str]:
     for n, m in runs:
         p, d = m["premise"], m["diagnostics"]
         b = p["base"]
-        verdict = ("holds (base calibrated)" if b["gap_low"] <= 0 <= b["gap_high"] else
+        verdict = ("holds (interval includes 0)" if b["gap_low"] <= 0 <= b["gap_high"] else
                    "fails (base over-confident)" if b["gap_low"] > 0 else "fails (base under-confident)")
         out.append(f"| {_setting(m)} | {n} | {100 * d['agreement_rate']:.1f} % ({p['n_agree']} of {d['n']}) | "
                    f"{_gap(b)} | {_gap(p['chat'])} | {verdict} |")
