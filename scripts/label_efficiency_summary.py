@@ -3,10 +3,12 @@ folders.
 
     python scripts/label_efficiency_summary.py RUN_DIR [RUN_DIR ...] [--figure docs/figures/label-efficiency.png]
 
-Prints, in Markdown, per run folder (one setting):
+Prints, in Markdown, an overview (one row per setting: chat / DACA / TS-with-every-label ECE, the premise
+diagnostic and DACA's worth in labels), then per run folder (one setting):
 
 1. ECE % of every labelled method at each label budget k, **mean ± sample sd over the fits** (every random
-   split x every label draw: 5 x 20 = 100 fits per k, 5 at ``all``), the chat model unchanged at k = 0;
+   split x every label draw: 5 x 20 = 100 fits per k; 5 at ``all`` and at k = 0, the chat model unchanged, or
+   DACA for DACA + k);
    DACA's label-free ECE (mean ± sample sd over the splits) with its 95 % bootstrap interval;
 2. DACA against labelled TS at each k, paired per fit (the same split's test questions): the mean difference
    and wins / ties / losses for DACA, a tie being a difference under 0.5 ECE points; the same for ``daca_k``
@@ -41,6 +43,13 @@ def _wtl(diff: np.ndarray) -> str:
     return f"{int((diff < -TIE).sum())}/{int((np.abs(diff) <= TIE).sum())}/{int((diff > TIE).sum())}"
 
 
+def _fits(cells: list) -> np.ndarray:
+    """(draws, units) ECE of one k; a label-free column (k = 0: the same fit in every draw) as one row, so its
+    sd is over the splits only."""
+    c = np.asarray(cells, dtype=float)
+    return c[:1] if np.all(c == c[:1]) else c
+
+
 def setting_name(metrics: dict) -> str:
     c = metrics["config"]
     return f"{c['dataset']} {c['scoring']} (limit {c['limit']}): chat {c['chat']}, base {c['base']}"
@@ -53,12 +62,13 @@ def tables(run: Path) -> list[str]:
     n_all = round(float(np.mean(lb["n_calib"])))
     ks_head = [f"all ({n_all})" if k == "all" else k for k in ks]
     daca = lb["daca"]["ece"]
-    cells = {k: [np.asarray(c, dtype=float) for c in r["metrics"]["ece"]["cells"]] for k, r in lb["methods"].items()}
+    cells = {k: [_fits(c) for c in r["metrics"]["ece"]["cells"]] for k, r in lb["methods"].items()}
     d_units = np.asarray(daca["units"], dtype=float)
     t = m.get("timing", {})
     out = [f"**{setting_name(m)}** — {lb['n_units']} splits, {lb['n_draws']} label draws per k, calibration part "
-           f"{n_all} questions; run wall time {t.get('wall_seconds', float('nan')):.0f} s "
-           f"(scoring {t.get('scoring_seconds', float('nan')):.0f} s)", "",
+           f"{n_all} questions; wall time: run {t.get('wall_seconds', float('nan')):.0f} s "
+           f"(loading + scoring {t.get('scoring_seconds', float('nan')):.0f} s), curve "
+           f"{t.get('label_budget_seconds', float('nan')):.0f} s", "",
            "| method | " + " | ".join(f"k = {k}" for k in ks_head) + " |", "|---|" + "---:|" * len(ks)]
     for key, cs in cells.items():
         out.append(f"| {NAMES.get(key, key)} | " + " | ".join(_ms(c) for c in cs) + " |")
@@ -77,6 +87,30 @@ def tables(run: Path) -> list[str]:
         out.append("- share of paired-bootstrap replicates with TS at least as calibrated as DACA: "
                    + ", ".join(f"k = {k}: {100 * v:.0f} %" for k, v in zip(ks_head, p, strict=True)))
     out.append(f"- label draws alone: the crossing ranges {w['draws_low']}–{w['draws_high']} over 95 % of draws")
+    return out
+
+
+def _k(k, n_calib) -> str:
+    return "—" if k is None else f"all ({round(float(np.mean(n_calib)))})" if k == "all" else str(k)
+
+
+def overview(runs: list[Path]) -> list[str]:
+    """One row per setting: the chat model's, DACA's and labelled TS's (every label) ECE, the premise
+    diagnostic (the base model's over-confidence where the two models agree) and DACA's worth in labels."""
+    out = ["| setting | chat ECE % | DACA ECE % | TS ECE %, every label | base over-confidence where the models "
+           "agree, points [95 %] | DACA is worth (labels) | 95 % interval |", "|---|---:|---:|---:|---:|---:|---|"]
+    for run in runs:
+        m = json.loads((run / "metrics.json").read_text())
+        lb, c = m["label_budget"], m["config"]
+        w, g = lb["worth_labels"], m.get("premise", {}).get("base", {})
+        ts = lb["methods"]["ts"]["metrics"]["ece"]["mean"]
+        n = {"zero": "0", "at_most": f"≤ {_k(w['n'], lb['n_calib'])}",
+             "not_reached": f"> {_k(lb['ks'][-1], lb['n_calib'])}"}.get(w["status"], _k(w["n"], lb["n_calib"]))
+        hi = f"> {_k(lb['ks'][-1], lb['n_calib'])}" if w["high"] is None else _k(w["high"], lb["n_calib"])
+        gap = (f"{100 * g['gap']:+.1f} [{100 * g['gap_low']:+.1f}, {100 * g['gap_high']:+.1f}]" if g else "—")
+        out.append(f"| {c['dataset']} {c['scoring']} {c['limit']}, chat {c['chat']} | {100 * ts[0]:.2f} | "
+                   f"{100 * lb['daca']['ece']['mean']:.2f} | {100 * ts[-1]:.2f} | {gap} | **{n}** | "
+                   f"{_k(w['low'], lb['n_calib'])}–{hi} |")
     return out
 
 
@@ -101,6 +135,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--figure", type=Path, help="write every setting's curve to this .png")
     args = ap.parse_args()
+    print("\n".join(overview(args.runs)) + "\n")
     for run in args.runs:
         print("\n".join(tables(run)) + "\n")
     if args.figure:
