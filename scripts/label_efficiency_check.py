@@ -14,7 +14,8 @@ computed by a separate 10-bin ECE written here:
 
 Top-label maps are checked on the answer's mapped confidence, clipped to [0.001, 0.999] and floored so that the
 answer stays the argmax (``c' >= p2 / (1 - c + p2)``, p2 the runner-up's probability), as refcal's top-label maps
-do. Prints the largest absolute difference (ECE points) against ``metrics.json["label_budget"]``'s cells.
+do. Prints the largest absolute difference (ECE points) against ``metrics.json["label_budget"]``'s cells and
+exits 1 when one exceeds ``TOL`` (1e-4 points: the two TS solvers stop at different tolerances).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from scipy.special import log_softmax, softmax
 
 from refcal.run.protocol import random_split_indices
 from refcal.scores import join_scores, load_scores
+
+TOL = 1e-6  # absolute ECE (1e-4 points)
 
 
 def ece10(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
@@ -81,7 +84,7 @@ def isotonic_conf(cal_z, cal_y, test_z):
     return keep_answer(test_z, np.clip(iso.predict(top(test_z)[1]), 0.001, 0.999))
 
 
-def check(run: Path) -> list[str]:
+def check(run: Path) -> tuple[list[str], float]:
     m = json.loads((run / "metrics.json").read_text())
     cfg = types.SimpleNamespace(**{k: m["config"][k] for k in ("calib_frac", "n_splits", "seed")})
     j = join_scores(load_scores(run / "scores" / "base.parquet"), load_scores(run / "scores" / "chat.parquet"))
@@ -98,14 +101,20 @@ def check(run: Path) -> list[str]:
             got = ece10(fn(z[ci], y[ci], z[ti]), correct)
             worst[key] = max(worst[key], abs(got - cells[key][-1][0][u]))
     return [f"{run.name}: largest |difference| over {cfg.n_splits} splits, ECE points: "
-            + ", ".join(f"{k} {100 * v:.2g}" for k, v in worst.items())]
+            + ", ".join(f"{k} {100 * v:.2g}" for k, v in worst.items())], max(worst.values())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    worst = 0.0
     for run in ap.parse_args().runs:
-        print("\n".join(check(run)))
+        lines, w = check(run)
+        print("\n".join(lines))
+        worst = max(worst, w)
+    if worst > TOL:
+        raise SystemExit(f"FAILED: a recomputed ECE differs by {100 * worst:.2g} points (tolerance {100 * TOL:g})")
+    print(f"all within {100 * TOL:g} ECE points")
 
 
 if __name__ == "__main__":
