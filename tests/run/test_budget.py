@@ -115,6 +115,8 @@ def test_worth_labels_names_the_ends_of_the_grid():
     assert "more than all (120) labels" in never["sentence"]
     mid = worth_labels(ks, [[0.2], [0.1] * 2, [0.05] * 2, [0.03]], 0.05)
     assert (mid["status"], mid["between"]) == ("reached", [10, 25])
+    dip = worth_labels(ks, [[0.2], [0.04] * 2, [0.07] * 2, [0.03]], 0.05)  # a lucky k = 10, worse at 25
+    assert (dip["n"], dip["status"]) == ("all", "reached")
 
 
 def test_worth_labels_paired_bootstrap_interval():

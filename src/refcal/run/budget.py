@@ -16,9 +16,9 @@ Per ``k`` each draw's metric is the mean over units; the curve is the mean over 
 quantiles over draws. DACA's line is its mean over units (fitted without labels on each calibration part)
 with a 95 % interval from 200 bootstrap resamples of every unit's test questions.
 
-**"DACA is worth about N labels"** (:func:`worth_labels`): ``N`` is the smallest ``k`` of the budget at which
-labelled temperature scaling's mean ECE is at most DACA's (so the crossing lies between the budget's previous
-``k`` and ``N``). Its 95 % interval comes from a *paired bootstrap* (:data:`N_BOOT_WORTH` replicates): each
+**"DACA is worth about N labels"** (:func:`worth_labels`): ``N`` is the smallest ``k`` of the budget from which
+on labelled temperature scaling's mean ECE is at most DACA's at every larger ``k`` too (so the crossing lies
+between the budget's previous ``k`` and ``N``). Its 95 % interval comes from a *paired bootstrap* (:data:`N_BOOT_WORTH` replicates): each
 replicate resamples every unit's test questions (the same resample for DACA and for TS at every ``k``) and the
 label draws, and finds the crossing again; the interval is the 2.5 / 97.5 % quantiles of those crossings on the
 budget's grid. Both curves are measured on the same few hundred test questions, whose sampling noise in ECE
@@ -236,15 +236,19 @@ def _paired_bootstrap(units: list, ts_probs: list, daca_probs: list[np.ndarray],
 
 
 def _crossing(curve: Sequence[float], daca: float) -> int:
-    """Index of the first k whose ECE is at most ``daca``; ``len(curve)`` if none."""
-    return next((i for i, v in enumerate(curve) if v <= daca), len(curve))
+    """Index of the first k from which on every ECE of the curve is at most ``daca`` (a lucky dip at a small k
+    followed by a worse k does not count); ``len(curve)`` if the last is above."""
+    i = len(curve)
+    while i > 0 and curve[i - 1] <= daca:
+        i -= 1
+    return i
 
 
 def worth_labels(ks: list, ts_draws: list[list[float]], daca: float, *,
                  boot: tuple[np.ndarray, np.ndarray] | None = None,
                  n_calib: Sequence[int] | None = None) -> dict[str, Any]:
-    """The smallest ``k`` whose mean labelled-TS ECE is at most ``daca`` (``n``; ``None``: not reached in the
-    budget) and its 95 % interval on the grid of ``ks``: from the paired bootstrap ``boot`` = (TS (B, K), DACA
+    """The smallest ``k`` from which on the mean labelled-TS ECE is at most ``daca`` (``n``; ``None``: not reached
+    in the budget) and its 95 % interval on the grid of ``ks``: from the paired bootstrap ``boot`` = (TS (B, K), DACA
     (B,)) when given, else from the crossing of each label draw (``draws_low`` / ``draws_high`` always)."""
     mean = [float(np.mean(v)) for v in ts_draws]
     grid = [*ks, None]
