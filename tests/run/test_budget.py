@@ -106,7 +106,7 @@ def test_resampled_ece_is_the_ece_of_each_resample(world):
 
 def test_worth_labels_names_the_ends_of_the_grid():
     ks = [0, 10, 25, "all"]
-    zero = worth_labels(ks, [[0.04], [0.06] * 2, [0.05] * 2, [0.03]], 0.05)
+    zero = worth_labels(ks, [[0.04], [0.045] * 2, [0.05] * 2, [0.03]], 0.05)
     assert (zero["n"], zero["status"]) == (0, "zero") and "worth 0 labels" in zero["sentence"]
     first = worth_labels(ks, [[0.2], [0.04] * 2, [0.05] * 2, [0.03]], 0.05)
     assert (first["n"], first["status"]) == (10, "at_most") and "at most 10 labels" in first["sentence"]
