@@ -118,7 +118,7 @@ def figure(runs: list[Path], path: Path) -> None:
     from refcal.report import plots
 
     n = len(runs)
-    cols = 2 if n > 1 else 1
+    cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig = plots.new_figure(6.2 * cols, 4.6 * rows)
     for i, run in enumerate(runs):

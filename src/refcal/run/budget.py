@@ -29,7 +29,8 @@ model unchanged is already as calibrated as DACA: DACA is worth nothing), ``n`` 
 (DACA is worth *at most* that many labels), ``n = None`` (TS did not reach DACA within the budget: DACA is
 worth *more than* its largest ``k``).
 
-Per method, ``metrics.<metric>.cells[k][draw][unit]`` keeps every fit's ECE (the spread a user with one split
+Per method, ``metrics.ece.cells[k][draw][unit]`` keeps every fit's ECE (ECE only: the curve's other metrics
+keep their per-draw means) (the spread a user with one split
 and one draw of ``k`` labels faces); ``daca.ece.units`` keeps DACA's per unit.
 """
 
@@ -178,7 +179,8 @@ def label_budget(units: list, ks: Sequence[int | None], *, n_draws: int = DEFAUL
     out: dict[str, Any] = {
         "ks": ks_json, "n_draws": n_draws, "n_units": len(units),
         "n_calib": [int(len(u.calib.labels)) for u in units],
-        "methods": {m: {"metrics": {s: {**_curve(values[m][s]), "cells": cells[m][s]} for s in BUDGET_METRICS},
+        "methods": {m: {"metrics": {s: {**_curve(values[m][s]), **({"cells": cells[m][s]} if s == "ece" else {})}
+                                    for s in BUDGET_METRICS},
                         "fallbacks": fallbacks[m]} for m in methods},
     }
     out["daca"], daca_probs = _daca_reference(units, n_bins, seed)
