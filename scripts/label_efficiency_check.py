@@ -7,7 +7,8 @@ From the run's own score files (``scores/base.parquet``, ``scores/chat.parquet``
 split's calibration part (k = all: one deterministic fit) is refitted with other solvers and the test ECE is
 computed by a separate 10-bin ECE written here:
 
-* labelled TS: the NLL minimised over log(temperature) by ``scipy.optimize.minimize_scalar`` (bounded);
+* labelled TS: the NLL minimised over log(temperature) by ``scipy.optimize.minimize_scalar`` (bounded Brent on
+  refcal's temperature bounds [1e-3, 1e4]: ARC-Challenge's chance-level answers push the temperature to them);
 * Platt: scikit-learn's ``_sigmoid_calibration`` (Platt's targets) on the answer's log-odds;
 * isotonic: scikit-learn's ``IsotonicRegression(out_of_bounds="clip")`` on the answer's confidence;
 * k = 0: the chat model's softmax.
@@ -50,7 +51,7 @@ def ece10(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
 def ts_conf(cal_z, cal_y, test_z):
     def nll(log_t):
         return -np.mean(log_softmax(cal_z / np.exp(log_t), axis=1)[np.arange(len(cal_y)), cal_y])
-    log_t = minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.0)), method="bounded",
+    log_t = minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e4)), method="bounded",  # refcal's bounds
                             options={"xatol": 1e-10}).x
     return softmax(test_z / np.exp(log_t), axis=1).max(axis=1)
 
