@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import MissingDependencyError
 
 try:  # the serve extra; refcal.serve imports this module only when a proxy is built
-    import httpx  # noqa: F401
+    import aiohttp  # noqa: F401
     import prometheus_client  # noqa: F401
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -80,13 +80,13 @@ class Proxy:
         self.letters = ExactLetters(config.letters, self.base_url)
 
     async def start(self) -> None:
-        import httpx
+        from .upstream import UpstreamClient
 
         # idle upstream connections are closed before the upstream's own keep-alive timeout (uvicorn's
         # default, used by vLLM: 5 s) can close them under a request that is being sent
-        limits = httpx.Limits(max_connections=self.config.max_connections,
-                              max_keepalive_connections=self.config.max_connections, keepalive_expiry=UPSTREAM_KEEPALIVE_S)
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.config.timeout), limits=limits)
+        self.client = UpstreamClient(timeout=self.config.timeout, max_connections=self.config.max_connections,
+                                     keepalive_s=UPSTREAM_KEEPALIVE_S)
+        await self.client.start()
 
     async def stop(self) -> None:
         if self.pending:  # their records are owed to the log
@@ -94,7 +94,7 @@ class Proxy:
 
             await asyncio.gather(*list(self.pending), return_exceptions=True)
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.close()
         if self.reference is not None:
             self.reference.close()
         if self.writer is not None:
