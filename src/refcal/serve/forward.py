@@ -36,7 +36,7 @@ def public(url: str) -> str:
 
 
 def _fail(status: int, message: str, kind: str) -> UpstreamFailure:
-    from fastapi.responses import JSONResponse
+    from starlette.responses import JSONResponse
 
     from .config import error_body
 
@@ -253,7 +253,7 @@ def _record(proxy: Any, rec: dict, base: np.ndarray | None, scores: LetterScores
 async def calibrated(proxy: Any, endpoint: str, headers: Any, body: dict, spec: RefcalSpec, request_id: str,
                      t0: float) -> Any:
     """A non-streamed calibrated request: the upstream's answer plus the ``refcal`` field."""
-    from fastapi.responses import JSONResponse
+    from starlette.responses import JSONResponse
 
     up_body, client_k = _upstream_body(proxy, endpoint, body, spec)
     hdrs = proxy.upstream_headers(headers)
