@@ -207,14 +207,15 @@ def main() -> None:
         llama.stop()
     (out / "served.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rc_shift = _monitor(args, work, work / "log", out / "shift")
-    rc_halves = _monitor(args, work, _sciq_only_log(work, rows), out / "sciq-halves")
+    sciq_log = _sciq_only_log(work, rows)
+    rc_halves = _monitor(args, work, sciq_log, out / "sciq-halves")
     summary = {"n_calib": args.n_calib, "n_per_dataset": args.n, "window": args.n // 2, "seed": args.seed,
                "reference_rate": args.reference_rate, "exit_code_shift": rc_shift, "exit_code_sciq_halves": rc_halves,
                "wall_s": time.perf_counter() - t_start, "loadavg_at_end": os.getloadavg()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     from serve_shift_report import write_report  # noqa: E402 - scripts/ beside this file
 
-    write_report(out, rows, summary)
+    write_report(out, rows, summary, logs={"shift": work / "log", "sciq-halves": sciq_log})
     print(f"wrote {out}; exit codes: shift {rc_shift}, SciQ halves {rc_halves}")
 
 
