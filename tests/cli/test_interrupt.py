@@ -22,7 +22,9 @@ N = 12
 
 
 def _score(proxy: FaultProxy, tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": SRC, "REFCAL_CACHE_DIR": str(tmp_path / "cache")}
+    # PYTHONFAULTHANDLER: if the process ever hangs after the signal, SIGABRT makes it print every thread's
+    # stack to stderr, and the failure shows where it waits
+    env = {**os.environ, "PYTHONPATH": SRC, "REFCAL_CACHE_DIR": str(tmp_path / "cache"), "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "refcal", "score", "-m", "openai:fake-vllm", "--api-base", proxy.url,
            "-d", str(tmp_path / "q.jsonl"), "--scoring", "letter", "--api-letters", "topk", "--no-progress", "--batch-size", "16",
            "-o", str(tmp_path / "out.parquet")]
@@ -54,7 +56,12 @@ def test_ctrl_c_with_a_request_stuck_on_a_slow_drip_server(tmp_path):
             # before the fix: never (the pool joined the stuck thread). 60 s, not less: once, in a whole-suite run
             # on a new machine, the process had not exited 20 s after the signal (not reproduced alone or with
             # tests/cli: 0.4-0.6 s); the bound keeps "not for ever" without failing on a slow moment
-            rc = proc.wait(timeout=60)
+            try:
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)
+                proc.wait(timeout=10)
+                raise AssertionError("no exit 60 s after SIGINT; the threads' stacks:\n" + proc.stderr.read()) from None
             elapsed = time.monotonic() - start
         finally:
             if proc.poll() is None:

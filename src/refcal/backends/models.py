@@ -25,6 +25,7 @@ from pathlib import Path
 from .._io import apply_umask, file_mode
 from .._paths import cache_root
 from ..errors import MissingDependencyError, ModelError
+from ._gguf import read_once
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +227,9 @@ def _convert(gguf: Path, out: Path) -> None:
     _check_transformers_for_gguf()
     folder, fname = str(gguf.parent), gguf.name
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        with read_once():  # one header parse for config, tokenizer and weights (backends/_gguf.py)
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
     except Exception as e:  # transformers raises many types for unreadable files
         raise ModelError(f"cannot read GGUF file {gguf} ({type(e).__name__}: {e}); check the file") from None
     # save_pretrained refuses a GGUF-loaded model; a fresh model from the config has no such mark
