@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from refcal import metrics
 from refcal.calibrate import DACA
 from refcal.errors import InputError
 from refcal.run.budget import (
@@ -17,6 +18,7 @@ from refcal.run.budget import (
     fit_on_budget,
     label_budget,
     parse_labels_budget,
+    resampled_ece,
     worth_labels,
 )
 from refcal.run.protocol import Part, Unit
@@ -90,6 +92,49 @@ def test_worth_labels_rule_on_hand_made_curves():
     assert never["n"] is None and "did not reach" in never["sentence"]
 
 
+def test_resampled_ece_is_the_ece_of_each_resample(world):
+    """The bootstrap's vectorised ECE equals refcal.metrics.ece on the resampled questions."""
+    p = DACA().fit(world.base[:200], world.chat[:200]).predict_proba(world.chat[200:])
+    y = world.labels[200:]
+    rng = np.random.default_rng(3)
+    idx = [rng.integers(0, len(y), len(y)) for _ in range(4)]
+    w = np.array([np.bincount(i, minlength=len(y)) for i in idx])
+    got = resampled_ece(p, y, np.vstack([np.ones(len(y)), w]), n_bins=15)
+    want = [metrics.ece(p, y, n_bins=15)] + [metrics.ece(p[i], y[i], n_bins=15) for i in idx]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_worth_labels_names_the_ends_of_the_grid():
+    ks = [0, 10, 25, "all"]
+    zero = worth_labels(ks, [[0.04], [0.045] * 2, [0.05] * 2, [0.03]], 0.05)
+    assert (zero["n"], zero["status"]) == (0, "zero") and "worth 0 labels" in zero["sentence"]
+    first = worth_labels(ks, [[0.2], [0.04] * 2, [0.05] * 2, [0.03]], 0.05)
+    assert (first["n"], first["status"]) == (10, "at_most") and "at most 10 labels" in first["sentence"]
+    never = worth_labels(ks, [[0.2], [0.1] * 2, [0.09] * 2, [0.08]], 0.05, n_calib=[120, 120])
+    assert (never["n"], never["status"], never["high"]) == (None, "not_reached", None)
+    assert "more than all (120) labels" in never["sentence"]
+    mid = worth_labels(ks, [[0.2], [0.1] * 2, [0.05] * 2, [0.03]], 0.05)
+    assert (mid["status"], mid["between"]) == ("reached", [10, 25])
+    dip = worth_labels(ks, [[0.2], [0.04] * 2, [0.07] * 2, [0.03]], 0.05)  # a lucky k = 10, worse at 25
+    assert (dip["n"], dip["status"]) == ("all", "reached")
+
+
+def test_worth_labels_paired_bootstrap_interval():
+    """With bootstrap replicates, the interval is the 2.5 / 97.5 % quantiles of each replicate's crossing
+    against that replicate's own DACA ECE (paired), on the grid."""
+    ks = [0, 10, 25, "all"]
+    draws = [[0.2] * 2, [0.06] * 2, [0.05] * 2, [0.03]]
+    # 40 replicates: TS per k; DACA moves with TS (paired) in the first 38, jumps in the last 2
+    ts = np.tile([0.2, 0.06, 0.05, 0.03], (40, 1))
+    daca = np.full(40, 0.05)
+    daca[:20] = 0.061  # crossing at 10 in half the replicates
+    daca[-1] = 0.01  # never
+    w = worth_labels(ks, draws, 0.05, boot=(ts, daca))
+    assert w["interval"] == "paired bootstrap" and w["n"] == 25 and w["n_boot"] == 40
+    assert (w["low"], w["high"]) == (10, None)
+    assert w["p_ts_at_most_daca"] == [0.0, 0.5, pytest.approx(39 / 40), pytest.approx(39 / 40)]
+
+
 def test_label_budget_record_and_its_invariants(world):
     units = _units(world)
     lb = label_budget(units, [0, 10, None], n_draws=3, seed=0)
@@ -103,6 +148,13 @@ def test_label_budget_record_and_its_invariants(world):
     assert lb["methods"]["daca_k"]["metrics"]["ece"]["mean"][0] == pytest.approx(lb["daca"]["ece"]["mean"], abs=1e-15)
     d = lb["daca"]["ece"]
     assert d["low"] <= d["mean"] <= d["high"]
+    assert [[len(d) for d in v] for v in ts["cells"]] == [[2] * 3, [2] * 3, [2]]
+    np.testing.assert_allclose([np.mean(d) for d in ts["cells"][1]], ts["draws"][1], rtol=0, atol=1e-15)
+    assert np.mean(d["units"]) == pytest.approx(d["mean"], abs=1e-15)
+    w = lb["worth_labels"]
+    assert w["interval"] == "paired bootstrap" and len(w["p_ts_at_most_daca"]) == 3
+    grid = [0, 10, "all", None]
+    assert grid.index(w["low"]) <= grid.index(w["n"]) <= grid.index(w["high"])
     assert json.loads(json.dumps(lb)) == lb  # plain JSON
     again = label_budget(units, [0, 10, None], n_draws=3, seed=0)
     assert again == lb  # seeded
