@@ -6,7 +6,7 @@
 * :func:`monitor` (``refcal monitor``): agreement rate, refitted DACA temperature, confidence shift (PSI)
   and estimated accuracy per time window of that log, with bootstrap intervals.
 
-FastAPI, uvicorn and prometheus-client are the ``serve`` extra, imported only here.
+Starlette, uvicorn, aiohttp and prometheus-client are the ``serve`` extra, imported only here.
 """
 
 from .config import ServeConfig

@@ -71,6 +71,7 @@ class ServedCalibrator:
         doc = self.cal.to_dict()
         self.params = doc.get("parameters", {k: doc[k] for k in ("temperatures",) if k in doc})
         self.temperature = _temperature(self.cal)
+        self._plain_t = self.temperature if _plain_temperature(self.cal) else None
         try:  # a calibrator that cannot map a row of its own size is broken: refuse it at start, not per request
             self.predict(np.zeros(max(self.n_options, 2)) + np.arange(max(self.n_options, 2)) * 0.1,
                          np.zeros(max(self.n_options, 2)) if self.needs_base else None)
@@ -97,6 +98,10 @@ class ServedCalibrator:
 
     def predict(self, chat: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         """Calibrated log-probabilities, shape (k,), of one row of chat log-probabilities."""
+        if self._plain_t is not None and base is None:
+            out = _temperature_row(chat, self._plain_t)
+            if out is not None:
+                return out
         g = np.asarray(chat, dtype=np.float64)[None, :]
         f = None if base is None else np.asarray(base, dtype=np.float64)[None, :]
         return _predict_log_proba(self.cal, g, f, self._form)[0]
@@ -106,6 +111,28 @@ class ServedCalibrator:
         if not hasattr(self, "_form_"):
             self._form_ = _call_form(self.cal)
         return self._form_
+
+
+def _plain_temperature(cal: Any) -> bool:
+    """Whether ``cal.predict_log_proba`` is exactly ``log_softmax(chat / temperature_)`` (the scaling base class's,
+    temperature form: DACA, naive alignment, labelled temperature scaling)."""
+    from ..calibrate._scaling import ScalingCalibrator
+
+    return (isinstance(cal, ScalingCalibrator) and getattr(cal, "scaling", None) == "temperature"
+            and type(cal).predict_log_proba is ScalingCalibrator.predict_log_proba
+            and type(cal).transform is ScalingCalibrator.transform and _temperature(cal) is not None)
+
+
+def _temperature_row(chat: Any, t: float) -> np.ndarray | None:
+    """``log_softmax(chat / t)`` of one row, in plain floats (a row of 2..26 numbers: numpy's per-call cost
+    is most of the work there). None when the row is not ordinary (NaN, +inf, fewer than two finite values):
+    the calibrator's own checked path then answers or refuses."""
+    z = [float(v) / t for v in chat]
+    m = max(z)
+    if not math.isfinite(m) or any(v != v or v == math.inf for v in z) or sum(v > -math.inf for v in z) < 2:
+        return None
+    lse = m + math.log(sum(math.exp(v - m) for v in z))
+    return np.array([v - lse for v in z], dtype=np.float64)
 
 
 def _call_form(cal: Any) -> str:

@@ -117,7 +117,9 @@ def finite_list(x: Any) -> list[float | None]:
 #: request headers not forwarded (hop-by-hop, recomputed, or the client's key for this proxy)
 DROP_REQUEST_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
                         "accept-encoding", "authorization", "proxy-authorization"}
-KEEP_RESPONSE_HEADERS = ("content-type", "content-encoding", "retry-after", "x-request-id")
+#: response headers passed back (no content-encoding: the proxy asks for identity bodies, and its client decodes
+#: any encoding an upstream sends anyway)
+KEEP_RESPONSE_HEADERS = ("content-type", "retry-after", "x-request-id")
 #: idle seconds before the proxy drops a connection to the upstream (below the usual 5 s server keep-alive)
 UPSTREAM_KEEPALIVE_S = 4.0
 #: idle seconds the proxy keeps a client's connection open (above the usual 60 s of load balancers, so the

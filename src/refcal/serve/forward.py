@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from ..backends.api_logprobs import LetterScores, first_token_alternatives, topk
 from ..errors import BackendError
 from .calibrated import RefcalSpec, prompt_text, result
 from .config import finite_list
+from .upstream import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -34,50 +36,56 @@ def public(url: str) -> str:
 
 
 def _fail(status: int, message: str, kind: str) -> UpstreamFailure:
-    from fastapi.responses import JSONResponse
+    from starlette.responses import JSONResponse
 
     from .config import error_body
 
     return UpstreamFailure(JSONResponse(error_body(message, kind), status_code=status), kind)
 
 
-def _transport_failure(exc: Exception, url: str, timeout: float) -> UpstreamFailure:
-    import httpx
-
-    if isinstance(exc, httpx.TimeoutException):
+def _transport_failure(exc: TransportError, url: str, timeout: float) -> UpstreamFailure:
+    if exc.timeout:
         return _fail(504, f"the upstream {public(url)} did not answer within {timeout:g} s", "upstream_timeout")
     return _fail(502, f"the upstream {public(url)} could not be reached or dropped the connection "
-                 f"({type(exc).__name__})", "upstream_unreachable")
+                 f"({exc.name})", "upstream_unreachable")
 
 
 async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw: bytes | None, t0: float) -> Any:
-    """Forward a request unchanged and stream the upstream's answer back unchanged (status, body)."""
-    import httpx
+    """Forward a request unchanged and stream the upstream's answer back unchanged (status, body). A
+    connection dropped mid-body ends the client's response early (its length or chunking then shows it)."""
     from starlette.background import BackgroundTask
     from starlette.responses import StreamingResponse
 
-    from .config import KEEP_RESPONSE_HEADERS
-
     url = f"{proxy.base_url}/{endpoint}"
-    req = proxy.client.build_request(method, url, content=raw, headers=proxy.upstream_headers(headers))
     t_up = time.perf_counter()
     try:
-        resp = await proxy.client.send(req, stream=True)
-    except httpx.HTTPError as exc:
+        resp = await proxy.client.open(method, url, data=raw, headers=proxy.upstream_headers(headers))
+    except TransportError as exc:
         failure = _transport_failure(exc, url, proxy.config.timeout)
         proxy.metrics.errors.labels(failure.kind).inc()
         return failure.response
-    if resp.status_code >= 400:
+    if resp.status >= 400:
         proxy.metrics.errors.labels("upstream_status").inc()
-    keep = {k: v for k, v in resp.headers.items() if k.lower() in KEEP_RESPONSE_HEADERS}
     proxy.metrics.overhead.observe(max(0.0, (t_up - t0)))
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in resp.aiter_raw():
-            yield chunk
+        try:
+            async for chunk in resp.chunks():
+                yield chunk
+        except TransportError:
+            proxy.metrics.errors.labels("upstream_unreachable").inc()
+            raise
         proxy.metrics.upstream_latency.observe(time.perf_counter() - t_up)
 
-    return StreamingResponse(body(), status_code=resp.status_code, headers=keep, background=BackgroundTask(resp.aclose))
+    return StreamingResponse(body(), status_code=resp.status, headers=kept_headers(resp.headers),
+                             background=BackgroundTask(resp.release))
+
+
+def kept_headers(headers: Any) -> dict[str, str]:
+    """The upstream's response headers a client gets (:data:`.config.KEEP_RESPONSE_HEADERS`)."""
+    from .config import KEEP_RESPONSE_HEADERS
+
+    return {k: v for k, v in headers.items() if k.lower() in KEEP_RESPONSE_HEADERS}
 
 
 def _upstream_body(proxy: Any, endpoint: str, body: dict, spec: RefcalSpec) -> tuple[dict, int | None]:
@@ -136,22 +144,19 @@ def _answer_text(answer: dict) -> str:
 
 async def _post_json(proxy: Any, url: str, payload: dict, headers: dict) -> dict:
     """POST and parse a JSON object; :class:`UpstreamFailure` carries what the client gets otherwise."""
-    import httpx
-
-    from .config import KEEP_RESPONSE_HEADERS
-
     t = time.perf_counter()
     try:
-        resp = await proxy.client.post(url, json=payload, headers=headers)
-    except httpx.HTTPError as exc:
+        status, resp_headers, content = await proxy.client.fetch(
+            "POST", url, data=json.dumps(payload, separators=(",", ":")).encode(),
+            headers={**headers, "content-type": "application/json"})
+    except TransportError as exc:
         raise _transport_failure(exc, url, proxy.config.timeout) from None
     finally:
         proxy.metrics.upstream_latency.observe(time.perf_counter() - t)
-    if resp.status_code != 200:
-        keep = {k: v for k, v in resp.headers.items() if k.lower() in KEEP_RESPONSE_HEADERS}
-        raise UpstreamFailure(Response(resp.content, status_code=resp.status_code, headers=keep), "upstream_status")
+    if status != 200:
+        raise UpstreamFailure(Response(content, status_code=status, headers=kept_headers(resp_headers)), "upstream_status")
     try:
-        out = resp.json()
+        out = json.loads(content)
     except ValueError:
         raise _fail(502, f"the upstream {public(url)} answered HTTP 200 with malformed JSON", "upstream_malformed") from None
     if not isinstance(out, dict):
@@ -248,7 +253,7 @@ def _record(proxy: Any, rec: dict, base: np.ndarray | None, scores: LetterScores
 async def calibrated(proxy: Any, endpoint: str, headers: Any, body: dict, spec: RefcalSpec, request_id: str,
                      t0: float) -> Any:
     """A non-streamed calibrated request: the upstream's answer plus the ``refcal`` field."""
-    from fastapi.responses import JSONResponse
+    from starlette.responses import JSONResponse
 
     up_body, client_k = _upstream_body(proxy, endpoint, body, spec)
     hdrs = proxy.upstream_headers(headers)

@@ -80,17 +80,20 @@ class ExactLetters:
             return groups
 
     async def _tokenize(self, client: Any, headers: dict, model: str, text: str) -> list[int]:
-        import httpx
+        import json
 
+        from .upstream import TransportError
+
+        payload = json.dumps({"model": model, "prompt": text, "add_special_tokens": False}).encode()
         try:
-            resp = await client.post(self.tokenize_url, json={"model": model, "prompt": text, "add_special_tokens": False},
-                                     headers=headers)
-        except httpx.HTTPError as exc:
-            raise NoExact(f"its /tokenize did not answer ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise NoExact(f"it has no vLLM /tokenize endpoint (HTTP {resp.status_code})")
+            status, _, content = await client.fetch("POST", self.tokenize_url, data=payload,
+                                                    headers={**headers, "content-type": "application/json"})
+        except TransportError as exc:
+            raise NoExact(f"its /tokenize did not answer ({exc.name})") from None
+        if status != 200:
+            raise NoExact(f"it has no vLLM /tokenize endpoint (HTTP {status})")
         try:
-            toks = resp.json().get("tokens")
+            toks = json.loads(content).get("tokens")
         except (ValueError, AttributeError):
             toks = None
         if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in toks):

@@ -20,6 +20,7 @@ from .forward import (
     _upstream_body,
     public,
 )
+from .upstream import TransportError
 
 
 def calibrated_stream(proxy: Any, endpoint: str, headers: Any, body: dict, spec: RefcalSpec, request_id: str) -> Any:
@@ -47,24 +48,22 @@ class _StreamResponse(Response):
         self.client_k, self.spec, self.request_id, self.url, self.response_cls = client_k, spec, request_id, url, response_cls
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        import httpx
-
         s = self.s
-        req = s.proxy.client.build_request("POST", s.url, json=s.up_body, headers=s.hdrs)
         t_up = time.perf_counter()
         try:
-            resp = await s.proxy.client.send(req, stream=True)
-        except httpx.HTTPError as exc:
+            resp = await s.proxy.client.open("POST", s.url, data=json.dumps(s.up_body, separators=(",", ":")).encode(),
+                                             headers={**s.hdrs, "content-type": "application/json"})
+            if resp.status != 200:
+                content = await resp.read()
+        except TransportError as exc:
             failure = _transport_failure(exc, s.url, s.proxy.config.timeout)
             s.proxy.metrics.errors.labels(failure.kind).inc()
             await failure.response(scope, receive, send)
             return
-        if resp.status_code != 200:
-            content = await resp.aread()
-            await resp.aclose()
+        if resp.status != 200:
             s.proxy.metrics.errors.labels("upstream_status").inc()
             ctype = resp.headers.get("content-type")
-            await Response(content, status_code=resp.status_code, media_type=ctype)(scope, receive, send)
+            await Response(content, status_code=resp.status, media_type=ctype)(scope, receive, send)
             return
         stream = s.response_cls(self._events(resp, t_up), media_type="text/event-stream")
         await stream(scope, receive, send)
@@ -77,7 +76,7 @@ class _StreamResponse(Response):
         done = False
         upstream_time = 0.0
         try:
-            async for line in resp.aiter_lines():
+            async for line in resp.lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -118,18 +117,14 @@ class _StreamResponse(Response):
             msg = json.loads(failure.response.body)
             yield f"data: {json.dumps(msg)}\n\n".encode()
             return
-        except Exception as exc:  # httpx errors mid-stream: the upstream dropped the connection
-            import httpx
-
-            if not isinstance(exc, httpx.HTTPError):
-                raise
+        except TransportError:  # mid-stream: the upstream dropped the connection or stalled
             s.proxy.metrics.errors.labels("upstream_unreachable").inc()
             from .config import error_body
 
             yield f"data: {json.dumps(error_body('the upstream dropped the stream', 'upstream_unreachable'))}\n\n".encode()
             return
         finally:
-            await resp.aclose()
+            resp.release()
         final = {"id": s.request_id, "object": "chat.completion.chunk" if s.endpoint != "completions"
                  else "text_completion", "created": int(time.time()), "model": s.body.get("model"), "choices": [],
                  "refcal": field}
