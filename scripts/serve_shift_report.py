@@ -59,7 +59,7 @@ def _table(mon: dict, rows: list[dict], ids_in_order: list[str]) -> str:
     return "\n".join(out)
 
 
-def _reading(shift: dict, halves: dict, acc: dict, conf: dict, upstream: str) -> str:
+def _reading(shift: dict, halves: dict, acc: dict, conf: dict, upstream: str, outcome: str | None = None) -> str:
     """What the numbers say, computed from them (no verdict is written by hand)."""
     ws = shift["windows"]
     n_agree = [round((w["agreement"] or 0) * w["n_reference"]) for w in ws]
@@ -69,10 +69,17 @@ def _reading(shift: dict, halves: dict, acc: dict, conf: dict, upstream: str) ->
     lines = ["## Reading", "",
              f"* Power: DACA refits the temperature on the questions where the chat and the reference model agree: "
              f"{min(n_agree)} to {max(n_agree)} per window here, so each window's temperature interval spans a factor "
-             f"of {min(spans):.0f} to {max(spans):.0f} (high / low end)." if spans else "* No window had a temperature.",
+             f"of {min(spans):.{0 if min(spans) >= 10 else 1}f} to {max(spans):.{0 if max(spans) >= 10 else 1}f} (high / low end)." if spans else "* No window had a temperature.",
              "* Was there anything to flag? The deployed calibrator's estimate (mean calibrated confidence) is "
              + ", ".join(f"{gap[d]:.3f} from the true accuracy on {d}" for d in gap)
              + f"; the largest window PSI is {shift['summary']['max_psi']:.3f} (0.1 is the usual 'moderate' threshold)."]
+    ece = {d: _ece([{"confidence": c, "correct": y} for c, y in zip(conf[d], acc[d], strict=True)]) for d in gap}
+    if len(ece) == 2:
+        a, b = ece
+        lines.append(f"* The labels' verdict on the deployed calibrator: ECE {ece[a]:.3f} on {a}, {ece[b]:.3f} on {b} "
+                     f"({ece[b] - ece[a]:+.3f}); true accuracy {sum(acc[a]) / len(acc[a]):.3f} -> "
+                     f"{sum(acc[b]) / len(acc[b]):.3f}, the monitor's estimate {sum(conf[a]) / len(conf[a]):.3f} -> "
+                     f"{sum(conf[b]) / len(conf[b]):.3f}.")
     chance = all(sum(acc[d]) / len(acc[d]) < 0.35 for d in acc if acc[d])
     if chance and not flagged and upstream == "smollm2":
         lines.append("* The 135M chat model answers both data sets near chance (4 options: 0.25), and the deployed "
@@ -82,6 +89,8 @@ def _reading(shift: dict, halves: dict, acc: dict, conf: dict, upstream: str) ->
                      "needs a chat model well above chance on one of them (a larger model than the packaged ones); the "
                      "synthetic shift of docs/serving.md (the chat model twice as over-confident) is flagged in every "
                      "shifted window.")
+    if outcome:
+        lines.append(f"* {outcome.strip()} (written after the run)")
     return "\n".join(lines)
 
 
@@ -155,7 +164,7 @@ reference is {REFERENCES.get(ref, ref)}, scored by the proxy itself (`--referenc
                  f"{_fmt(sum(conf[d]) / len(conf[d]) if conf[d] else None)} | "
                  f"{_fmt(_ece([r for r in rows if r['dataset'] == d]))} |" for d in ("sciq", "mmlu")) + """
 
-""" + _reading(shift, halves, acc, conf, up) + """
+""" + _reading(shift, halves, acc, conf, up, summary.get("outcome")) + """
 
 Files: `request.json` / `response.json` (the first request, sent with `curl`, and its real response),
 `metrics.txt` (`GET /metrics` after the last request), `summary.json`.
