@@ -17,9 +17,16 @@ What it does (everything real: the packaged models, no synthetic score):
    summary ``README.md`` (with each window's true accuracy, from the labels, which the monitor never reads) to
    ``--out`` (default ``docs/results/serve-shift``).
 
-Run (a few minutes on 2 shared cores)::
+``--upstream gemma-3-270m`` puts the packaged Gemma-3-270M GGUF (assembled from its parts, as refcal does) behind
+llama.cpp instead, sends the raw letter prompts to ``/v1/completions`` (after a chat template this base model's
+first token is a newline) and takes SmolLM2-135M-Instruct as the reference (``--reference`` to change it);
+``--window`` sets the window of the SciQ -> MMLU monitor run (the SciQ halves always use ``--n / 2``).
+
+Run (10-20 minutes on 2 shared cores)::
 
     OMP_NUM_THREADS=1 nice python scripts/serve_shift_demo.py [--n 160] [--n-calib 300]
+    OMP_NUM_THREADS=1 nice python scripts/serve_shift_demo.py --upstream gemma-3-270m --n 150 --n-calib 150 \\
+        --window 150 --out docs/results/serve-shift-gemma
 
 Thresholds are the monitor's defaults (``--alpha 0.05`` over all windows, PSI reported, not thresholded).
 """
