@@ -189,7 +189,7 @@ def converted_dir(name: str, sha: str, make_gguf: Callable[[Path], Path], gguf_n
     if (target / _DONE).exists():
         _readable(target)  # conversions of older versions left model.safetensors 0600
         return target
-    log.warning("converting %s from GGUF to safetensors once (about a minute); cached in %s", name, target)
+    log.warning("converting %s from GGUF to safetensors once (under a minute); cached in %s", name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
