@@ -146,9 +146,7 @@ async def _post_json(proxy: Any, url: str, payload: dict, headers: dict) -> dict
     """POST and parse a JSON object; :class:`UpstreamFailure` carries what the client gets otherwise."""
     t = time.perf_counter()
     try:
-        status, resp_headers, content = await proxy.client.fetch(
-            "POST", url, data=json.dumps(payload, separators=(",", ":")).encode(),
-            headers={**headers, "content-type": "application/json"})
+        status, resp_headers, content = await proxy.client.fetch("POST", url, json=payload, headers=headers)
     except TransportError as exc:
         raise _transport_failure(exc, url, proxy.config.timeout) from None
     finally:

@@ -17,6 +17,7 @@ the top-k. The ``letter_source`` of each answer says which was used.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -80,14 +81,11 @@ class ExactLetters:
             return groups
 
     async def _tokenize(self, client: Any, headers: dict, model: str, text: str) -> list[int]:
-        import json
-
         from .upstream import TransportError
 
-        payload = json.dumps({"model": model, "prompt": text, "add_special_tokens": False}).encode()
         try:
-            status, _, content = await client.fetch("POST", self.tokenize_url, data=payload,
-                                                    headers={**headers, "content-type": "application/json"})
+            status, _, content = await client.fetch("POST", self.tokenize_url, headers=headers,
+                                                    json={"model": model, "prompt": text, "add_special_tokens": False})
         except TransportError as exc:
             raise NoExact(f"its /tokenize did not answer ({exc.name})") from None
         if status != 200:

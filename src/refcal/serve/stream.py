@@ -51,8 +51,7 @@ class _StreamResponse(Response):
         s = self.s
         t_up = time.perf_counter()
         try:
-            resp = await s.proxy.client.open("POST", s.url, data=json.dumps(s.up_body, separators=(",", ":")).encode(),
-                                             headers={**s.hdrs, "content-type": "application/json"})
+            resp = await s.proxy.client.open("POST", s.url, json=s.up_body, headers=s.hdrs)
             if resp.status != 200:
                 content = await resp.read()
         except TransportError as exc:

@@ -13,6 +13,7 @@ while the body is read is raised as :class:`TransportError`, and an answer is a 
 from __future__ import annotations
 
 import asyncio
+import json as _json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -108,18 +109,22 @@ class UpstreamClient:
         if self.session is not None:
             await self.session.close()
 
-    async def open(self, method: str, url: str, *, data: bytes | None, headers: Mapping[str, str]) -> Reply:
-        """Send a request; return once the status and headers have arrived."""
+    async def open(self, method: str, url: str, *, data: bytes | None = None, json: Any = None,
+                   headers: Mapping[str, str]) -> Reply:
+        """Send a request (``data`` as is, or ``json`` encoded compactly with its content type); return once the
+        status and headers have arrived."""
         # identity: the proxy reads the bodies it calibrates, and forwards the others decoded
         hdrs = {**headers, "accept-encoding": "identity"}
+        if json is not None:
+            data, hdrs["content-type"] = _json.dumps(json, separators=(",", ":")).encode(), "application/json"
         try:
             resp = await self.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
         except _ERRORS as exc:
             raise TransportError(exc) from None
         return Reply(resp)
 
-    async def fetch(self, method: str, url: str, *, data: bytes | None,
+    async def fetch(self, method: str, url: str, *, data: bytes | None = None, json: Any = None,
                     headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        """Send a request and read the whole answer: ``(status, headers, body)``."""
-        reply = await self.open(method, url, data=data, headers=headers)
+        """Send a request (as :meth:`open`) and read the whole answer: ``(status, headers, body)``."""
+        reply = await self.open(method, url, data=data, json=json, headers=headers)
         return reply.status, reply.headers, await reply.read()
