@@ -3,7 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
-STAMP   := $(VENV)/.stamp-$(shell cat pyproject.toml constraints.txt requirements-assets.txt | sha1sum | cut -c1-12)
+SETUP_ID := $(shell cat pyproject.toml constraints.txt requirements-assets.txt | sha1sum | cut -c1-12)
+STAMP   := $(VENV)/.stamp-$(SETUP_ID)
 # Source builds (llama-cpp-python, this project) install their build requirements in isolated environments,
 # which honour PIP_CONSTRAINT but not -c: so they get the pinned versions too (tests/test_setup_guard.py).
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
@@ -25,7 +26,7 @@ $(STAMP):
 
 # What `make run` needs, and no more (no Ray, serving, docs or test tools): a fresh clone's first `make run`
 # installs about 45 s faster. Skipped when the full set-up is already there; `make test` adds the rest.
-RUN_STAMP := $(VENV)/.stamp-run-$(shell cat pyproject.toml constraints.txt requirements-assets.txt | sha1sum | cut -c1-12)
+RUN_STAMP := $(VENV)/.stamp-run-$(SETUP_ID)
 
 setup-run: $(RUN_STAMP)
 
