@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import numpy as np
@@ -14,7 +15,7 @@ from refcal.backends import load_backend
 from refcal.backends.api_logprobs import letter_logprobs
 from refcal.backends.base import LetterRequest
 from refcal.serve import read_log
-from refcal.serve.fake_upstream import first_token_logprobs, logits_prompt
+from refcal.serve.fake_upstream import FakeUpstream, ServerThread, first_token_logprobs, logits_prompt
 
 
 def _direct(upstream, path, body):
@@ -129,6 +130,21 @@ def test_slow_drip_stream_completes(make_proxy):
     with p.client.stream("POST", "/v1/chat/completions", json=mc("d", model="fake-drip", stream=True)) as r:
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and "refcal" in json.loads(events[-2])
+
+
+def test_slow_drip_answer_read_whole_times_out_in_total(make_proxy):
+    """A non-streamed calibrated answer that keeps dripping (16 bytes every 0.02 s, never a stalled read) gets
+    504 once the whole answer is not in after ``--timeout``, instead of holding the connection for its ~3 s."""
+    with ServerThread(FakeUpstream(drip_s=0.02)) as slow:
+        p = make_proxy(upstream=slow.url + "/v1", timeout=1.0)
+        t0 = time.monotonic()
+        r = p.client.post("/v1/chat/completions", json=mc("q", model="fake-drip"))
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
+        assert "refcal" not in r.json() and elapsed < 2.5
+        p2 = make_proxy(upstream=slow.url + "/v1", timeout=30.0)  # the same answer, given the time it needs
+        ok = p2.client.post("/v1/chat/completions", json=mc("q", model="fake-drip"))
+        assert ok.status_code == 200 and "refcal" in ok.json()
 
 
 @pytest.mark.parametrize("field,needle", [

@@ -5,7 +5,7 @@ log-probabilities are a deterministic function of the prompt (so a reply can be 
 or, when the prompt contains ``LOGITS=[x, y, ...]``, ``log_softmax`` of those numbers over the letters
 ``A, B, C, ...`` (exact, for tests that must know the scores). The model name picks a fault:
 ``fake-500`` (HTTP 500 with a JSON body), ``fake-429``, ``fake-slow`` (sleeps ``slow_s`` before answering),
-``fake-drip`` (streams one byte group every ``drip_s``), ``fake-malformed`` (HTTP 200, broken JSON),
+``fake-drip`` (sends its answer, streamed or not, 16 bytes every ``drip_s``), ``fake-malformed`` (HTTP 200, broken JSON),
 ``fake-drop`` (closes the connection in the middle of the body), ``fake-nologprobs``.
 """
 
@@ -131,6 +131,14 @@ class FakeUpstream:
             raise ConnectionResetError("fake-drop: the upstream dies mid-answer")
         if body.get("stream"):
             return await self._stream(send, answer, chat, drip=model == "fake-drip")
+        if model == "fake-drip":  # the whole JSON answer, 16 bytes every drip_s
+            data = json.dumps(answer).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+            for j in range(0, len(data), 16):
+                await send({"type": "http.response.body", "body": data[j:j + 16], "more_body": j + 16 < len(data)})
+                await asyncio.sleep(self.drip_s)
+            return None
         await _send(send, 200, answer)
 
     async def _stream(self, send: Any, answer: dict, chat: bool, *, drip: bool) -> None:

@@ -84,8 +84,10 @@ class UpstreamClient:
     Parameters
     ----------
     timeout : float
-        Seconds to get a connection (from the pool or a new one), and seconds between two reads of the
-        answer (a slow drip that keeps sending never times out; a stalled one does).
+        Seconds to get a connection (from the pool or a new one), and seconds between two reads of an answer
+        that is passed on as it arrives (:meth:`open`: a stream may drip for as long as it keeps sending). An
+        answer read whole (:meth:`fetch`: the calibrated, non-streamed requests) must also be complete within
+        ``timeout`` of the request, so a slow drip cannot hold a connection for ever.
     max_connections : int
         Upstream connections open at once; more requests wait for a free one (within ``timeout``).
     keepalive_s : float
@@ -95,6 +97,7 @@ class UpstreamClient:
     def __init__(self, *, timeout: float, max_connections: int, keepalive_s: float):
         self.timeout, self.max_connections, self.keepalive_s = timeout, max_connections, keepalive_s
         self.session: Any = None
+        self._whole: Any = None
 
     async def start(self) -> None:
         t = self.timeout
@@ -104,27 +107,31 @@ class UpstreamClient:
         self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
                                              timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t,
                                                                            sock_read=t))
+        self._whole = aiohttp.ClientTimeout(total=t, connect=t, sock_connect=t, sock_read=t)
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
 
     async def open(self, method: str, url: str, *, data: bytes | None = None, json: Any = None,
-                   headers: Mapping[str, str]) -> Reply:
+                   headers: Mapping[str, str], total: bool = False) -> Reply:
         """Send a request (``data`` as is, or ``json`` encoded compactly with its content type); return once the
         status and headers have arrived."""
         # identity: the proxy reads the bodies it calibrates, and forwards the others decoded
         hdrs = {**headers, "accept-encoding": "identity"}
         if json is not None:
             data, hdrs["content-type"] = _json.dumps(json, separators=(",", ":")).encode(), "application/json"
+        extra = {"timeout": self._whole} if total else {}
         try:
-            resp = await self.session.request(method, url, data=data, headers=hdrs, allow_redirects=False)
+            resp = await self.session.request(method, url, data=data, headers=hdrs, allow_redirects=False,
+                                              **extra)
         except _ERRORS as exc:
             raise TransportError(exc) from None
         return Reply(resp)
 
     async def fetch(self, method: str, url: str, *, data: bytes | None = None, json: Any = None,
                     headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        """Send a request (as :meth:`open`) and read the whole answer: ``(status, headers, body)``."""
-        reply = await self.open(method, url, data=data, json=json, headers=headers)
+        """Send a request (as :meth:`open`) and read the whole answer: ``(status, headers, body)``, all of it
+        within ``timeout`` seconds (aiohttp's ``total``, which covers reading the body)."""
+        reply = await self.open(method, url, data=data, json=json, headers=headers, total=True)
         return reply.status, reply.headers, await reply.read()
