@@ -109,7 +109,10 @@ def letter_logprobs(
         floor = math.log(min(p_min, max(residual, R_RESOLUTION))) - floor_margin
     for j, letter in enumerate(letters):
         vals = by_letter[letter]
-        out[j] = floor if not vals else float(np.logaddexp.reduce(np.array(vals, dtype=np.float64)))
+        if len(vals) > 1:  # one string from several token ids: their probabilities add up
+            out[j] = float(np.logaddexp.reduce(np.array(vals, dtype=np.float64)))
+        else:
+            out[j] = vals[0] if vals else floor
     return LetterScores(logprobs=out, floored=floored, floor=floor)
 
 
