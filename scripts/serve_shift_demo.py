@@ -84,9 +84,9 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer in {timeout:.0f} s")
 
 
-def _refcal(*args: str) -> int:
+def _refcal(*args: str, cwd: Path | None = None) -> int:
     print("$ refcal " + " ".join(args), flush=True)
-    return subprocess.run([sys.executable, "-m", "refcal", *args], env=_env()).returncode
+    return subprocess.run([sys.executable, "-m", "refcal", *args], env=_env(), cwd=cwd).returncode
 
 
 def _questions(args):
@@ -179,8 +179,13 @@ def _sciq_only_log(work: Path, rows: list[dict]) -> Path:
 
 
 def _monitor(args, work: Path, log: Path, dest: Path, window: int) -> int:
-    return _refcal("monitor", str(log), "--calibrator", str(work / "calibrator.json"), "--window", str(window),
-                   "--baseline", str(work / "chat.jsonl"), "--baseline-base", str(work / "base.jsonl"), "-o", str(dest))
+    """``refcal monitor``'s exit code: 0 (nothing flagged) or 3 (the temperature flag); any other stops the demo."""
+    rc = _refcal("monitor", str(log), "--calibrator", str(work / "calibrator.json"), "--window", str(window),
+                 "--baseline", str(work / "chat.jsonl"), "--baseline-base", str(work / "base.jsonl"), "-o", str(dest))
+    if rc not in (0, 3):
+        raise SystemExit(f"refcal monitor failed (exit {rc}, its message is above); the served answers are in "
+                         f"{dest.parent / 'served.jsonl'} and the log in {log}")
+    return rc
 
 
 def _score_completions(url: str, alias: str, data: Path, dest: Path) -> None:
@@ -201,23 +206,24 @@ def _score_completions(url: str, alias: str, data: Path, dest: Path) -> None:
 
 
 def _calibrate(args, work: Path, llama_url: str) -> None:
-    """Score the calibration questions with the chat model (through llama.cpp) and the reference; fit DACA."""
+    """Score the calibration questions with the chat model (through llama.cpp) and the reference; fit DACA.
+
+    The commands run inside ``work`` with its file names, so the saved calibrator records ``base.jsonl`` and
+    ``chat.jsonl`` as its inputs, not a temporary folder of this machine."""
     up = UPSTREAMS[args.upstream]
-    calib = str(work / "calib.jsonl")
     if up["endpoint"] == "completions":
         _score_completions(llama_url, up["alias"], work / "calib.jsonl", work / "chat.jsonl")
         steps = []
     else:
         steps = [("score", "-m", f"openai:{up['alias']}", "--api-base", llama_url, "--chat-template", "on", "-d",
-                  calib, "--scoring", "letter", "--id-col", "id", "--no-progress", "-o", str(work / "chat.jsonl"))]
+                  "calib.jsonl", "--scoring", "letter", "--id-col", "id", "--no-progress", "-o", "chat.jsonl")]
     steps += [
-        ("score", "-m", args.reference, "-d", calib, "--scoring", "letter", "--id-col", "id",
-         "--device", "cpu", "--no-progress", "-o", str(work / "base.jsonl")),
-        ("fit", "--base", str(work / "base.jsonl"), "--chat", str(work / "chat.jsonl"), "-o",
-         str(work / "calibrator.json")),
+        ("score", "-m", args.reference, "-d", "calib.jsonl", "--scoring", "letter", "--id-col", "id",
+         "--device", "cpu", "--no-progress", "-o", "base.jsonl"),
+        ("fit", "--base", "base.jsonl", "--chat", "chat.jsonl", "-o", "calibrator.json"),
     ]
     for step in steps:
-        if _refcal(*step) != 0:
+        if _refcal(*step, cwd=work) != 0:
             raise SystemExit(f"refcal {step[0]} failed")
 
 
@@ -256,7 +262,7 @@ def main() -> None:
     from api_server import LlamaServer
 
     api_server.MODEL_ALIAS = UPSTREAMS[args.upstream]["alias"]  # the name llama.cpp serves the model under
-    work = args.work or Path(tempfile.mkdtemp(prefix="serve-shift-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="serve-shift-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
