@@ -147,6 +147,20 @@ def test_slow_drip_answer_read_whole_times_out_in_total(make_proxy):
         assert ok.status_code == 200 and "refcal" in ok.json()
 
 
+def test_slow_drip_passthrough_read_whole_times_out_but_a_stream_goes_on(make_proxy):
+    """Without ``refcal`` too: a non-streamed answer must be complete within ``--timeout`` (clean 504), while a
+    streamed one may drip for as long as it keeps sending."""
+    with ServerThread(FakeUpstream(drip_s=0.02)) as slow:
+        p = make_proxy(upstream=slow.url + "/v1", timeout=1.0)
+        body = {"model": "fake-drip", "messages": [{"role": "user", "content": "q"}], "logprobs": True,
+                "top_logprobs": 20}
+        r = p.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
+        with p.client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+            events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+        assert s.status_code == 200 and events[-1] == "[DONE]"
+
+
 @pytest.mark.parametrize("field,needle", [
     ({"task": "multiple_choice", "n_options": 5}, "fitted on 4 options"),
     ({"task": "free_form"}, "is for multiple-choice"),

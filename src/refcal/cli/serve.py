@@ -32,8 +32,8 @@ _PATH = click.Path(path_type=Path)
 @click.option("--allow-other-k", is_flag=True,
               help="Apply a temperature fitted on another number of options (else such requests get 422).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="Seconds to connect and between two reads of an upstream answer; a calibrated, non-streamed "
-                   "answer must be complete within it too.")
+              help="Seconds to connect and between two reads of an upstream answer; an answer that is not "
+                   "streamed must be complete within it too.")
 @click.option("--letters", type=click.Choice(["auto", "exact", "topk"]), default="auto", show_default=True,
               help="How option letters are scored. exact: the upstream scores the letter tokens themselves (vLLM's "
                    "logprob_token_ids); topk: from the top-k log-probabilities, absent letters floored; auto: exact "

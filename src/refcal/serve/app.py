@@ -155,7 +155,8 @@ def create_app(config: ServeConfig, **kwargs: Any) -> Any:
         if not proxy.authorized(request.headers):
             return JSONResponse(error_body("missing or wrong API key", "authentication_error"), status_code=401)
         proxy.metrics.requests.labels("models", "false").inc()
-        return await forward.passthrough(proxy, "GET", "models", request.headers, None, time.perf_counter())
+        return await forward.passthrough(proxy, "GET", "models", request.headers, None, time.perf_counter(),
+                                         streamed=False)
 
     async def completion(request: Request, endpoint: str) -> Any:
         t0 = time.perf_counter()
@@ -166,7 +167,9 @@ def create_app(config: ServeConfig, **kwargs: Any) -> Any:
         body = _json_object(raw)
         if body is None or "refcal" not in body:
             proxy.metrics.requests.labels(endpoint, "false").inc()
-            return await forward.passthrough(proxy, "POST", endpoint, request.headers, raw, t0)
+            # a body that is not a JSON object is the upstream's to judge: passed on as it arrives
+            streamed = body is None or bool(body.get("stream"))
+            return await forward.passthrough(proxy, "POST", endpoint, request.headers, raw, t0, streamed=streamed)
         proxy.metrics.requests.labels(endpoint, "true").inc()
         try:
             spec = parse_spec(body.pop("refcal"), body.get("messages"))

@@ -31,8 +31,8 @@ class ServeConfig:
     api_key_env : environment variable holding the key clients must send (``Authorization: Bearer``).
     upstream_key_env : environment variable holding the upstream's key (sent instead of the client's).
     log_text : also store prompt and answer text in the monitoring log.
-    timeout : seconds to connect and between two reads of an upstream answer; a calibrated, non-streamed
-        answer must also be complete within it (:class:`.upstream.UpstreamClient`).
+    timeout : seconds to connect and between two reads of an upstream answer; an answer that is not
+        streamed must also be complete within it (:class:`.upstream.UpstreamClient`).
     top_logprobs : k of the top-k asked of the upstream for calibrated requests (1..20).
     fsync : monitoring log fsync policy ("always", "interval", "never").
     letters : "auto", "exact" or "topk": how option letters are scored (:mod:`refcal.serve.letters`).

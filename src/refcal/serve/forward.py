@@ -50,14 +50,31 @@ def _transport_failure(exc: TransportError, url: str, timeout: float) -> Upstrea
                  f"({exc.name})", "upstream_unreachable")
 
 
-async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw: bytes | None, t0: float) -> Any:
-    """Forward a request unchanged and stream the upstream's answer back unchanged (status, body). A
-    connection dropped mid-body ends the client's response early (its length or chunking then shows it)."""
+async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw: bytes | None, t0: float, *,
+                      streamed: bool = True) -> Any:
+    """Forward a request unchanged and give the upstream's answer back unchanged (status, body).
+
+    ``streamed``: the answer is passed on as it arrives (a connection dropped mid-body ends the client's response
+    early; its length or chunking then shows it). Otherwise (a request that did not ask for a stream) it is read
+    whole within ``--timeout`` first, so a slow drip or a drop gets a clean 504 / 502 instead."""
     from starlette.background import BackgroundTask
     from starlette.responses import StreamingResponse
 
     url = f"{proxy.base_url}/{endpoint}"
     t_up = time.perf_counter()
+    if not streamed:
+        try:
+            status, resp_headers, content = await proxy.client.fetch(method, url, data=raw,
+                                                                     headers=proxy.upstream_headers(headers))
+        except TransportError as exc:
+            failure = _transport_failure(exc, url, proxy.config.timeout)
+            proxy.metrics.errors.labels(failure.kind).inc()
+            return failure.response
+        if status >= 400:
+            proxy.metrics.errors.labels("upstream_status").inc()
+        proxy.metrics.overhead.observe(max(0.0, t_up - t0))
+        proxy.metrics.upstream_latency.observe(time.perf_counter() - t_up)
+        return Response(content, status_code=status, headers=kept_headers(resp_headers))
     try:
         resp = await proxy.client.open(method, url, data=raw, headers=proxy.upstream_headers(headers))
     except TransportError as exc:

@@ -86,7 +86,7 @@ class UpstreamClient:
     timeout : float
         Seconds to get a connection (from the pool or a new one), and seconds between two reads of an answer
         that is passed on as it arrives (:meth:`open`: a stream may drip for as long as it keeps sending). An
-        answer read whole (:meth:`fetch`: the calibrated, non-streamed requests) must also be complete within
+        answer read whole (:meth:`fetch`: every request that is not streamed) must also be complete within
         ``timeout`` of the request, so a slow drip cannot hold a connection for ever.
     max_connections : int
         Upstream connections open at once; more requests wait for a free one (within ``timeout``).
