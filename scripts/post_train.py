@@ -211,7 +211,6 @@ def load_base(model_spec: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    sys.path.insert(0, str(ROOT / "src"))
     from refcal.backends import models
 
     path = models.resolve(model_spec).path
@@ -389,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ADAPTERS)
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "post-training.png")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "src"))  # this checkout's refcal (the alias of the base model, provenance)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -417,7 +417,6 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s step %d/%d loss %.4f%s (%.1f s/step)", row["stage"], row["step"], row["of"], row["loss"],
                      extra, row["elapsed_s"] / row["step"])
 
-    sys.path.insert(0, str(ROOT / "src"))
     from refcal.run.provenance import provenance
 
     prov = provenance()

@@ -131,15 +131,7 @@ class FakeUpstream:
             raise ConnectionResetError("fake-drop: the upstream dies mid-answer")
         if body.get("stream"):
             return await self._stream(send, answer, chat, drip=model == "fake-drip")
-        if model == "fake-drip":  # the whole JSON answer, 16 bytes every drip_s
-            data = json.dumps(answer).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-            for j in range(0, len(data), 16):
-                await send({"type": "http.response.body", "body": data[j:j + 16], "more_body": j + 16 < len(data)})
-                await asyncio.sleep(self.drip_s)
-            return None
-        await _send(send, 200, answer)
+        await _send(send, 200, answer, drip_s=self.drip_s if model == "fake-drip" else None)
 
     async def _stream(self, send: Any, answer: dict, chat: bool, *, drip: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
@@ -170,11 +162,17 @@ class FakeUpstream:
 
 
 async def _send(send: Any, status: int, obj: Any, *, raw_body: bytes | None = None,
-                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                extra: list[tuple[bytes, bytes]] | None = None, drip_s: float | None = None) -> None:
+    """A JSON answer; with ``drip_s``, its body 16 bytes at a time, ``drip_s`` seconds apart."""
     data = raw_body if raw_body is not None else json.dumps(obj).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    if drip_s is None:
+        await send({"type": "http.response.body", "body": data})
+        return
+    for j in range(0, len(data), 16):
+        await send({"type": "http.response.body", "body": data[j:j + 16], "more_body": j + 16 < len(data)})
+        await asyncio.sleep(drip_s)
 
 
 def free_port() -> int:

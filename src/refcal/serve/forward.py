@@ -62,21 +62,10 @@ async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw:
 
     url = f"{proxy.base_url}/{endpoint}"
     t_up = time.perf_counter()
-    if not streamed:
-        try:
-            status, resp_headers, content = await proxy.client.fetch(method, url, data=raw,
-                                                                     headers=proxy.upstream_headers(headers))
-        except TransportError as exc:
-            failure = _transport_failure(exc, url, proxy.config.timeout)
-            proxy.metrics.errors.labels(failure.kind).inc()
-            return failure.response
-        if status >= 400:
-            proxy.metrics.errors.labels("upstream_status").inc()
-        proxy.metrics.overhead.observe(max(0.0, t_up - t0))
-        proxy.metrics.upstream_latency.observe(time.perf_counter() - t_up)
-        return Response(content, status_code=status, headers=kept_headers(resp_headers))
     try:
-        resp = await proxy.client.open(method, url, data=raw, headers=proxy.upstream_headers(headers))
+        resp = await proxy.client.open(method, url, data=raw, headers=proxy.upstream_headers(headers),
+                                       total=not streamed)
+        content = None if streamed else await resp.read()
     except TransportError as exc:
         failure = _transport_failure(exc, url, proxy.config.timeout)
         proxy.metrics.errors.labels(failure.kind).inc()
@@ -84,6 +73,9 @@ async def passthrough(proxy: Any, method: str, endpoint: str, headers: Any, raw:
     if resp.status >= 400:
         proxy.metrics.errors.labels("upstream_status").inc()
     proxy.metrics.overhead.observe(max(0.0, (t_up - t0)))
+    if content is not None:
+        proxy.metrics.upstream_latency.observe(time.perf_counter() - t_up)
+        return Response(content, status_code=resp.status, headers=kept_headers(resp.headers))
 
     async def body() -> AsyncIterator[bytes]:
         try:

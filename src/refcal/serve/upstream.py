@@ -97,17 +97,18 @@ class UpstreamClient:
     def __init__(self, *, timeout: float, max_connections: int, keepalive_s: float):
         self.timeout, self.max_connections, self.keepalive_s = timeout, max_connections, keepalive_s
         self.session: Any = None
-        self._whole: Any = None
+        self._per_read: Any = None  # open(): connect and each read bounded, not the whole answer
+        self._whole: Any = None  # open(total=True) and fetch(): the whole answer bounded too
 
     async def start(self) -> None:
         t = self.timeout
         connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
                                          keepalive_timeout=self.keepalive_s)
         # no cookie jar: cookies the upstream sets must not leak from one client's request into another's
-        self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
-                                             timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t,
-                                                                           sock_read=t))
+        self._per_read = aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)
         self._whole = aiohttp.ClientTimeout(total=t, connect=t, sock_connect=t, sock_read=t)
+        self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                             timeout=self._per_read)
 
     async def close(self) -> None:
         if self.session is not None:
@@ -116,15 +117,15 @@ class UpstreamClient:
     async def open(self, method: str, url: str, *, data: bytes | None = None, json: Any = None,
                    headers: Mapping[str, str], total: bool = False) -> Reply:
         """Send a request (``data`` as is, or ``json`` encoded compactly with its content type); return once the
-        status and headers have arrived."""
+        status and headers have arrived. ``total``: the whole answer, body included, must arrive within
+        ``timeout`` (for an answer read whole)."""
         # identity: the proxy reads the bodies it calibrates, and forwards the others decoded
         hdrs = {**headers, "accept-encoding": "identity"}
         if json is not None:
             data, hdrs["content-type"] = _json.dumps(json, separators=(",", ":")).encode(), "application/json"
-        extra = {"timeout": self._whole} if total else {}
         try:
             resp = await self.session.request(method, url, data=data, headers=hdrs, allow_redirects=False,
-                                              **extra)
+                                              timeout=self._whole if total else self._per_read)
         except _ERRORS as exc:
             raise TransportError(exc) from None
         return Reply(resp)
